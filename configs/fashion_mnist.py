@@ -1,0 +1,70 @@
+r"""Default: the adversarial semantic hashing network on Fashion-MNIST, 48 bits, 2-core CPU budget.
+
+    deephash train --config=configs/fashion_mnist.py --workdir=workdirs/fashion_mnist
+    deephash evaluate --workdir=workdirs/fashion_mnist --json
+
+Protocol: queries = the 10,000 test images, database = the 60,000 training images, relevant =
+same clothing type. The measured result and its command are in README.md (Results).
+Override any field on the command line, e.g. `--config.model.num_bits=64`.
+"""
+
+import ml_collections
+
+
+def get_config():
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  config.input = ml_collections.ConfigDict()
+  config.input.dataset = "fashion_mnist"
+  config.input.data_dir = None                                # TFDS data dir (None: TFDS default)
+  config.input.source_dir = "/usr/share/datasets/fashion-mnist"  # Debian's IDX files
+  config.input.train_split = "train"
+  config.input.query_split = "test"
+  config.input.database_split = "train"
+  config.input.num_classes = 10
+  config.input.augment = ml_collections.ConfigDict()
+  config.input.augment.gallery = dict(max_shift=2.0, flip=True)
+  config.input.augment.query = dict(
+      max_shift=3.0, flip=True, max_rotation_deg=12.0, scale_range=(0.9, 1.1),
+      max_brightness=0.2, contrast_range=(0.6, 1.4), gamma_range=(0.7, 1.4),
+      background_prob=0.5, background_max_level=0.4)
+
+  config.model = ml_collections.ConfigDict()
+  config.model.encoder = "cnn"
+  config.model.encoder_kwargs = ml_collections.ConfigDict()
+  config.model.num_bits = 48
+  config.model.classifier_input = "code"      # or "features"
+  config.model.discriminator_hidden = (256, 256)
+
+  config.loss = ml_collections.ConfigDict()
+  config.loss.classification_weight = 1.0
+  config.loss.hamming_weight = 1.0            # neighbours (same type) vs other types
+  config.loss.hamming_item_weight = 0.1       # same item vs same type, other item
+  config.loss.adversarial_weight = 0.1
+  config.loss.quantization_weight = 0.1
+  config.loss.gamma = 10.0                    # Cauchy scale for the category level
+  config.loss.gamma_item = 10.0
+  config.loss.adversarial_mode = "entropy"    # or "flip"
+
+  config.train = ml_collections.ConfigDict()
+  config.train.batch_size = 256               # views; = 128 catalogue items, two views each
+  config.train.num_epochs = 12
+  config.train.num_steps = 0                  # > 0 overrides num_epochs
+  config.train.learning_rate = 3e-3
+  config.train.warmup_steps = 200
+  config.train.weight_decay = 5e-4
+  config.train.grad_clip_norm = 5.0
+  config.train.disc_learning_rate = 1e-3
+  config.train.log_every_steps = 100
+  config.train.checkpoint_every_steps = 1000
+  config.train.keep_checkpoints = 3
+
+  config.eval = ml_collections.ConfigDict()
+  config.eval.batch_size = 2000
+  config.eval.map_at = (1000,)
+  config.eval.radius = 2
+  config.eval.num_queries = 0                 # > 0: evaluate on the first N queries only
+
+  config.mesh = [("data", -1)]
+  return config

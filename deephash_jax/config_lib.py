@@ -1,0 +1,108 @@
+"""Config checks and persistence: every hyper-parameter lives in a `configs/*.py` ConfigDict."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import ml_collections
+
+CONFIG_FILE = "config.json"
+
+
+class ConfigError(ValueError):
+  """A config value is out of range; the message names the field and the value."""
+
+
+def _require(condition: bool, field: str, value, expectation: str):
+  if not condition:
+    raise ConfigError(f"config.{field}={value!r}: {expectation}")
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Fails early, naming the field, on values that would fail late or train silently wrong."""
+  m, t, l = config.model, config.train, config.loss
+  _require(isinstance(m.num_bits, int) and 4 <= m.num_bits <= 4096, "model.num_bits",
+           m.num_bits, "an integer in [4, 4096]")
+  _require(config.input.num_classes >= 2, "input.num_classes", config.input.num_classes,
+           "at least 2")
+  _require(t.batch_size >= 4 and t.batch_size % 2 == 0, "train.batch_size", t.batch_size,
+           "an even number >= 4 (it counts views: two per catalogue item)")
+  _require(t.learning_rate > 0, "train.learning_rate", t.learning_rate, "positive")
+  _require(t.num_epochs > 0 or t.get("num_steps", 0) > 0, "train.num_epochs", t.num_epochs,
+           "positive (or set train.num_steps)")
+  for name in ("classification", "hamming", "hamming_item", "adversarial", "quantization"):
+    value = l[f"{name}_weight"]
+    _require(value >= 0, f"loss.{name}_weight", value, "non-negative (0 ablates the term)")
+  _require(l.gamma > 0, "loss.gamma", l.gamma, "positive")
+  _require(l.gamma_item > 0, "loss.gamma_item", l.gamma_item, "positive")
+  _require(l.adversarial_mode in ("entropy", "flip"), "loss.adversarial_mode",
+           l.adversarial_mode, "'entropy' or 'flip'")
+  _require(t.log_every_steps > 0, "train.log_every_steps", t.log_every_steps, "positive")
+  _require(t.checkpoint_every_steps > 0, "train.checkpoint_every_steps",
+           t.checkpoint_every_steps, "positive")
+
+
+def total_steps(config, num_train_examples: int) -> int:
+  """`train.num_steps` if set, else `num_epochs` passes over the training items."""
+  if config.train.get("num_steps", 0):
+    return int(config.train.num_steps)
+  steps_per_epoch = num_train_examples // (config.train.batch_size // 2)
+  return max(1, int(round(config.train.num_epochs * steps_per_epoch)))
+
+
+def save_config(config, workdir: str) -> None:
+  with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
+    f.write(config.to_json_best_effort(indent=2))
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a workdir was trained with."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  try:
+    with open(path) as f:
+      return ml_collections.ConfigDict(json.load(f))
+  except FileNotFoundError as e:
+    raise FileNotFoundError(f"{path}: no config here; is {workdir!r} a training workdir?") from e
+  except json.JSONDecodeError as e:
+    raise ConfigError(f"{path}: not valid JSON ({e})") from e
+
+
+def flatten_for_hparams(config) -> dict:
+  """Scalar leaves of the config as {"a.b": value} for TensorBoard's hparams tab."""
+  out = {}
+
+  def walk(prefix, node):
+    for key, value in node.items():
+      name = f"{prefix}{key}"
+      if isinstance(value, (dict, ml_collections.ConfigDict)):
+        walk(name + ".", value)
+      elif isinstance(value, (int, float, str, bool)):
+        out[name] = value
+  walk("", config)
+  return out
+
+
+def base_config(name: str) -> ml_collections.ConfigDict:
+  """`get_config()` of `configs/<name>.py`, for variants that override a few fields.
+
+  Loaded by path so that config files work whether or not the repo root is on sys.path.
+  """
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  path = os.path.join(CONFIGS_DIR, f"{name}.py")
+  spec = importlib.util.spec_from_file_location(f"deephash_configs_{name}", path)
+  if spec is None or not os.path.exists(path):
+    raise FileNotFoundError(f"{path}: no such config")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+def image_shape(config) -> tuple[int, int, int]:
+  """(H, W, C) of the model's input images."""
+  if config.input.dataset == "fashion_mnist":
+    return (28, 28, 1)
+  return (config.input.image_size, config.input.image_size, config.input.channels)
