@@ -1,0 +1,496 @@
+"""Packed binary codes and exact, jitted Hamming k-NN and radius search.
+
+Naming and contracts follow faiss ``IndexBinaryFlat``:
+
+* codes are packed to bytes with ``np.packbits(bits, axis=1, bitorder="little")``:
+  bit ``j`` of a code is bit ``j % 8`` of byte ``j // 8``, padding bits are zero;
+* ``search(xq, xb, k) -> (D, I)``: int32 distances and int64 database indices,
+  each row sorted by (distance, index): ties are broken by lower database index,
+  so results equal a brute-force stable sort of the NumPy popcount distances;
+  missing results (k larger than the database) have index -1 and distance
+  ``num_bits + 1``;
+* ``range_search(xq, xb, radius) -> (lims, D, I)``: the results of query i are
+  ``D[lims[i]:lims[i+1]]``, ``I[lims[i]:lims[i+1]]``, every item at distance
+  <= radius, sorted by (distance, index).
+
+How the exact k-NN search stays fast on CPU (block-minimum pruning):
+the database is laid out as chunks of ``rows x cols`` codes, item
+``r * cols + c`` of a chunk in row r, column c. Column c is a *block* of ``rows``
+items. For each query, one fused pass computes XOR + popcount and keeps per block
+the minimum key ``distance * rows + r`` (the block's best item under the
+(distance, index) order). If item e is among the k best, at most k items rank at
+or before it, so at most k blocks have a best item ranking at or before it:
+its block is among the k blocks with the best minima. So a ``lax.top_k`` over the
+block minima (ties -> lower column, which is the right order because the key
+already holds the row) selects k blocks, and an exact ``top_k`` over their
+``k * rows`` items, laid out in database-index order, gives the exact answer.
+Distances go into ``top_k`` as float32 (exact for the small integers involved):
+XLA:CPU's float32 top-k is a fast partial sort that keeps lower indices first on
+ties, while integer top-k falls back to a full sort.
+The database is processed chunk by chunk under ``lax.scan`` with a running top-k
+merge, so memory stays bounded by one chunk's block minima.
+"""
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+__all__ = [
+    "PreparedDatabase", "pack_bits", "prepare_database", "range_count", "range_search",
+    "search", "search_prepared", "sharded_search", "unpack_bits",
+]
+
+DEFAULT_CHUNK_SIZE = 1 << 20    # database items per scanned chunk
+DEFAULT_BLOCK_ROWS = 32         # items per pruning block
+DEFAULT_QUERY_BATCH_SIZE = 256  # queries per compiled call
+
+
+# ----------------------------------------------------------------------------- packing
+
+
+def num_bytes(num_bits: int) -> int:
+  """Bytes per packed code: ceil(num_bits / 8)."""
+  return (num_bits + 7) // 8
+
+
+def _check_num_bits(num_bits) -> int:
+  if isinstance(num_bits, bool) or not isinstance(num_bits, (int, np.integer)) or num_bits < 1:
+    raise ValueError(f"num_bits must be a positive int, got {num_bits!r}")
+  return int(num_bits)
+
+
+def pack_bits(codes) -> np.ndarray:
+  """Packs (N, K) codes to uint8 (N, ceil(K/8)), faiss bit order.
+
+  Args:
+    codes: bool array, or a real array whose bit is ``code > 0`` (+-1 codes,
+      continuous pre-binarisation codes, or 0/1 integers).
+
+  Returns:
+    uint8 array; bit j of a code is bit ``j % 8`` (little-endian) of byte ``j // 8``,
+    the padding bits of the last byte are zero.
+  """
+  codes = np.asarray(codes)
+  if codes.ndim != 2:
+    raise ValueError(f"codes must be 2-D (num_codes, num_bits), got shape {codes.shape}")
+  if codes.dtype != np.bool_:
+    if not (np.issubdtype(codes.dtype, np.integer) or np.issubdtype(codes.dtype, np.floating)):
+      raise TypeError(f"codes must be bool, integer or floating, got dtype {codes.dtype}")
+    codes = codes > 0
+  return np.packbits(codes, axis=1, bitorder="little")
+
+
+def unpack_bits(packed, num_bits: int) -> np.ndarray:
+  """Inverse of ``pack_bits``: uint8 (N, ceil(K/8)) -> bool (N, num_bits)."""
+  num_bits = _check_num_bits(num_bits)
+  packed = check_packed("packed", packed, num_bits)
+  return np.unpackbits(packed, axis=1, count=num_bits, bitorder="little").astype(bool)
+
+
+def check_packed(name: str, codes, num_bits: int) -> np.ndarray:
+  """Validates packed codes: uint8, 2-D, ceil(num_bits/8) bytes, zero padding bits."""
+  codes = np.asarray(codes)
+  if codes.dtype != np.uint8:
+    raise TypeError(f"{name} must be packed uint8 codes (see pack_bits), got dtype {codes.dtype}")
+  if codes.ndim != 2:
+    raise ValueError(f"{name} must be 2-D (num_codes, num_bytes), got shape {codes.shape}")
+  if codes.shape[1] != num_bytes(num_bits):
+    raise ValueError(f"{name} has {codes.shape[1]} bytes per code but num_bits={num_bits} "
+                     f"needs {num_bytes(num_bits)}")
+  spare = 8 * codes.shape[1] - num_bits
+  if spare and codes.shape[0] and np.any(codes[:, -1] >> (8 - spare)):
+    raise ValueError(f"{name} has nonzero padding bits beyond num_bits={num_bits}; "
+                     "pack codes with pack_bits")
+  return codes
+
+
+def _to_words(packed: np.ndarray) -> np.ndarray:
+  """(N, B) uint8 -> (N, ceil(B/4)) uint32, zero-padded (zeros add no distance)."""
+  n, width = packed.shape
+  num_words = -(-width // 4)
+  if width == 4 * num_words:
+    return np.ascontiguousarray(packed).view(np.uint32)
+  padded = np.zeros((n, 4 * num_words), np.uint8)
+  padded[:, :width] = packed
+  return padded.view(np.uint32)
+
+
+def _check_k(k) -> int:
+  if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+    raise ValueError(f"k must be a positive int, got {k!r}")
+  return int(k)
+
+
+def _check_positive(name, value) -> int:
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+    raise ValueError(f"{name} must be a positive int, got {value!r}")
+  return int(value)
+
+
+# ------------------------------------------------------------------- database layout
+
+
+class PreparedDatabase(NamedTuple):
+  """A database laid out for ``search_prepared`` (see the module docstring).
+
+  chunks: uint32 (num_chunks, num_words, rows, cols); item ``r * cols + c`` of chunk
+    g is database index ``g * rows * cols + r * cols + c``; slots past
+    ``num_codes`` are padding that never wins.
+  """
+  chunks: jax.Array
+  num_codes: int
+  num_bits: int
+
+  @property
+  def rows(self) -> int:
+    return self.chunks.shape[2]
+
+  @property
+  def chunk_items(self) -> int:
+    return self.chunks.shape[2] * self.chunks.shape[3]
+
+
+def _layout(words: np.ndarray, num_chunks: int, rows: int, cols: int) -> np.ndarray:
+  """(N, W) words -> (num_chunks, W, rows, cols), zero padded."""
+  n, num_words = words.shape
+  padded = np.zeros((num_chunks * rows * cols, num_words), np.uint32)
+  padded[:n] = words
+  return np.ascontiguousarray(
+      padded.reshape(num_chunks, rows, cols, num_words).transpose(0, 3, 1, 2))
+
+
+def _chunk_shape(num_codes: int, num_shards: int, chunk_size: int, rows: int):
+  """(chunks per shard, cols) so that every shard holds whole chunks."""
+  per_shard = max(1, -(-num_codes // num_shards))
+  chunk_items = min(chunk_size, per_shard)
+  cols = max(1, -(-chunk_items // rows))
+  chunks_per_shard = -(-per_shard // (rows * cols))
+  return chunks_per_shard, cols
+
+
+def prepare_database(xb_packed, *, num_bits: int, chunk_size: int = DEFAULT_CHUNK_SIZE,
+                     block_rows: int = DEFAULT_BLOCK_ROWS, sharding=None,
+                     num_shards: int = 1) -> PreparedDatabase:
+  """Lays packed database codes out for repeated searches (an index keeps this).
+
+  Args:
+    xb_packed: uint8 (N, ceil(num_bits/8)) packed codes.
+    num_bits: code length.
+    chunk_size: database items per scanned chunk (rounded up to ``block_rows``).
+    block_rows: items per pruning block.
+    sharding: optional ``jax.sharding.Sharding`` for the chunk axis.
+    num_shards: number of shards the chunk axis is split into (chunks per shard
+      are equal; padding never wins).
+  """
+  num_bits = _check_num_bits(num_bits)
+  xb_packed = check_packed("xb_packed", xb_packed, num_bits)
+  chunk_size = _check_positive("chunk_size", chunk_size)
+  rows = _check_positive("block_rows", block_rows)
+  chunks_per_shard, cols = _chunk_shape(xb_packed.shape[0], num_shards, chunk_size, rows)
+  host = _layout(_to_words(xb_packed), chunks_per_shard * num_shards, rows, cols)
+  chunks = jax.device_put(host, sharding) if sharding is not None else jnp.asarray(host)
+  return PreparedDatabase(chunks, int(xb_packed.shape[0]), num_bits)
+
+
+# ---------------------------------------------------------------------- jitted core
+
+
+def _distances(query_words, db_words):
+  """(nq, W) x (W, ...) uint32 -> (nq, ...) int32 Hamming distances."""
+  num_words = query_words.shape[1]
+  extra = (None,) * (db_words.ndim - 1)
+  dist = lax.population_count(query_words[(slice(None), 0) + extra] ^ db_words[None, 0])
+  for w in range(1, num_words):
+    dist = dist + lax.population_count(query_words[(slice(None), w) + extra] ^ db_words[None, w])
+  return dist.astype(jnp.int32)
+
+
+def _top_k_smallest(dist, k):
+  """Row-wise k smallest int32 distances, ties -> lower position (exact in float32)."""
+  neg, pos = lax.top_k(-dist.astype(jnp.float32), k)
+  return (-neg).astype(jnp.int32), pos
+
+
+def _chunk_top_k(query_words, chunk, first_index, num_codes, *, k, num_bits):
+  """Exact top-k of one chunk (W, rows, cols): (nq, k) distances and global indices."""
+  _, rows, cols = chunk.shape
+  nq = query_words.shape[0]
+  invalid = jnp.int32(num_bits + 1)
+  row_ids = lax.broadcasted_iota(jnp.int32, (rows, cols), 0)
+  col_ids = lax.broadcasted_iota(jnp.int32, (rows, cols), 1)
+  valid = first_index + row_ids * cols + col_ids < num_codes
+  if cols < 4 * k:
+    # Small chunk: one top-k over all items (row-major == database-index order).
+    dist = jnp.where(valid[None], _distances(query_words, chunk), invalid)
+    dist, pos = _top_k_smallest(dist.reshape(nq, rows * cols), min(k, rows * cols))
+    index = first_index + pos
+    if k > rows * cols:
+      pad = ((0, 0), (0, k - rows * cols))
+      dist = jnp.pad(dist, pad, constant_values=num_bits + 1)
+      index = jnp.pad(index, pad, constant_values=-1)
+    return dist, index
+  # Pass 1 (fused, the whole cost): per block the best key distance * rows + row.
+  dist = jnp.where(valid[None], _distances(query_words, chunk), invalid)
+  block_min = jnp.min(dist * rows + row_ids[None], axis=1)
+  _, best_cols = _top_k_smallest(block_min, k)
+  best_cols = jnp.sort(best_cols, axis=1)  # candidates in database-index order
+  # Pass 2: exact distances of the k * rows candidates, laid out row-major.
+  cand = jnp.take(chunk, best_cols, axis=2)  # (W, rows, nq, k)
+  cand_dist = sum(lax.population_count(query_words[None, :, w, None] ^ cand[w])
+                  for w in range(cand.shape[0]))  # (rows, nq, k)
+  cand_dist = jnp.moveaxis(cand_dist.astype(jnp.int32), 0, 1)  # (nq, rows, k)
+  cand_valid = first_index + row_ids[:rows, :1] * cols + best_cols[:, None, :] < num_codes
+  cand_dist = jnp.where(cand_valid, cand_dist, invalid).reshape(nq, rows * k)
+  dist, pos = _top_k_smallest(cand_dist, k)
+  row, slot = pos // k, pos % k
+  index = first_index + row * cols + jnp.take_along_axis(best_cols, slot, axis=1)
+  return dist, index
+
+
+def _merge(dist_a, index_a, dist_b, index_b, k):
+  """Merges two sorted top-k lists; on equal distance ``a`` (lower indices) wins."""
+  dist, pos = _top_k_smallest(jnp.concatenate([dist_a, dist_b], axis=1), k)
+  index = jnp.take_along_axis(jnp.concatenate([index_a, index_b], axis=1), pos, axis=1)
+  return dist, index
+
+
+def _scan_top_k(query_words, chunks, first_chunk, num_codes, *, k, num_bits):
+  """Top-k over chunks (G, W, rows, cols) whose first global chunk is first_chunk."""
+  nq = query_words.shape[0]
+  chunk_items = chunks.shape[2] * chunks.shape[3]
+
+  def body(carry, xs):
+    g, chunk = xs
+    dist, index = _chunk_top_k(query_words, chunk, g * chunk_items, num_codes,
+                               k=k, num_bits=num_bits)
+    return _merge(*carry, dist, index, k), None
+
+  init = (jnp.full((nq, k), num_bits + 1, jnp.int32), jnp.full((nq, k), -1, jnp.int32))
+  chunk_ids = first_chunk + jnp.arange(chunks.shape[0], dtype=jnp.int32)
+  (dist, index), _ = lax.scan(body, init, (chunk_ids, chunks))
+  return dist, jnp.where(dist > num_bits, -1, index)
+
+
+_search_jit = jax.jit(_scan_top_k, static_argnames=("k", "num_bits"))
+
+
+# ------------------------------------------------------------------------ public API
+
+
+def _query_batches(xq_packed, num_bits, query_batch_size):
+  """Yields (start, stop, padded query words) with few distinct batch shapes."""
+  words = _to_words(xq_packed)
+  nq = words.shape[0]
+  batch = min(query_batch_size, 1 << max(0, (nq - 1).bit_length()))
+  for start in range(0, nq, batch):
+    part = words[start:start + batch]
+    if part.shape[0] < batch:
+      part = np.concatenate([part, np.zeros((batch - part.shape[0], part.shape[1]), np.uint32)])
+    yield start, min(start + batch, nq), part
+
+
+def _empty_results(nq, k, num_bits):
+  return (np.full((nq, k), num_bits + 1, np.int32), np.full((nq, k), -1, np.int64))
+
+
+def search_prepared(xq_packed, database: PreparedDatabase, k: int, *,
+                    query_batch_size: int = DEFAULT_QUERY_BATCH_SIZE):
+  """``search`` against a ``PreparedDatabase`` (no per-call layout cost)."""
+  k = _check_k(k)
+  query_batch_size = _check_positive("query_batch_size", query_batch_size)
+  xq_packed = check_packed("xq_packed", xq_packed, database.num_bits)
+  dist, index = _empty_results(xq_packed.shape[0], k, database.num_bits)
+  if database.num_codes == 0:
+    return dist, index
+  pending = []
+  for start, stop, words in _query_batches(xq_packed, database.num_bits, query_batch_size):
+    pending.append((start, stop, _search_jit(jnp.asarray(words), database.chunks, 0,
+                                             database.num_codes, k=k,
+                                             num_bits=database.num_bits)))
+  for start, stop, (d, i) in pending:  # dispatched asynchronously above
+    dist[start:stop] = np.asarray(d)[:stop - start]
+    index[start:stop] = np.asarray(i)[:stop - start]
+  return dist, index
+
+
+def search(xq_packed, xb_packed, k: int, *, num_bits: int,
+           chunk_size: int = DEFAULT_CHUNK_SIZE, block_rows: int = DEFAULT_BLOCK_ROWS,
+           query_batch_size: int = DEFAULT_QUERY_BATCH_SIZE):
+  """Exact Hamming k-nearest-neighbour search, jitted (faiss ``knn_hamming``).
+
+  Args:
+    xq_packed: uint8 (nq, ceil(num_bits/8)) packed query codes.
+    xb_packed: uint8 (N, ceil(num_bits/8)) packed database codes.
+    k: neighbours per query; k > N pads with index -1, distance num_bits + 1.
+    num_bits: code length.
+    chunk_size: database items per scanned chunk (bounds memory).
+    block_rows: items per pruning block (a speed knob; results do not change).
+    query_batch_size: queries per compiled call.
+
+  Returns:
+    (D, I): int32 (nq, k) Hamming distances ascending, int64 (nq, k) database
+    indices; ties are broken by lower database index, so the result equals a
+    stable sort of the brute-force distances.
+  """
+  num_bits = _check_num_bits(num_bits)
+  xq_packed = check_packed("xq_packed", xq_packed, num_bits)
+  database = prepare_database(xb_packed, num_bits=num_bits, chunk_size=chunk_size,
+                              block_rows=block_rows)
+  return search_prepared(xq_packed, database, k, query_batch_size=query_batch_size)
+
+
+@functools.lru_cache(maxsize=32)
+def _sharded_search_fn(mesh: Mesh, k: int, num_bits: int):
+  """Jitted shard_map: local top-k with global indices, all_gather, merge."""
+
+  def local(query_words, chunks, num_codes):
+    first_chunk = lax.axis_index("data") * chunks.shape[0]
+    dist, index = _scan_top_k(query_words, chunks, first_chunk, num_codes,
+                              k=k, num_bits=num_bits)
+    # Shards hold increasing index ranges, so the gathered lists are in index
+    # order and the stable top-k keeps lower indices first on equal distance.
+    all_dist = lax.all_gather(dist, "data", axis=1, tiled=True)
+    all_index = lax.all_gather(index, "data", axis=1, tiled=True)
+    dist, pos = _top_k_smallest(all_dist, k)
+    return dist, jnp.take_along_axis(all_index, pos, axis=1)
+
+  # check_vma=False: after the all_gather every device holds the same result.
+  return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P(), P("data"), P()),
+                               out_specs=(P(), P()), check_vma=False))
+
+
+def sharded_search(xq_packed, xb_packed, k: int, *, num_bits: int, mesh: Mesh,
+                   chunk_size: int = DEFAULT_CHUNK_SIZE, block_rows: int = DEFAULT_BLOCK_ROWS,
+                   query_batch_size: int = DEFAULT_QUERY_BATCH_SIZE):
+  """``search`` with the database split over the mesh axis ``"data"``.
+
+  Each device holds a contiguous range of database indices (padded to equal
+  sizes with slots that never win), computes its local exact top-k with global
+  indices, then one all_gather and a merge give every device the global top-k.
+  Results are identical to ``search``.
+  """
+  num_bits = _check_num_bits(num_bits)
+  k = _check_k(k)
+  if "data" not in mesh.axis_names:
+    raise ValueError(f"mesh must have an axis named 'data', got axes {mesh.axis_names}")
+  xq_packed = check_packed("xq_packed", xq_packed, num_bits)
+  num_shards = mesh.shape["data"]
+  database = prepare_database(xb_packed, num_bits=num_bits, chunk_size=chunk_size,
+                              block_rows=block_rows, num_shards=num_shards,
+                              sharding=NamedSharding(mesh, P("data")))
+  dist, index = _empty_results(xq_packed.shape[0], k, num_bits)
+  if database.num_codes == 0:
+    return dist, index
+  fn = _sharded_search_fn(mesh, k, num_bits)
+  replicated = NamedSharding(mesh, P())
+  num_codes = jax.device_put(jnp.int32(database.num_codes), replicated)
+  for start, stop, words in _query_batches(xq_packed, num_bits, query_batch_size):
+    d, i = fn(jax.device_put(words, replicated), database.chunks, num_codes)
+    dist[start:stop] = np.asarray(d)[:stop - start]
+    index[start:stop] = np.asarray(i)[:stop - start]
+  return dist, index
+
+
+# ---------------------------------------------------------------------- radius search
+
+
+@functools.partial(jax.jit, static_argnames=("num_bits",))
+def _chunk_distances(query_words, chunk, first_index, num_codes, *, num_bits):
+  """(nq, rows * cols) distances of one chunk in index order; padding -> num_bits + 1."""
+  _, rows, cols = chunk.shape
+  ids = first_index + lax.broadcasted_iota(jnp.int32, (rows, cols), 0) * cols \
+      + lax.broadcasted_iota(jnp.int32, (rows, cols), 1)
+  dist = jnp.where(ids[None] < num_codes, _distances(query_words, chunk), num_bits + 1)
+  dtype = jnp.uint8 if num_bits < 255 else jnp.uint16 if num_bits < 65535 else jnp.int32
+  return dist.reshape(query_words.shape[0], rows * cols).astype(dtype)
+
+
+@functools.partial(jax.jit, static_argnames=("num_bits",))
+def _count_within(query_words, chunks, num_codes, radius, *, num_bits):
+  def body(count, xs):
+    g, chunk = xs
+    dist = _chunk_distances(query_words, chunk, g * chunk.shape[1] * chunk.shape[2],
+                            num_codes, num_bits=num_bits)
+    return count + jnp.sum(dist.astype(jnp.int32) <= radius, axis=1), None
+  init = jnp.zeros(query_words.shape[0], jnp.int32)
+  chunk_ids = jnp.arange(chunks.shape[0], dtype=jnp.int32)
+  return lax.scan(body, init, (chunk_ids, chunks))[0]
+
+
+def _check_radius(radius) -> int:
+  if isinstance(radius, bool) or not isinstance(radius, (int, np.integer)) or radius < 0:
+    raise ValueError(f"radius must be a non-negative int, got {radius!r}")
+  return int(radius)
+
+
+def range_count_prepared(xq_packed, database: PreparedDatabase, radius: int, *,
+                         query_batch_size: int = DEFAULT_QUERY_BATCH_SIZE) -> np.ndarray:
+  """``range_count`` against a ``PreparedDatabase``."""
+  radius = _check_radius(radius)
+  xq_packed = check_packed("xq_packed", xq_packed, database.num_bits)
+  counts = np.zeros(xq_packed.shape[0], np.int64)
+  if database.num_codes == 0:
+    return counts
+  for start, stop, words in _query_batches(xq_packed, database.num_bits, query_batch_size):
+    c = _count_within(jnp.asarray(words), database.chunks, database.num_codes,
+                      min(radius, database.num_bits), num_bits=database.num_bits)
+    counts[start:stop] = np.asarray(c)[:stop - start]
+  return counts
+
+
+def range_count(xq_packed, xb_packed, radius: int, *, num_bits: int,
+                chunk_size: int = DEFAULT_CHUNK_SIZE) -> np.ndarray:
+  """Number of database items within Hamming distance ``radius`` of each query (int64 (nq,))."""
+  database = prepare_database(xb_packed, num_bits=num_bits, chunk_size=chunk_size)
+  return range_count_prepared(xq_packed, database, radius)
+
+
+def range_search_prepared(xq_packed, database: PreparedDatabase, radius: int, *,
+                          query_batch_size: int = DEFAULT_QUERY_BATCH_SIZE):
+  """``range_search`` against a ``PreparedDatabase``."""
+  radius = _check_radius(radius)
+  query_batch_size = _check_positive("query_batch_size", query_batch_size)
+  xq_packed = check_packed("xq_packed", xq_packed, database.num_bits)
+  nq = xq_packed.shape[0]
+  radius = min(radius, database.num_bits)  # padding slots sit at num_bits + 1
+  query_parts, dist_parts, index_parts = [], [], []
+  chunk_items = database.chunk_items
+  if database.num_codes:
+    for start, stop, words in _query_batches(xq_packed, database.num_bits, query_batch_size):
+      words = jnp.asarray(words)
+      for g in range(database.chunks.shape[0]):
+        dist = np.asarray(_chunk_distances(words, database.chunks[g], g * chunk_items,
+                                           database.num_codes, num_bits=database.num_bits))
+        q, j = np.nonzero(dist[:stop - start] <= radius)  # row-major: index order per query
+        query_parts.append(q + start)
+        dist_parts.append(dist[q, j].astype(np.int32))
+        index_parts.append(j.astype(np.int64) + g * chunk_items)
+  query = np.concatenate(query_parts) if query_parts else np.zeros(0, np.int64)
+  dist = np.concatenate(dist_parts) if dist_parts else np.zeros(0, np.int32)
+  index = np.concatenate(index_parts) if index_parts else np.zeros(0, np.int64)
+  order = np.lexsort((index, dist, query))
+  lims = np.zeros(nq + 1, np.int64)
+  np.cumsum(np.bincount(query, minlength=nq), out=lims[1:])
+  return lims, dist[order], index[order]
+
+
+def range_search(xq_packed, xb_packed, radius: int, *, num_bits: int,
+                 chunk_size: int = DEFAULT_CHUNK_SIZE,
+                 query_batch_size: int = DEFAULT_QUERY_BATCH_SIZE):
+  """All database items within Hamming distance ``radius`` (faiss ``range_search``).
+
+  Returns:
+    (lims, D, I): int64 (nq + 1,), int32 (total,), int64 (total,). The results of
+    query i are ``D[lims[i]:lims[i+1]]`` and ``I[lims[i]:lims[i+1]]``, sorted by
+    (distance, index); per-query counts are ``np.diff(lims)`` (or ``range_count``).
+  """
+  num_bits = _check_num_bits(num_bits)
+  xq_packed = check_packed("xq_packed", xq_packed, num_bits)
+  database = prepare_database(xb_packed, num_bits=num_bits, chunk_size=chunk_size)
+  return range_search_prepared(xq_packed, database, radius, query_batch_size=query_batch_size)

@@ -1,0 +1,197 @@
+"""Tests for deephash_jax.hamming: packing, k-NN, radius and sharded search vs NumPy."""
+import jax
+import numpy as np
+import pytest
+
+from deephash_jax import hamming
+
+
+def _brute_distances(xq, xb, num_bits):
+  q = np.unpackbits(xq, axis=1, count=num_bits, bitorder="little").astype(bool)
+  b = np.unpackbits(xb, axis=1, count=num_bits, bitorder="little").astype(bool)
+  return (q[:, None, :] != b[None, :, :]).sum(-1)
+
+
+def _brute_search(xq, xb, k, num_bits):
+  dist = _brute_distances(xq, xb, num_bits)
+  order = np.argsort(dist, axis=1, kind="stable")[:, :k]  # ties -> lower index
+  d = np.take_along_axis(dist, order, axis=1)
+  missing = k - order.shape[1]
+  d = np.pad(d, ((0, 0), (0, missing)), constant_values=num_bits + 1)
+  i = np.pad(order, ((0, 0), (0, missing)), constant_values=-1)
+  return d, i
+
+
+def _codes(rng, n, num_bits, duplicate=True):
+  codes = hamming.pack_bits(rng.random((n, num_bits)) < 0.5)
+  if duplicate and n > 1:
+    codes[n // 2:] = codes[:n - n // 2]  # many exact ties at every distance
+  return codes
+
+
+def _assert_same(got, want):
+  np.testing.assert_array_equal(got[0], want[0])
+  np.testing.assert_array_equal(got[1], want[1])
+  assert got[0].dtype == np.int32 and got[1].dtype == np.int64
+
+
+# ----------------------------------------------------------------------------- packing
+
+
+def test_pack_bits_faiss_order_and_padding():
+  bits = np.zeros((2, 12), bool)
+  bits[0, 0] = bits[0, 9] = bits[1, 11] = True
+  packed = hamming.pack_bits(bits)
+  np.testing.assert_array_equal(packed, [[0b1, 0b10], [0, 0b1000]])
+  np.testing.assert_array_equal(hamming.unpack_bits(packed, 12), bits)
+
+
+@pytest.mark.parametrize("make", [
+    lambda b: np.where(b, 1.0, -1.0).astype(np.float32),   # +-1 codes
+    lambda b: np.where(b, 0.3, -2.0),                       # continuous
+    lambda b: b.astype(np.int32),                           # 0/1 integers
+    lambda b: jax.numpy.asarray(np.where(b, 1.0, -1.0)),    # jax arrays
+])
+def test_pack_bits_accepts_sign_codes(make):
+  bits = np.random.default_rng(0).random((5, 20)) < 0.5
+  np.testing.assert_array_equal(hamming.pack_bits(make(bits)), hamming.pack_bits(bits))
+
+
+def test_pack_bits_bad_input():
+  with pytest.raises(ValueError, match="codes must be 2-D"):
+    hamming.pack_bits(np.zeros(8))
+  with pytest.raises(TypeError, match="complex"):
+    hamming.pack_bits(np.zeros((2, 8), np.complex64))
+
+
+# ------------------------------------------------------------------------------ search
+
+
+@pytest.mark.parametrize("num_bits", [8, 12, 16, 32, 48, 64, 128])
+def test_search_matches_brute_force(num_bits):
+  rng = np.random.default_rng(num_bits)
+  xb = _codes(rng, 777, num_bits)
+  xq = np.concatenate([xb[:3], _codes(rng, 10, num_bits, duplicate=False)])
+  want = _brute_search(xq, xb, 10, num_bits)
+  # Default layout (one small chunk, direct top-k) and the pruned layout
+  # (4-row blocks, several chunks with a padded last one).
+  _assert_same(hamming.search(xq, xb, 10, num_bits=num_bits), want)
+  _assert_same(hamming.search(xq, xb, 10, num_bits=num_bits, chunk_size=256, block_rows=4),
+               want)
+
+
+@pytest.mark.parametrize("k", [1, 5, 64])
+def test_pruned_search_many_ties(k):
+  # Few distinct codes: the k-th neighbour sits inside a huge tie.
+  rng = np.random.default_rng(k)
+  distinct = _codes(rng, 6, 16, duplicate=False)
+  xb = distinct[rng.integers(0, 6, 3000)]
+  xq = _codes(rng, 9, 16, duplicate=False)
+  want = _brute_search(xq, xb, k, 16)
+  for block_rows in (2, 8, 32):
+    _assert_same(hamming.search(xq, xb, k, num_bits=16, chunk_size=1024, block_rows=block_rows),
+                 want)
+
+
+@pytest.mark.parametrize("n,k", [(50, 50), (50, 80), (1, 3)])
+def test_search_k_equal_or_larger_than_database(n, k):
+  rng = np.random.default_rng(n + k)
+  xb = _codes(rng, n, 24)
+  xq = _codes(rng, 4, 24, duplicate=False)
+  got = hamming.search(xq, xb, k, num_bits=24, chunk_size=16, block_rows=2)
+  _assert_same(got, _brute_search(xq, xb, k, 24))
+  assert np.all(got[1][:, n:] == -1) and np.all(got[0][:, n:] == 25)
+
+
+def test_search_query_batches_and_empty_database():
+  rng = np.random.default_rng(0)
+  xb = _codes(rng, 300, 32)
+  xq = _codes(rng, 23, 32, duplicate=False)
+  _assert_same(hamming.search(xq, xb, 7, num_bits=32, query_batch_size=4),
+               _brute_search(xq, xb, 7, 32))
+  d, i = hamming.search(xq, xb[:0], 3, num_bits=32)
+  assert np.all(i == -1) and np.all(d == 33)
+  d, i = hamming.search(xq[:0], xb, 3, num_bits=32)
+  assert d.shape == i.shape == (0, 3)
+
+
+def test_search_matches_faiss():
+  faiss = pytest.importorskip("faiss")
+  rng = np.random.default_rng(1)
+  xb = _codes(rng, 5000, 64)
+  xq = _codes(rng, 16, 64, duplicate=False)
+  index = faiss.IndexBinaryFlat(64)
+  index.add(xb)
+  want_d, want_i = index.search(xq, 20)
+  got_d, got_i = hamming.search(xq, xb, 20, num_bits=64, chunk_size=2048, block_rows=8)
+  np.testing.assert_array_equal(got_d, want_d)
+  np.testing.assert_array_equal(got_i, want_i)
+
+
+def test_search_bad_input_names_the_argument():
+  xb = np.zeros((4, 2), np.uint8)
+  with pytest.raises(TypeError, match="xq_packed.*float32"):
+    hamming.search(np.zeros((1, 2), np.float32), xb, 1, num_bits=16)
+  with pytest.raises(ValueError, match="xb_packed has 3 bytes.*num_bits=16"):
+    hamming.search(xb, np.zeros((4, 3), np.uint8), 1, num_bits=16)
+  with pytest.raises(ValueError, match="xq_packed has nonzero padding bits"):
+    hamming.search(np.full((1, 2), 255, np.uint8), xb, 1, num_bits=12)
+  with pytest.raises(ValueError, match="k must be a positive int, got 0"):
+    hamming.search(xb, xb, 0, num_bits=16)
+  with pytest.raises(ValueError, match="block_rows"):
+    hamming.search(xb, xb, 1, num_bits=16, block_rows=0)
+
+
+# ---------------------------------------------------------------------- range search
+
+
+@pytest.mark.parametrize("num_bits,radius", [(12, 0), (12, 3), (12, 12), (12, 40), (64, 0),
+                                             (64, 28), (64, 64)])
+def test_range_search_matches_brute_force(num_bits, radius):
+  rng = np.random.default_rng(num_bits + radius)
+  xb = _codes(rng, 600, num_bits)
+  xq = np.concatenate([xb[:2], _codes(rng, 7, num_bits, duplicate=False)])
+  lims, d, i = hamming.range_search(xq, xb, radius, num_bits=num_bits, chunk_size=128,
+                                    query_batch_size=4)
+  dist = _brute_distances(xq, xb, num_bits)
+  assert lims.shape == (10,) and lims[0] == 0 and lims[-1] == d.size == i.size
+  for q in range(xq.shape[0]):
+    want_i = np.flatnonzero(dist[q] <= radius)
+    want_i = want_i[np.argsort(dist[q, want_i], kind="stable")]  # by (distance, index)
+    np.testing.assert_array_equal(i[lims[q]:lims[q + 1]], want_i)
+    np.testing.assert_array_equal(d[lims[q]:lims[q + 1]], dist[q, want_i])
+  np.testing.assert_array_equal(
+      hamming.range_count(xq, xb, radius, num_bits=num_bits, chunk_size=128), np.diff(lims))
+  if radius >= num_bits:
+    assert np.all(np.diff(lims) == 600)
+
+
+def test_range_search_no_results():
+  xb = hamming.pack_bits(np.ones((5, 16), bool))
+  xq = hamming.pack_bits(np.zeros((2, 16), bool))
+  lims, d, i = hamming.range_search(xq, xb, 3, num_bits=16)
+  np.testing.assert_array_equal(lims, [0, 0, 0])
+  assert d.size == i.size == 0
+
+
+# --------------------------------------------------------------------------- sharded
+
+
+@pytest.mark.parametrize("n,k,num_bits", [(1001, 10, 32), (37, 5, 12), (37, 50, 12),
+                                          (4000, 16, 64), (4001, 3, 64)])
+def test_sharded_search_matches_single_device(n, k, num_bits):
+  mesh = jax.make_mesh((8,), ("data",))
+  rng = np.random.default_rng(n)
+  xb = _codes(rng, n, num_bits)
+  xq = np.concatenate([xb[:2], _codes(rng, 9, num_bits, duplicate=False)])
+  want = _brute_search(xq, xb, k, num_bits)
+  _assert_same(hamming.search(xq, xb, k, num_bits=num_bits), want)
+  _assert_same(hamming.sharded_search(xq, xb, k, num_bits=num_bits, mesh=mesh, chunk_size=128,
+                                      block_rows=4), want)
+
+
+def test_sharded_search_needs_data_axis():
+  mesh = jax.make_mesh((8,), ("model",))
+  xb = np.zeros((4, 1), np.uint8)
+  with pytest.raises(ValueError, match="'data'"):
+    hamming.sharded_search(xb, xb, 1, num_bits=8, mesh=mesh)
