@@ -14,19 +14,19 @@ Naming and contracts follow faiss ``IndexBinaryFlat``:
   <= radius, sorted by (distance, index).
 
 How the exact k-NN search stays fast on CPU (block-minimum pruning):
-the database is laid out as chunks of ``rows x cols`` codes, item
-``r * cols + c`` of a chunk in row r, column c. Column c is a *block* of ``rows``
-items. For each query, one fused pass computes XOR + popcount and keeps per block
-the minimum key ``distance * rows + r`` (the block's best item under the
-(distance, index) order). If item e is among the k best, at most k items rank at
-or before it, so at most k blocks have a best item ranking at or before it:
-its block is among the k blocks with the best minima. So a ``lax.top_k`` over the
-block minima (ties -> lower column, which is the right order because the key
-already holds the row) selects k blocks, and an exact ``top_k`` over their
-``k * rows`` items, laid out in database-index order, gives the exact answer.
-Distances go into ``top_k`` as float32 (exact for the small integers involved):
-XLA:CPU's float32 top-k is a fast partial sort that keeps lower indices first on
-ties, while integer top-k falls back to a full sort.
+the database is cut into *blocks* of ``rows`` consecutive items; a chunk of
+``cols`` blocks is stored as uint32 words ``(num_words, rows, cols)``, block c in
+column c, so one fused XOR + popcount + min-over-rows pass (vectorised across
+columns) gives every block's minimum distance. Take the k+1 blocks with the
+smallest minima, ties to the lower block. If item e is among the k best (order:
+distance, then index), every other fully valid block ranked before e's block
+holds its own item ranked before e (blocks are index ranges), so at most k-1 such
+blocks exist; the one partly padded block of a chunk may rank early by accident,
+hence k+1. So the k+1 selected blocks hold the exact top-k, and an exact
+``lax.top_k`` over their ``(k+1) * rows`` items, laid out in index order, gives
+the answer. Distances go into ``top_k`` as float32 (exact for these small
+integers): XLA:CPU's float32 top-k is a partial sort that keeps lower positions
+first on ties, while integer top-k falls back to a full sort.
 The database is processed chunk by chunk under ``lax.scan`` with a running top-k
 merge, so memory stays bounded by one chunk's block minima.
 """
@@ -139,9 +139,9 @@ def _check_positive(name, value) -> int:
 class PreparedDatabase(NamedTuple):
   """A database laid out for ``search_prepared`` (see the module docstring).
 
-  chunks: uint32 (num_chunks, num_words, rows, cols); item ``r * cols + c`` of chunk
-    g is database index ``g * rows * cols + r * cols + c``; slots past
-    ``num_codes`` are padding that never wins.
+  chunks: uint32 (num_chunks, num_words, rows, cols); item (r, c) of chunk g is
+    database index ``(g * cols + c) * rows + r`` (block c holds ``rows``
+    consecutive items); slots past ``num_codes`` are padding that never wins.
   """
   chunks: jax.Array
   num_codes: int
@@ -157,12 +157,12 @@ class PreparedDatabase(NamedTuple):
 
 
 def _layout(words: np.ndarray, num_chunks: int, rows: int, cols: int) -> np.ndarray:
-  """(N, W) words -> (num_chunks, W, rows, cols), zero padded."""
+  """(N, W) words -> (num_chunks, W, rows, cols), zero padded, blocks in columns."""
   n, num_words = words.shape
   padded = np.zeros((num_chunks * rows * cols, num_words), np.uint32)
   padded[:n] = words
   return np.ascontiguousarray(
-      padded.reshape(num_chunks, rows, cols, num_words).transpose(0, 3, 1, 2))
+      padded.reshape(num_chunks, cols, rows, num_words).transpose(0, 3, 2, 1))
 
 
 def _chunk_shape(num_codes: int, num_shards: int, chunk_size: int, rows: int):
@@ -217,39 +217,45 @@ def _top_k_smallest(dist, k):
   return (-neg).astype(jnp.int32), pos
 
 
+def _index_order(dist):
+  """(nq, rows, cols) -> (nq, cols * rows): items in database-index order."""
+  return jnp.swapaxes(dist, 1, 2).reshape(dist.shape[0], -1)
+
+
 def _chunk_top_k(query_words, chunk, first_index, num_codes, *, k, num_bits):
   """Exact top-k of one chunk (W, rows, cols): (nq, k) distances and global indices."""
   _, rows, cols = chunk.shape
   nq = query_words.shape[0]
   invalid = jnp.int32(num_bits + 1)
-  row_ids = lax.broadcasted_iota(jnp.int32, (rows, cols), 0)
-  col_ids = lax.broadcasted_iota(jnp.int32, (rows, cols), 1)
-  valid = first_index + row_ids * cols + col_ids < num_codes
-  if cols < 4 * k:
-    # Small chunk: one top-k over all items (row-major == database-index order).
-    dist = jnp.where(valid[None], _distances(query_words, chunk), invalid)
-    dist, pos = _top_k_smallest(dist.reshape(nq, rows * cols), min(k, rows * cols))
+  num_blocks = k + 1  # k, plus the one partly padded block (module docstring)
+  if cols < 4 * num_blocks:
+    # Small chunk: one top-k over all items.
+    dist = _index_order(_distances(query_words, chunk))
+    index = first_index + jnp.arange(rows * cols, dtype=jnp.int32)
+    dist = jnp.where(index[None] < num_codes, dist, invalid)
+    dist, pos = _top_k_smallest(dist, min(k, rows * cols))
     index = first_index + pos
     if k > rows * cols:
       pad = ((0, 0), (0, k - rows * cols))
       dist = jnp.pad(dist, pad, constant_values=num_bits + 1)
       index = jnp.pad(index, pad, constant_values=-1)
     return dist, index
-  # Pass 1 (fused, the whole cost): per block the best key distance * rows + row.
-  dist = jnp.where(valid[None], _distances(query_words, chunk), invalid)
-  block_min = jnp.min(dist * rows + row_ids[None], axis=1)
-  _, best_cols = _top_k_smallest(block_min, k)
-  best_cols = jnp.sort(best_cols, axis=1)  # candidates in database-index order
-  # Pass 2: exact distances of the k * rows candidates, laid out row-major.
-  cand = jnp.take(chunk, best_cols, axis=2)  # (W, rows, nq, k)
+  # Pass 1 (fused, almost all the cost): every block's minimum distance.
+  block_min = jnp.min(_distances(query_words, chunk), axis=1)  # (nq, cols)
+  block_start = first_index + jnp.arange(cols, dtype=jnp.int32) * rows
+  block_min = jnp.where(block_start[None] < num_codes, block_min, invalid)
+  _, blocks = _top_k_smallest(block_min, num_blocks)
+  blocks = jnp.sort(blocks, axis=1)  # candidates in database-index order
+  # Pass 2: exact distances of the selected blocks' items.
+  cand = jnp.take(chunk, blocks, axis=2)  # (W, rows, nq, num_blocks)
   cand_dist = sum(lax.population_count(query_words[None, :, w, None] ^ cand[w])
-                  for w in range(cand.shape[0]))  # (rows, nq, k)
-  cand_dist = jnp.moveaxis(cand_dist.astype(jnp.int32), 0, 1)  # (nq, rows, k)
-  cand_valid = first_index + row_ids[:rows, :1] * cols + best_cols[:, None, :] < num_codes
-  cand_dist = jnp.where(cand_valid, cand_dist, invalid).reshape(nq, rows * k)
-  dist, pos = _top_k_smallest(cand_dist, k)
-  row, slot = pos // k, pos % k
-  index = first_index + row * cols + jnp.take_along_axis(best_cols, slot, axis=1)
+                  for w in range(cand.shape[0]))  # (rows, nq, num_blocks)
+  cand_dist = jnp.transpose(cand_dist.astype(jnp.int32), (1, 2, 0))  # (nq, blocks, rows)
+  cand_index = (first_index + blocks[:, :, None] * rows
+                + jnp.arange(rows, dtype=jnp.int32)[None, None, :])
+  cand_dist = jnp.where(cand_index < num_codes, cand_dist, invalid)
+  dist, pos = _top_k_smallest(cand_dist.reshape(nq, num_blocks * rows), k)
+  index = jnp.take_along_axis(cand_index.reshape(nq, num_blocks * rows), pos, axis=1)
   return dist, index
 
 
@@ -404,11 +410,11 @@ def sharded_search(xq_packed, xb_packed, k: int, *, num_bits: int, mesh: Mesh,
 def _chunk_distances(query_words, chunk, first_index, num_codes, *, num_bits):
   """(nq, rows * cols) distances of one chunk in index order; padding -> num_bits + 1."""
   _, rows, cols = chunk.shape
-  ids = first_index + lax.broadcasted_iota(jnp.int32, (rows, cols), 0) * cols \
-      + lax.broadcasted_iota(jnp.int32, (rows, cols), 1)
-  dist = jnp.where(ids[None] < num_codes, _distances(query_words, chunk), num_bits + 1)
+  index = first_index + jnp.arange(rows * cols, dtype=jnp.int32)
+  dist = jnp.where(index[None] < num_codes, _index_order(_distances(query_words, chunk)),
+                   num_bits + 1)
   dtype = jnp.uint8 if num_bits < 255 else jnp.uint16 if num_bits < 65535 else jnp.int32
-  return dist.reshape(query_words.shape[0], rows * cols).astype(dtype)
+  return dist.astype(dtype)
 
 
 @functools.partial(jax.jit, static_argnames=("num_bits",))

@@ -104,7 +104,7 @@ class HashNetwork(nn.Module):
     encoder = ENCODERS[self.encoder](axis_name=self.axis_name, **(self.encoder_kwargs or {}),
                                      name="encoder")
     features = encoder(images, train=train)
-    pre = nn.Dense(self.num_bits, name="hash")(features)
+    pre = nn.Dense(self.num_bits, use_bias=False, name="hash")(features)  # BN follows.
     pre = nn.BatchNorm(use_running_average=not train, momentum=0.9,
                        axis_name=self.axis_name if train else None, name="hash_norm")(pre)
     codes = jnp.tanh(pre)

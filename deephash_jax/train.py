@@ -206,7 +206,8 @@ def make_train_step(config, mesh) -> Callable:
             lax.psum(jnp.sum(2.0 * binary - 1.0, axis=0), AXIS) / (2 * n_global))),
         "code_saturation": lax.psum(jnp.sum(jnp.abs(codes) > 0.9), AXIS) / (
             2 * n_global * num_bits),
-        "grad_norm": optax.global_norm(grads),
+        "grad_norm": optax.tree.norm(grads),
+        "grad_norm_encoder": optax.tree.norm(grads["encoder"]),
     }
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                               opt_state=opt_state, disc_params=disc_params,

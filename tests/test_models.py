@@ -1,0 +1,53 @@
+"""Shapes of every module, for each encoder variant."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from deephash_jax import models
+
+
+@pytest.mark.parametrize("encoder,shape", [("cnn", (28, 28, 1)), ("cnn_tiny", (28, 28, 1)),
+                                           ("cnn", (64, 64, 3)), ("alexnet", (224, 224, 3))])
+@pytest.mark.parametrize("classifier_input", ["code", "features"])
+def test_hash_network_shapes(encoder, shape, classifier_input):
+  net = models.HashNetwork(num_bits=24, num_classes=7, encoder=encoder,
+                           classifier_input=classifier_input)
+  x = jnp.zeros((2, *shape))
+  variables = jax.eval_shape(lambda: net.init(jax.random.key(0), x, train=False))
+  codes, inter = jax.eval_shape(lambda v: net.apply(v, x, train=False), variables)
+  assert codes.shape == (2, 24)
+  assert inter["pre_codes"].shape == (2, 24)
+  assert inter["logits"].shape == (2, 7)
+  assert inter["features"].ndim == 2
+
+
+def test_codes_are_in_open_interval_and_bits_start_balanced():
+  net = models.HashNetwork(num_bits=32, num_classes=10, encoder="cnn_tiny")
+  x = jax.random.uniform(jax.random.key(1), (64, 28, 28, 1))
+  variables = net.init(jax.random.key(0), x, train=False)
+  (codes, _), _ = net.apply(variables, x, train=True, mutable=["batch_stats"])
+  assert np.all(np.abs(codes) < 1)
+  # BatchNorm on the pre-codes centres every bit over the batch: none is constant at init.
+  bit_means = np.mean(np.asarray(codes) > 0, axis=0)
+  assert np.all((bit_means > 0) & (bit_means < 1))
+
+
+def test_discriminator_shape_and_unknown_encoder():
+  disc = models.Discriminator(hidden_dims=(8,))
+  a = jnp.ones((5, 16))
+  params = disc.init(jax.random.key(0), a, a)
+  logits, _ = disc.apply(params, a, -a)
+  assert logits.shape == (5,)
+  net = models.HashNetwork(num_bits=8, num_classes=2, encoder="resnet9000")
+  with pytest.raises(ValueError, match="config.model.encoder='resnet9000'"):
+    net.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)), train=False)
+
+
+def test_create_models_from_config():
+  cfg = ml_collections.ConfigDict(dict(num_bits=12, encoder="cnn_tiny", encoder_kwargs={},
+                                       classifier_input="code", discriminator_hidden=(4,)))
+  net, disc = models.create_models(cfg, num_classes=3)
+  assert net.num_bits == 12 and disc.hidden_dims == (4,)
