@@ -160,6 +160,7 @@ class Split:
   labels: np.ndarray   # (N,) int32 clothing type
   items: np.ndarray    # (N,) int32 catalogue item id (same item = same garment)
   class_names: tuple[str, ...]
+  paths: np.ndarray | None = None  # (N,) str, relative to the tree root (image_folder only)
 
   def __len__(self):
     return len(self.labels)

@@ -1,0 +1,22 @@
+r"""Your own catalogue at 224 px RGB with the AlexNet-style encoder (the paper's backbone).
+
+    deephash train --config=configs/image_folder_224.py --workdir=workdirs/catalogue_224 \
+        --config.input.root=catalogue --config.input.num_classes=<number of clothing types>
+
+Meant for an accelerator: about 60M parameters, far too slow for a 2-core CPU. See
+configs/image_folder.py for the tree and docs/CATALOGUE.md for the walk-through.
+"""
+
+from deephash_jax import config_lib
+
+
+def get_config():
+  config = config_lib.base_config("image_folder")
+  config.input.image_size = 224
+  config.model.encoder = "alexnet"
+  config.model.num_bits = 64
+  config.model.discriminator_hidden = (512, 512)
+  config.train.batch_size = 256
+  config.train.learning_rate = 1e-3
+  config.eval.batch_size = 512
+  return config
