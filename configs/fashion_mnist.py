@@ -14,10 +14,15 @@ import ml_collections
 def get_config():
   config = ml_collections.ConfigDict()
   config.seed = 0
+  # "ours" (the adversarial semantic hashing network) or a baseline from
+  # deephash_jax/baselines.py ("dch", "hashnet", "dpsh", "csq", "greedyhash", "orthohash") trained
+  # by the same loop on the same encoder; see configs/benchmark.py.
+  config.method = "ours"
 
   config.input = ml_collections.ConfigDict()
   config.input.dataset = "fashion_mnist"
-  config.input.data_dir = None                                # TFDS data dir (None: TFDS default)
+  # TFDS data dir (None: TFDS default); a typed placeholder so --config.input.data_dir= works.
+  config.input.data_dir = ml_collections.config_dict.placeholder(str)
   config.input.source_dir = "/usr/share/datasets/fashion-mnist"  # Debian's IDX files
   config.input.train_split = "train"
   config.input.query_split = "test"
@@ -35,6 +40,7 @@ def get_config():
   config.model.encoder_kwargs = ml_collections.ConfigDict()
   config.model.num_bits = 48
   config.model.classifier_input = "code"      # or "features"
+  config.model.code_activation = "tanh"       # or "sign_ste" (GreedyHash)
   config.model.discriminator_hidden = (256, 256)
 
   config.loss = ml_collections.ConfigDict()
@@ -46,6 +52,7 @@ def get_config():
   config.loss.gamma = 10.0                    # Cauchy scale for the category level
   config.loss.gamma_item = 10.0
   config.loss.adversarial_mode = "entropy"    # or "flip"
+  config.loss.baseline_hyper = ml_collections.ConfigDict()  # overrides baselines.default_hyper
 
   config.train = ml_collections.ConfigDict()
   config.train.batch_size = 256               # views; = 128 catalogue items, two views each

@@ -38,6 +38,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _require(l.gamma_item > 0, "loss.gamma_item", l.gamma_item, "positive")
   _require(l.adversarial_mode in ("entropy", "flip"), "loss.adversarial_mode",
            l.adversarial_mode, "'entropy' or 'flip'")
+  from deephash_jax import baselines  # pylint: disable=g-import-not-at-top
+  methods = ("ours", *sorted(baselines.BASELINES))
+  method = config.get("method", "ours")
+  _require(method in methods, "method", method, f"one of {methods}")
   _require(t.log_every_steps > 0, "train.log_every_steps", t.log_every_steps, "positive")
   _require(t.checkpoint_every_steps > 0, "train.checkpoint_every_steps",
            t.checkpoint_every_steps, "positive")

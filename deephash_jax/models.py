@@ -13,6 +13,8 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from deephash_jax.baselines import sign_straight_through
+
 
 def space_to_depth(x, block: int = 2):
   """(B, H, W, C) -> (B, H/block, W/block, C*block^2), padding H and W up to a multiple."""
@@ -94,6 +96,7 @@ class HashNetwork(nn.Module):
   encoder: str = "cnn"
   encoder_kwargs: Any = None
   classifier_input: str = "code"   # "code" or "features"
+  code_activation: str = "tanh"    # or "sign_ste": sign forward, identity backward (GreedyHash)
   axis_name: str | None = None
 
   @nn.compact
@@ -107,7 +110,13 @@ class HashNetwork(nn.Module):
     pre = nn.Dense(self.num_bits, use_bias=False, name="hash")(features)  # BN follows.
     pre = nn.BatchNorm(use_running_average=not train, momentum=0.9,
                        axis_name=self.axis_name if train else None, name="hash_norm")(pre)
-    codes = jnp.tanh(pre)
+    if self.code_activation == "tanh":
+      codes = jnp.tanh(pre)
+    elif self.code_activation == "sign_ste":
+      codes = sign_straight_through(pre)
+    else:
+      raise ValueError(f"config.model.code_activation={self.code_activation!r}: expected "
+                       "'tanh' or 'sign_ste'")
     if self.classifier_input == "code":
       logits = nn.Dense(self.num_classes, name="classifier")(codes)
     elif self.classifier_input == "features":
@@ -139,6 +148,8 @@ def create_models(model_config, num_classes: int, axis_name: str | None = None):
   net = HashNetwork(num_bits=model_config.num_bits, num_classes=num_classes,
                     encoder=model_config.encoder,
                     encoder_kwargs=dict(model_config.get("encoder_kwargs", {}) or {}),
-                    classifier_input=model_config.classifier_input, axis_name=axis_name)
+                    classifier_input=model_config.classifier_input,
+                    code_activation=model_config.get("code_activation", "tanh"),
+                    axis_name=axis_name)
   disc = Discriminator(hidden_dims=tuple(model_config.discriminator_hidden))
   return net, disc

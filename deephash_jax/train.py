@@ -37,6 +37,7 @@ import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from deephash_jax import augment
+from deephash_jax import baselines
 from deephash_jax import config_lib
 from deephash_jax import input_pipeline
 from deephash_jax import losses
@@ -68,7 +69,9 @@ def create_mesh(mesh_config) -> jax.sharding.Mesh:
   if size != jax.device_count():
     raise ValueError(f"config.mesh asks for {size} devices on axis '{AXIS}' but "
                      f"{jax.device_count()} are present")
-  return jax.make_mesh((size,), (AXIS,))
+  # Auto axes: the step is manual (shard_map) and the rest is plain data parallelism; current
+  # jax.make_mesh defaults to Explicit axes, which would type every array op by its sharding.
+  return jax.make_mesh((size,), (AXIS,), axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def learning_rate_schedule(train_config, total_steps: int):
@@ -117,6 +120,10 @@ def make_train_step(config, mesh) -> Callable:
   net, disc = models.create_models(config.model, config.input.num_classes, axis_name=AXIS)
   weights = config.loss
   num_bits = config.model.num_bits
+  method = config.get("method", "ours")
+  if method != "ours":
+    baseline_hyper = {**baselines.default_hyper(method, num_bits),
+                      **dict(config.loss.get("baseline_hyper", {}) or {})}
 
   def body(state: TrainState, batch, rng):
     n_local = batch["label"].shape[0]
@@ -135,9 +142,10 @@ def make_train_step(config, mesh) -> Callable:
       (codes, inter), updates = net.apply(
           {"params": params, "batch_stats": state.batch_stats}, images, train=True,
           mutable=["batch_stats"])
-      return (codes, inter["logits"]), updates["batch_stats"]
+      return (codes, inter["pre_codes"], inter["logits"]), updates["batch_stats"]
 
-    (codes, logits), backward, batch_stats = jax.vjp(forward, state.params, has_aux=True)
+    (codes, pre_codes, logits), backward, batch_stats = jax.vjp(forward, state.params,
+                                                                has_aux=True)
 
     # 1. Discriminator step on fixed codes.
     def disc_loss_fn(disc_params):
@@ -164,6 +172,22 @@ def make_train_step(config, mesh) -> Callable:
     item_similar = kinds == losses.PAIR_SAME_ITEM
     count = lambda mask: lax.psum(jnp.sum(mask), AXIS)
 
+    def baseline_loss_fn(pre_codes, logits):
+      # A baseline's loss is defined on the whole batch: every device evaluates it on the
+      # gathered pre-codes; the gather's transpose sums the devices' cotangents, hence the
+      # division by the number of devices.
+      all_pre = lax.all_gather(pre_codes, AXIS, tiled=True)
+      value, aux = baselines.BASELINES[method](
+          all_pre, all_labels, num_classes=config.input.num_classes, step=state.step,
+          **baseline_hyper)
+      terms = {
+          "classification": losses.classification_loss(logits, labels, normaliser=2 * n_global),
+          "baseline": value / lax.axis_size(AXIS),
+          **{f"baseline_{k}": lax.stop_gradient(v) / lax.axis_size(AXIS) for k, v in aux.items()},
+      }
+      total = weights.classification_weight * terms["classification"] + terms["baseline"]
+      return total, terms
+
     def encoder_loss_fn(codes, logits):
       all_codes = lax.all_gather(codes, AXIS, tiled=True)
       distances = losses.relaxed_hamming(codes, all_codes, num_bits=num_bits)
@@ -187,9 +211,15 @@ def make_train_step(config, mesh) -> Callable:
       total = sum(weights[f"{name}_weight"] * value for name, value in terms.items())
       return total, terms
 
-    (total, terms), (d_codes, d_logits_cls) = jax.value_and_grad(
-        encoder_loss_fn, argnums=(0, 1), has_aux=True)(codes, logits)
-    (grads,) = backward((d_codes, d_logits_cls))
+    if method == "ours":
+      (total, terms), (d_codes, d_logits_cls) = jax.value_and_grad(
+          encoder_loss_fn, argnums=(0, 1), has_aux=True)(codes, logits)
+      d_pre = jnp.zeros_like(pre_codes)
+    else:
+      (total, terms), (d_pre, d_logits_cls) = jax.value_and_grad(
+          baseline_loss_fn, argnums=(0, 1), has_aux=True)(pre_codes, logits)
+      d_codes = jnp.zeros_like(codes)
+    (grads,) = backward((d_codes, d_pre, d_logits_cls))
     grads = lax.psum(grads, AXIS)
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -220,15 +250,29 @@ def make_train_step(config, mesh) -> Callable:
 
 
 def make_embed_fn(config, mesh) -> Callable:
-  """Jitted `embed(variables, uint8 images) -> continuous codes`, batch sharded on `data`."""
+  """`embed(variables, uint8 images) -> continuous codes`, jitted, batch sharded on `data`.
+
+  Every process passes the same host images and gets all the codes back, replicated, so that
+  `np.asarray` can read them in a multi-process run too (where jit also refuses NumPy inputs with
+  a sharded layout: the global batch is built with `make_array_from_callback`). Like the train
+  step, the body is per device under `shard_map`.
+  """
   net, _ = models.create_models(config.model, config.input.num_classes)
+  batch_sharding = NamedSharding(mesh, P(AXIS))
 
-  def embed(variables, images):
+  def body(variables, images):
     codes, _ = net.apply(variables, augment.preprocess(images), train=False)
-    return codes
+    return lax.all_gather(codes, AXIS, tiled=True)
 
-  return jax.jit(embed, in_shardings=(NamedSharding(mesh, P()), NamedSharding(mesh, P(AXIS))),
-                 out_shardings=NamedSharding(mesh, P(AXIS)))
+  jitted = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=P(),
+                                 check_vma=False))
+
+  def embed_fn(variables, images):
+    images = np.asarray(images)
+    images = jax.make_array_from_callback(images.shape, batch_sharding, lambda i: images[i])
+    return jitted(variables, images)
+
+  return embed_fn
 
 
 def embed_dataset(embed_fn, variables, images: np.ndarray, *, batch_size: int,

@@ -1,0 +1,35 @@
+# Set-up and the two commands the README promises, on a fresh Debian machine with Python 3.11:
+#   make run    creates .venv, installs the dataset, trains the default config, prints the evaluation
+#   make test   creates .venv, installs the dataset, runs the tests on 8 forced CPU devices
+PYTHON ?= python3.11
+VENV ?= .venv
+WORKDIR ?= workdirs/fashion_mnist
+CONFIG ?= configs/fashion_mnist.py
+FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+PYTEST_ARGS ?=
+
+.PHONY: venv data run test clean
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[test,demo]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+data:
+	@if [ ! -f $(FASHION_MNIST_DIR)/train-images-idx3-ubyte.gz ]; then \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq dataset-fashion-mnist; \
+	fi
+
+run: venv data
+	$(VENV)/bin/deephash train --config=$(CONFIG) --workdir=$(WORKDIR) --json
+
+test: venv data
+	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(VENV)/bin/pytest -q $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) workdirs
