@@ -14,21 +14,30 @@ Naming and contracts follow faiss ``IndexBinaryFlat``:
   <= radius, sorted by (distance, index).
 
 How the exact k-NN search stays fast on CPU (block-minimum pruning):
-the database is cut into *blocks* of ``rows`` consecutive items; a chunk of
-``cols`` blocks is stored as uint32 words ``(num_words, rows, cols)``, block c in
-column c, so one fused XOR + popcount + min-over-rows pass (vectorised across
-columns) gives every block's minimum distance. Take the k+1 blocks with the
-smallest minima, ties to the lower block. If item e is among the k best (order:
-distance, then index), every other fully valid block ranked before e's block
-holds its own item ranked before e (blocks are index ranges), so at most k-1 such
-blocks exist; the one partly padded block of a chunk may rank early by accident,
-hence k+1. So the k+1 selected blocks hold the exact top-k, and an exact
-``lax.top_k`` over their ``(k+1) * rows`` items, laid out in index order, gives
-the answer. Distances go into ``top_k`` as float32 (exact for these small
-integers): XLA:CPU's float32 top-k is a partial sort that keeps lower positions
-first on ties, while integer top-k falls back to a full sort.
-The database is processed chunk by chunk under ``lax.scan`` with a running top-k
-merge, so memory stays bounded by one chunk's block minima.
+
+* The database is cut into *blocks* of ``rows`` consecutive items. Pass 1, one
+  fused XOR + popcount + minimum loop, gives every block's minimum distance to
+  every query; it is the only pass over all items.
+* Selection: take the k+1 blocks with the smallest minima, ties to the lower
+  block. This is exact: if item e is among the k best (order: distance, then
+  index), every fully valid block ranked before e's block holds its own item
+  ranked before e (blocks are index ranges), so there are at most k-1 of them;
+  the one partly padded block of a chunk may rank early by accident, hence k+1.
+  With many blocks the same argument is applied once more to super-blocks of
+  16 consecutive blocks, so every ``top_k`` runs on short rows.
+* Pass 2: exact distances of the (k+1) * rows items of the selected blocks, laid
+  out in index order, and one ``lax.top_k``.
+* Distances go into ``top_k`` as float32 (exact for these small integers):
+  XLA:CPU's float32 top-k is a partial sort that keeps lower positions first on
+  ties, while integer top-k falls back to a full sort.
+* Layout for pass 1: a chunk is stored as ``(words, tiles, rows, tile_cols)``
+  with block ``b`` in column ``b % tile_cols`` of tile ``b // tile_cols``; the
+  minimum over rows is a chain of elementwise minima, which XLA vectorises along
+  contiguous columns, and a tile (about 256 KiB) stays in cache while every
+  query of the batch scans it.
+* The database is processed chunk by chunk under ``lax.scan`` with a running
+  top-k merge, so memory stays bounded by one chunk's block minima
+  (queries x chunk_size / rows bytes).
 """
 from __future__ import annotations
 
@@ -47,7 +56,6 @@ __all__ = [
 ]
 
 DEFAULT_CHUNK_SIZE = 1 << 20    # database items per scanned chunk
-DEFAULT_BLOCK_ROWS = 32         # items per pruning block
 DEFAULT_QUERY_BATCH_SIZE = 256  # queries per compiled call
 
 
@@ -139,9 +147,10 @@ def _check_positive(name, value) -> int:
 class PreparedDatabase(NamedTuple):
   """A database laid out for ``search_prepared`` (see the module docstring).
 
-  chunks: uint32 (num_chunks, num_words, rows, cols); item (r, c) of chunk g is
-    database index ``(g * cols + c) * rows + r`` (block c holds ``rows``
-    consecutive items); slots past ``num_codes`` are padding that never wins.
+  chunks: uint32 (num_chunks, num_words, tiles, rows, tile_cols). Block
+    ``b = tile * tile_cols + col`` of chunk g holds database indices
+    ``(g * blocks_per_chunk + b) * rows + r`` for r < rows; slots past
+    ``num_codes`` are padding that never wins.
   """
   chunks: jax.Array
   num_codes: int
@@ -149,41 +158,59 @@ class PreparedDatabase(NamedTuple):
 
   @property
   def rows(self) -> int:
-    return self.chunks.shape[2]
+    return self.chunks.shape[3]
 
   @property
   def chunk_items(self) -> int:
-    return self.chunks.shape[2] * self.chunks.shape[3]
+    return int(np.prod(self.chunks.shape[2:]))
 
 
-def _layout(words: np.ndarray, num_chunks: int, rows: int, cols: int) -> np.ndarray:
-  """(N, W) words -> (num_chunks, W, rows, cols), zero padded, blocks in columns."""
+def default_block_rows(num_bits: int, chunk_items: int = DEFAULT_CHUNK_SIZE) -> int:
+  """Items per block: 32, fewer for long codes (a compact fused pass 1) and for
+  small chunks, where about sqrt(chunk_items / 100) balances the two top-k sizes
+  (chunk_items / rows block minima, (k + 1) * rows candidates) for k near 100."""
+  num_words = -(-num_bits // 32)
+  balanced = 1 << max(2, round(np.log2(max(1.0, chunk_items / 100) ** 0.5)))
+  return max(4, min(32, 128 // num_words, balanced))
+
+
+def _tile_cols(rows: int, num_words: int) -> int:
+  # A tile (num_words * rows * tile_cols words) stays in L2 while every query of a
+  # batch scans it; 16 below a power of two avoids cache-set aliasing of the rows.
+  target = (256 << 10) // (4 * rows * num_words)
+  return max(16, (1 << max(4, target.bit_length() - 1)) - 16)
+
+
+def _chunk_shape(num_codes, num_shards, chunk_size, rows, num_words):
+  """(chunks per shard, tiles, tile_cols): every shard holds whole, equal chunks."""
+  per_shard = max(1, -(-num_codes // num_shards))
+  blocks = -(-min(chunk_size, per_shard) // rows)
+  tiles = -(-blocks // _tile_cols(rows, num_words))
+  tile_cols = -(-blocks // (tiles * _GROUP)) * _GROUP  # equal tiles, little padding
+  chunks_per_shard = -(-per_shard // (tiles * tile_cols * rows))
+  return chunks_per_shard, tiles, tile_cols
+
+
+def _layout(words, num_chunks, tiles, rows, tile_cols):
+  """(N, W) words -> (num_chunks, W, tiles, rows, tile_cols), zero padded."""
   n, num_words = words.shape
-  padded = np.zeros((num_chunks * rows * cols, num_words), np.uint32)
+  padded = np.zeros((num_chunks * tiles * tile_cols * rows, num_words), np.uint32)
   padded[:n] = words
   return np.ascontiguousarray(
-      padded.reshape(num_chunks, cols, rows, num_words).transpose(0, 3, 2, 1))
-
-
-def _chunk_shape(num_codes: int, num_shards: int, chunk_size: int, rows: int):
-  """(chunks per shard, cols) so that every shard holds whole chunks."""
-  per_shard = max(1, -(-num_codes // num_shards))
-  chunk_items = min(chunk_size, per_shard)
-  cols = max(1, -(-chunk_items // rows))
-  chunks_per_shard = -(-per_shard // (rows * cols))
-  return chunks_per_shard, cols
+      padded.reshape(num_chunks, tiles, tile_cols, rows, num_words).transpose(0, 4, 1, 3, 2))
 
 
 def prepare_database(xb_packed, *, num_bits: int, chunk_size: int = DEFAULT_CHUNK_SIZE,
-                     block_rows: int = DEFAULT_BLOCK_ROWS, sharding=None,
+                     block_rows: int | None = None, sharding=None,
                      num_shards: int = 1) -> PreparedDatabase:
   """Lays packed database codes out for repeated searches (an index keeps this).
 
   Args:
     xb_packed: uint8 (N, ceil(num_bits/8)) packed codes.
     num_bits: code length.
-    chunk_size: database items per scanned chunk (rounded up to ``block_rows``).
-    block_rows: items per pruning block.
+    chunk_size: database items per scanned chunk (rounded up to whole tiles).
+    block_rows: items per pruning block (default ``default_block_rows``, from the
+      code length and the chunk size).
     sharding: optional ``jax.sharding.Sharding`` for the chunk axis.
     num_shards: number of shards the chunk axis is split into (chunks per shard
       are equal; padding never wins).
@@ -191,72 +218,126 @@ def prepare_database(xb_packed, *, num_bits: int, chunk_size: int = DEFAULT_CHUN
   num_bits = _check_num_bits(num_bits)
   xb_packed = check_packed("xb_packed", xb_packed, num_bits)
   chunk_size = _check_positive("chunk_size", chunk_size)
+  words = _to_words(xb_packed)
+  if block_rows is None:
+    per_shard = -(-words.shape[0] // num_shards)
+    block_rows = default_block_rows(num_bits, min(chunk_size, per_shard))
   rows = _check_positive("block_rows", block_rows)
-  chunks_per_shard, cols = _chunk_shape(xb_packed.shape[0], num_shards, chunk_size, rows)
-  host = _layout(_to_words(xb_packed), chunks_per_shard * num_shards, rows, cols)
+  shape = _chunk_shape(words.shape[0], num_shards, chunk_size, rows, words.shape[1])
+  host = _layout(words, shape[0] * num_shards, shape[1], rows, shape[2])
   chunks = jax.device_put(host, sharding) if sharding is not None else jnp.asarray(host)
   return PreparedDatabase(chunks, int(xb_packed.shape[0]), num_bits)
 
 
 # ---------------------------------------------------------------------- jitted core
 
+_GROUP = 16  # blocks per super-block (second pruning level)
 
-def _distances(query_words, db_words):
-  """(nq, W) x (W, ...) uint32 -> (nq, ...) int32 Hamming distances."""
-  num_words = query_words.shape[1]
-  extra = (None,) * (db_words.ndim - 1)
-  dist = lax.population_count(query_words[(slice(None), 0) + extra] ^ db_words[None, 0])
-  for w in range(1, num_words):
-    dist = dist + lax.population_count(query_words[(slice(None), w) + extra] ^ db_words[None, w])
-  return dist.astype(jnp.int32)
+
+def _distance_dtype(num_bits):
+  return jnp.uint8 if num_bits < 255 else jnp.int32
 
 
 def _top_k_smallest(dist, k):
-  """Row-wise k smallest int32 distances, ties -> lower position (exact in float32)."""
+  """Row-wise k smallest small-integer distances, ties -> lower position.
+
+  float32 holds these integers exactly, and XLA:CPU's float32 top-k is a fast
+  partial sort (integer top-k is a full sort).
+  """
   neg, pos = lax.top_k(-dist.astype(jnp.float32), k)
   return (-neg).astype(jnp.int32), pos
 
 
-def _index_order(dist):
-  """(nq, rows, cols) -> (nq, cols * rows): items in database-index order."""
-  return jnp.swapaxes(dist, 1, 2).reshape(dist.shape[0], -1)
+def _all_distances(query_words, chunk):
+  """(nq, W) x chunk (W, tiles, rows, tile_cols) -> (nq, items) int32, index order."""
+  dist = sum(lax.population_count(query_words[None, :, w, None, None] ^ chunk[w][:, None])
+             for w in range(chunk.shape[0]))  # (tiles, nq, rows, tile_cols)
+  dist = jnp.transpose(dist, (1, 0, 3, 2))  # (nq, tiles, tile_cols, rows)
+  return dist.reshape(query_words.shape[0], -1).astype(jnp.int32)
+
+
+def _block_minima(query_words, chunk, dtype):
+  """Pass 1: (tiles, nq, tile_cols) minimum distance of every block.
+
+  Written as a chain of elementwise minima over the rows (not a reduce) so that
+  XLA:CPU vectorises along tile_cols with contiguous loads, and with the tile
+  axis outermost so that one tile serves every query from cache.
+  """
+  best = None
+  for r in range(chunk.shape[2]):
+    dist = sum(lax.population_count(query_words[None, :, w, None] ^ chunk[w, :, r][:, None])
+               for w in range(chunk.shape[0]))
+    best = dist if best is None else jnp.minimum(best, dist)
+  return best.astype(dtype)
+
+
+def _select(values, count):
+  """Positions of the `count` smallest values per row, ascending (index order)."""
+  _, pos = _top_k_smallest(values, count)
+  return jnp.sort(pos, axis=1)
+
+
+def _pruning_levels(num_blocks: int, k: int) -> int:
+  """0: plain top-k over the chunk; 1: block pruning; 2: blocks and super-blocks."""
+  if num_blocks // _GROUP >= 4 * (k + 1):
+    return 2
+  return 1 if num_blocks >= 4 * (k + 1) else 0
 
 
 def _chunk_top_k(query_words, chunk, first_index, num_codes, *, k, num_bits):
-  """Exact top-k of one chunk (W, rows, cols): (nq, k) distances and global indices."""
-  _, rows, cols = chunk.shape
+  """Exact top-k of one chunk (W, tiles, rows, tile_cols): (nq, k) distances, indices."""
+  _, tiles, rows, tile_cols = chunk.shape
   nq = query_words.shape[0]
-  invalid = jnp.int32(num_bits + 1)
-  num_blocks = k + 1  # k, plus the one partly padded block (module docstring)
-  if cols < 4 * num_blocks:
+  items = tiles * rows * tile_cols
+  num_blocks = tiles * tile_cols
+  invalid = num_bits + 1
+  count = k + 1  # k, plus the one partly padded block (module docstring)
+  levels = _pruning_levels(num_blocks, k)
+  if levels == 0:
     # Small chunk: one top-k over all items.
-    dist = _index_order(_distances(query_words, chunk))
-    index = first_index + jnp.arange(rows * cols, dtype=jnp.int32)
-    dist = jnp.where(index[None] < num_codes, dist, invalid)
-    dist, pos = _top_k_smallest(dist, min(k, rows * cols))
+    index = first_index + jnp.arange(items, dtype=jnp.int32)
+    dist = jnp.where(index[None] < num_codes, _all_distances(query_words, chunk), invalid)
+    dist, pos = _top_k_smallest(dist, min(k, items))
     index = first_index + pos
-    if k > rows * cols:
-      pad = ((0, 0), (0, k - rows * cols))
-      dist = jnp.pad(dist, pad, constant_values=num_bits + 1)
+    if k > items:
+      pad = ((0, 0), (0, k - items))
+      dist = jnp.pad(dist, pad, constant_values=invalid)
       index = jnp.pad(index, pad, constant_values=-1)
     return dist, index
-  # Pass 1 (fused, almost all the cost): every block's minimum distance.
-  block_min = jnp.min(_distances(query_words, chunk), axis=1)  # (nq, cols)
-  block_start = first_index + jnp.arange(cols, dtype=jnp.int32) * rows
-  block_min = jnp.where(block_start[None] < num_codes, block_min, invalid)
-  _, blocks = _top_k_smallest(block_min, num_blocks)
-  blocks = jnp.sort(blocks, axis=1)  # candidates in database-index order
-  # Pass 2: exact distances of the selected blocks' items.
-  cand = jnp.take(chunk, blocks, axis=2)  # (W, rows, nq, num_blocks)
-  cand_dist = sum(lax.population_count(query_words[None, :, w, None] ^ cand[w])
-                  for w in range(cand.shape[0]))  # (rows, nq, num_blocks)
-  cand_dist = jnp.transpose(cand_dist.astype(jnp.int32), (1, 2, 0))  # (nq, blocks, rows)
-  cand_index = (first_index + blocks[:, :, None] * rows
-                + jnp.arange(rows, dtype=jnp.int32)[None, None, :])
-  cand_dist = jnp.where(cand_index < num_codes, cand_dist, invalid)
-  dist, pos = _top_k_smallest(cand_dist.reshape(nq, num_blocks * rows), k)
-  index = jnp.take_along_axis(cand_index.reshape(nq, num_blocks * rows), pos, axis=1)
-  return dist, index
+
+  dtype = _distance_dtype(num_bits)
+
+  def pass_1():
+    block_min = _block_minima(query_words, chunk, dtype)  # (tiles, nq, tile_cols)
+    block = (lax.broadcasted_iota(jnp.int32, (tiles, 1, tile_cols), 0) * tile_cols
+             + lax.broadcasted_iota(jnp.int32, (tiles, 1, tile_cols), 2))
+    return jnp.where(first_index + block * rows < num_codes, block_min,
+                     jnp.asarray(invalid, dtype))
+
+  # The conditional (which also skips all-padding chunks) is a fusion barrier:
+  # without it XLA fuses pass 1 into the gathers below and recomputes block
+  # minima one gathered element at a time, several times slower.
+  block_min = lax.cond(first_index < num_codes, pass_1,
+                       lambda: jnp.full((tiles, nq, tile_cols), invalid, dtype))
+  query = jnp.arange(nq)[:, None]
+  if levels == 2:
+    # Second level: the k+1 best super-blocks of _GROUP consecutive blocks hold
+    # the k+1 best blocks (same argument one level up).
+    group_min = block_min.reshape(tiles, nq, tile_cols // _GROUP, _GROUP).min(axis=3)
+    groups = _select(jnp.swapaxes(group_min, 0, 1).reshape(nq, -1), count)
+    cand = (groups[:, :, None] * _GROUP + jnp.arange(_GROUP)).reshape(nq, count * _GROUP)
+    cand_min = block_min[cand // tile_cols, query, cand % tile_cols]
+    blocks = jnp.take_along_axis(cand, _select(cand_min, count), axis=1)
+  else:
+    blocks = _select(jnp.swapaxes(block_min, 0, 1).reshape(nq, num_blocks), count)
+  # Pass 2: exact distances of the selected blocks' items, in index order.
+  words = chunk[:, blocks // tile_cols, :, blocks % tile_cols]  # (nq, count, W, rows)
+  dist = sum(lax.population_count(query_words[:, None, w, None] ^ words[:, :, w])
+             for w in range(chunk.shape[0])).astype(jnp.int32)  # (nq, count, rows)
+  index = first_index + blocks[:, :, None] * rows + jnp.arange(rows, dtype=jnp.int32)
+  dist = jnp.where(index < num_codes, dist, invalid).reshape(nq, count * rows)
+  dist, pos = _top_k_smallest(dist, k)
+  return dist, jnp.take_along_axis(index.reshape(nq, count * rows), pos, axis=1)
 
 
 def _merge(dist_a, index_a, dist_b, index_b, k):
@@ -267,9 +348,9 @@ def _merge(dist_a, index_a, dist_b, index_b, k):
 
 
 def _scan_top_k(query_words, chunks, first_chunk, num_codes, *, k, num_bits):
-  """Top-k over chunks (G, W, rows, cols) whose first global chunk is first_chunk."""
+  """Top-k over chunks (G, W, tiles, rows, tile_cols) whose first global chunk is first_chunk."""
   nq = query_words.shape[0]
-  chunk_items = chunks.shape[2] * chunks.shape[3]
+  chunk_items = int(np.prod(chunks.shape[2:]))
 
   def body(carry, xs):
     g, chunk = xs
@@ -277,9 +358,13 @@ def _scan_top_k(query_words, chunks, first_chunk, num_codes, *, k, num_bits):
                                k=k, num_bits=num_bits)
     return _merge(*carry, dist, index, k), None
 
-  init = (jnp.full((nq, k), num_bits + 1, jnp.int32), jnp.full((nq, k), -1, jnp.int32))
-  chunk_ids = first_chunk + jnp.arange(chunks.shape[0], dtype=jnp.int32)
-  (dist, index), _ = lax.scan(body, init, (chunk_ids, chunks))
+  if chunks.shape[0] == 1:
+    dist, index = _chunk_top_k(query_words, chunks[0], first_chunk * chunk_items, num_codes,
+                               k=k, num_bits=num_bits)
+  else:
+    init = (jnp.full((nq, k), num_bits + 1, jnp.int32), jnp.full((nq, k), -1, jnp.int32))
+    chunk_ids = first_chunk + jnp.arange(chunks.shape[0], dtype=jnp.int32)
+    (dist, index), _ = lax.scan(body, init, (chunk_ids, chunks))
   return dist, jnp.where(dist > num_bits, -1, index)
 
 
@@ -326,7 +411,7 @@ def search_prepared(xq_packed, database: PreparedDatabase, k: int, *,
 
 
 def search(xq_packed, xb_packed, k: int, *, num_bits: int,
-           chunk_size: int = DEFAULT_CHUNK_SIZE, block_rows: int = DEFAULT_BLOCK_ROWS,
+           chunk_size: int = DEFAULT_CHUNK_SIZE, block_rows: int | None = None,
            query_batch_size: int = DEFAULT_QUERY_BATCH_SIZE):
   """Exact Hamming k-nearest-neighbour search, jitted (faiss ``knn_hamming``).
 
@@ -336,7 +421,8 @@ def search(xq_packed, xb_packed, k: int, *, num_bits: int,
     k: neighbours per query; k > N pads with index -1, distance num_bits + 1.
     num_bits: code length.
     chunk_size: database items per scanned chunk (bounds memory).
-    block_rows: items per pruning block (a speed knob; results do not change).
+    block_rows: items per pruning block (speed knob, results do not change;
+      default ``default_block_rows(num_bits)``).
     query_batch_size: queries per compiled call.
 
   Returns:
@@ -372,7 +458,7 @@ def _sharded_search_fn(mesh: Mesh, k: int, num_bits: int):
 
 
 def sharded_search(xq_packed, xb_packed, k: int, *, num_bits: int, mesh: Mesh,
-                   chunk_size: int = DEFAULT_CHUNK_SIZE, block_rows: int = DEFAULT_BLOCK_ROWS,
+                   chunk_size: int = DEFAULT_CHUNK_SIZE, block_rows: int | None = None,
                    query_batch_size: int = DEFAULT_QUERY_BATCH_SIZE):
   """``search`` with the database split over the mesh axis ``"data"``.
 
@@ -408,11 +494,10 @@ def sharded_search(xq_packed, xb_packed, k: int, *, num_bits: int, mesh: Mesh,
 
 @functools.partial(jax.jit, static_argnames=("num_bits",))
 def _chunk_distances(query_words, chunk, first_index, num_codes, *, num_bits):
-  """(nq, rows * cols) distances of one chunk in index order; padding -> num_bits + 1."""
-  _, rows, cols = chunk.shape
-  index = first_index + jnp.arange(rows * cols, dtype=jnp.int32)
-  dist = jnp.where(index[None] < num_codes, _index_order(_distances(query_words, chunk)),
-                   num_bits + 1)
+  """(nq, items) distances of one chunk in index order; padding -> num_bits + 1."""
+  dist = _all_distances(query_words, chunk)
+  index = first_index + jnp.arange(dist.shape[1], dtype=jnp.int32)
+  dist = jnp.where(index[None] < num_codes, dist, num_bits + 1)
   dtype = jnp.uint8 if num_bits < 255 else jnp.uint16 if num_bits < 65535 else jnp.int32
   return dist.astype(dtype)
 
@@ -421,7 +506,7 @@ def _chunk_distances(query_words, chunk, first_index, num_codes, *, num_bits):
 def _count_within(query_words, chunks, num_codes, radius, *, num_bits):
   def body(count, xs):
     g, chunk = xs
-    dist = _chunk_distances(query_words, chunk, g * chunk.shape[1] * chunk.shape[2],
+    dist = _chunk_distances(query_words, chunk, g * int(np.prod(chunk.shape[1:])),
                             num_codes, num_bits=num_bits)
     return count + jnp.sum(dist.astype(jnp.int32) <= radius, axis=1), None
   init = jnp.zeros(query_words.shape[0], jnp.int32)

@@ -93,6 +93,26 @@ def test_pruned_search_many_ties(k):
                  want)
 
 
+@pytest.mark.parametrize("n,num_bits,k,chunk_size,block_rows,levels", [
+    (700, 16, 8, 1 << 20, 32, 0),    # 32 blocks (22 used): plain top-k
+    (3001, 16, 15, 1 << 20, 4, 1),   # 752 blocks: block pruning
+    (3001, 16, 3, 1 << 20, 2, 2),    # 1501 blocks: blocks and super-blocks
+    (5003, 64, 2, 1500, 3, 2),       # several chunks, two levels, padded last block
+    (5003, 40, 9, 2100, 4, 1),       # several chunks, one level
+])
+def test_every_pruning_level_is_exact(n, num_bits, k, chunk_size, block_rows, levels):
+  rng = np.random.default_rng(n + k)
+  xb = _codes(rng, n, num_bits)
+  xb[xb.sum(axis=1) == 0, 0] = 1  # no zero code: padding (zeros) would beat everything
+  zero = np.zeros((1, xb.shape[1]), np.uint8)
+  xq = np.concatenate([zero, xb[:2], _codes(rng, 6, num_bits, duplicate=False)])
+  database = hamming.prepare_database(xb, num_bits=num_bits, chunk_size=chunk_size,
+                                      block_rows=block_rows)
+  _, _, tiles, _, tile_cols = database.chunks.shape
+  assert hamming._pruning_levels(tiles * tile_cols, k) == levels
+  _assert_same(hamming.search_prepared(xq, database, k), _brute_search(xq, xb, k, num_bits))
+
+
 @pytest.mark.parametrize("n,k", [(50, 50), (50, 80), (1, 3)])
 def test_search_k_equal_or_larger_than_database(n, k):
   rng = np.random.default_rng(n + k)
