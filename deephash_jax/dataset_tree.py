@@ -70,6 +70,25 @@ class ImageError(DataError):
     self.kind = kind
 
 
+_SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF87a", "GIF"),
+               (b"GIF89a", "GIF"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
+
+
+def _format_from_signature(source) -> str | None:
+  """The format an image file's first bytes announce (PNG, JPEG, GIF, TIFF, WEBP), or None."""
+  try:
+    if isinstance(source, bytes):
+      head = source[:16]
+    else:
+      with open(source, "rb") as f:
+        head = f.read(16)
+  except OSError:
+    return None
+  if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+    return "WEBP"
+  return next((fmt for signature, fmt in _SIGNATURES if head.startswith(signature)), None)
+
+
 def decode_image(source, *, name: str, max_pixels: int = MAX_SOURCE_PIXELS) -> Image.Image:
   """Opens, verifies and fully decodes an image (path or bytes); ImageError names `name`.
 
@@ -100,6 +119,10 @@ def decode_image(source, *, name: str, max_pixels: int = MAX_SOURCE_PIXELS) -> I
   except ImageError:
     raise
   except UnidentifiedImageError as e:
+    fmt = _format_from_signature(source)
+    if fmt:  # An image file cut short before PIL could read its header.
+      raise ImageError(f"{name}: corrupt or truncated image (starts like a {fmt} file, but PIL "
+                       "cannot read its header)", "corrupt") from e
     raise ImageError(f"{name}: not an image (PIL cannot identify its format)", "not_image") from e
   except Image.DecompressionBombError as e:
     raise ImageError(f"{name}: too many pixels ({e})", "too_large") from e
@@ -184,7 +207,8 @@ def scan_tree(root: str) -> ScannedTree:
   def add_file(split, clothing_type, item_key, path):
     relative = os.path.relpath(path, root).replace(os.sep, "/")
     if os.path.splitext(path)[1].lower() not in IMAGE_EXTENSIONS:
-      ignored.append(f"{path}: unsupported file type (expected {', '.join(sorted(IMAGE_EXTENSIONS))})")
+      ignored.append(f"{path}: unsupported file type (expected "
+                     f"{', '.join(sorted(IMAGE_EXTENSIONS))})")
       return
     stat = os.stat(path)
     images.append(TreeImage(split, clothing_type, item_key, relative))

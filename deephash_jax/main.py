@@ -2,6 +2,12 @@ r"""The `deephash` command. Kept short: flags, then a call into the library.
 
     deephash train --config=configs/fashion_mnist.py --workdir=workdirs/fm [--config.model.num_bits=64]
     deephash evaluate --workdir=workdirs/fm [--json]
+    deephash dataset create --images_dir=photos --labels_csv=photos/labels.csv --output=catalogue
+    deephash dataset create --fashion_mnist_dir=/usr/share/datasets/fashion-mnist --output=fm_tree
+    deephash index --workdir=workdirs/catalogue --split=gallery --output=catalogue.dhidx
+    deephash demo --workdir=workdirs/catalogue --index=catalogue.dhidx [--port=8000]
+
+Your own catalogue, step by step: docs/CATALOGUE.md.
 """
 
 import json
@@ -13,7 +19,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-COMMANDS = ("train", "evaluate")
+COMMANDS = ("train", "evaluate", "index", "demo", "dataset create")
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.",
@@ -30,6 +36,24 @@ flags.DEFINE_integer("num_processes", int(os.environ.get("DEEPHASH_NUM_PROCESSES
                      "Number of processes of a multi-process run.")
 flags.DEFINE_integer("process_id", int(os.environ.get("DEEPHASH_PROCESS_ID", "-1")),
                      "This process's index in a multi-process run.")
+# dataset create / index / demo (docs/CATALOGUE.md).
+flags.DEFINE_string("images_dir", None,
+                    "dataset create: folder of the photos named in --labels_csv.")
+flags.DEFINE_string("labels_csv", None, "dataset create: CSV with columns path,clothing_type"
+                    "[,item_id]; path relative to --images_dir.")
+flags.DEFINE_string("fashion_mnist_dir", None, "dataset create: export Fashion-MNIST from these "
+                    "IDX files (e.g. /usr/share/datasets/fashion-mnist) instead of a CSV.")
+flags.DEFINE_list("split_ratios", ["0.8", "0.1", "0.1"],
+                  "dataset create: train,gallery,query shares of the items.")
+flags.DEFINE_integer("split_seed", 0, "dataset create: seed of the split by item.")
+flags.DEFINE_integer("per_class_limit", 0, "dataset create --fashion_mnist_dir: at most this many "
+                     "images per class and source split (0: all).")
+flags.DEFINE_string("output", None, "dataset create: the new tree's folder; index: the index file.")
+flags.DEFINE_string("split", "gallery", "index: the split to encode.")
+flags.DEFINE_string("image_root", None, "index: read --split from this tree instead of the "
+                    "workdir's dataset (images resized to the model's input).")
+flags.DEFINE_string("index", None, "demo: the index file built by `deephash index`.")
+flags.DEFINE_integer("port", 8000, "demo: port on 127.0.0.1.")
 
 
 def _print_results(results: dict) -> None:
@@ -57,16 +81,41 @@ def _maybe_initialize_distributed() -> None:
                jax.process_count(), jax.local_device_count(), jax.device_count())
 
 
+def _dataset_create() -> None:
+  from deephash_jax import dataset_tree  # pylint: disable=g-import-not-at-top
+  try:
+    report = dataset_tree.create(
+        FLAGS.output, images_dir=FLAGS.images_dir, labels_csv=FLAGS.labels_csv,
+        fashion_mnist_dir=FLAGS.fashion_mnist_dir, split_ratios=FLAGS.split_ratios,
+        seed=FLAGS.split_seed, per_class_limit=FLAGS.per_class_limit)
+  except dataset_tree.DataError as e:
+    sys.exit(f"deephash dataset create: {e}")
+  print(dataset_tree.format_report(report))
+
+
 def main(argv):
-  if len(argv) != 2 or argv[1] not in COMMANDS:
+  command = " ".join(argv[1:])
+  if command not in COMMANDS:
     raise app.UsageError(f"usage: deephash {{{','.join(COMMANDS)}}} [flags]; got {argv[1:]}")
-  command = argv[1]
+  if command == "dataset create":
+    return _dataset_create()
   if not FLAGS.workdir:
     raise app.UsageError("--workdir is required")
   # TF (used by TFDS only) must not take accelerator memory from JAX.
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   _maybe_initialize_distributed()
-  if command == "train":
+  if command == "index":
+    from deephash_jax import indexing  # pylint: disable=g-import-not-at-top
+    if not FLAGS.output:
+      raise app.UsageError("--output (the index file) is required for index")
+    results = indexing.build_index(FLAGS.workdir, FLAGS.split, FLAGS.output,
+                                   image_root=FLAGS.image_root)
+  elif command == "demo":
+    from deephash_jax import demo  # pylint: disable=g-import-not-at-top
+    if not FLAGS.index:
+      raise app.UsageError("--index is required for demo (build one with `deephash index`)")
+    return demo.serve(FLAGS.workdir, FLAGS.index, port=FLAGS.port)
+  elif command == "train":
     if FLAGS.config is None:
       raise app.UsageError("--config is required for train")
     from deephash_jax import train  # pylint: disable=g-import-not-at-top

@@ -1,4 +1,4 @@
-"""Image trees: creation from a CSV or Fashion-MNIST, bad input, TFDS reading, end-to-end training."""
+"""Image trees: creation (CSV, Fashion-MNIST), bad input, TFDS reading, end-to-end training."""
 
 import csv
 import hashlib
