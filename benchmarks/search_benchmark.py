@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -138,6 +137,16 @@ def run_speed(args):
   return rows
 
 
+def _peak_rss_bytes():
+  """This process's peak resident memory (VmHWM; unlike ru_maxrss, it is not
+  inherited from the parent process across fork + exec)."""
+  with open("/proc/self/status") as f:
+    for line in f:
+      if line.startswith("VmHWM:"):
+        return int(line.split()[1]) * 1024
+  raise RuntimeError("VmHWM not found in /proc/self/status")
+
+
 def run_worker(args):
   """One (engine, size, bits) measurement in this fresh process; prints JSON."""
   import numpy as np
@@ -174,7 +183,7 @@ def run_worker(args):
     start = time.perf_counter()
     run()
     times.append(time.perf_counter() - start)
-  peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+  peak = _peak_rss_bytes()
   print(json.dumps(dict(engine=engine, n=n, bits=num_bits, search_s=min(times),
                         peak_extra_mb=(peak - baseline) / 2**20, peak_mb=peak / 2**20,
                         **extra)))

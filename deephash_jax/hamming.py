@@ -51,12 +51,15 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 __all__ = [
-    "PreparedDatabase", "pack_bits", "prepare_database", "range_count", "range_search",
-    "search", "search_prepared", "sharded_search", "unpack_bits",
+    "PreparedDatabase", "check_packed", "default_block_rows", "num_bytes", "pack_bits",
+    "prepare_database", "range_count", "range_count_prepared", "range_search",
+    "range_search_prepared", "search", "search_prepared", "sharded_search", "unpack_bits",
 ]
 
 DEFAULT_CHUNK_SIZE = 1 << 20    # database items per scanned chunk
-DEFAULT_QUERY_BATCH_SIZE = 256  # queries per compiled call
+DEFAULT_QUERY_BATCH_SIZE = 256  # queries per compiled k-NN call
+RANGE_QUERY_BATCH_SIZE = 32     # queries per radius-search call (host gets their distances)
+_GROUP = 16                     # blocks per super-block (second pruning level)
 
 
 # ----------------------------------------------------------------------------- packing
@@ -88,7 +91,8 @@ def pack_bits(codes) -> np.ndarray:
   if codes.ndim != 2:
     raise ValueError(f"codes must be 2-D (num_codes, num_bits), got shape {codes.shape}")
   if codes.dtype != np.bool_:
-    if not (np.issubdtype(codes.dtype, np.integer) or np.issubdtype(codes.dtype, np.floating)):
+    # jnp.issubdtype also knows the ml_dtypes floats (bfloat16 codes from a model).
+    if not (jnp.issubdtype(codes.dtype, jnp.integer) or jnp.issubdtype(codes.dtype, jnp.floating)):
       raise TypeError(f"codes must be bool, integer or floating, got dtype {codes.dtype}")
     codes = codes > 0
   return np.packbits(codes, axis=1, bitorder="little")
@@ -127,12 +131,6 @@ def _to_words(packed: np.ndarray) -> np.ndarray:
   padded = np.zeros((n, 4 * num_words), np.uint8)
   padded[:, :width] = packed
   return padded.view(np.uint32)
-
-
-def _check_k(k) -> int:
-  if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-    raise ValueError(f"k must be a positive int, got {k!r}")
-  return int(k)
 
 
 def _check_positive(name, value) -> int:
@@ -219,6 +217,9 @@ def prepare_database(xb_packed, *, num_bits: int, chunk_size: int = DEFAULT_CHUN
   xb_packed = check_packed("xb_packed", xb_packed, num_bits)
   chunk_size = _check_positive("chunk_size", chunk_size)
   words = _to_words(xb_packed)
+  if words.shape[0] >= 2**31 - 2 * chunk_size * num_shards:
+    raise ValueError(f"xb_packed has {words.shape[0]} codes; indices are int32, so at most "
+                     f"about 2**31 codes per database (shard it into several indexes)")
   if block_rows is None:
     per_shard = -(-words.shape[0] // num_shards)
     block_rows = default_block_rows(num_bits, min(chunk_size, per_shard))
@@ -230,8 +231,6 @@ def prepare_database(xb_packed, *, num_bits: int, chunk_size: int = DEFAULT_CHUN
 
 
 # ---------------------------------------------------------------------- jitted core
-
-_GROUP = 16  # blocks per super-block (second pruning level)
 
 
 def _distance_dtype(num_bits):
@@ -393,7 +392,7 @@ def _empty_results(nq, k, num_bits):
 def search_prepared(xq_packed, database: PreparedDatabase, k: int, *,
                     query_batch_size: int = DEFAULT_QUERY_BATCH_SIZE):
   """``search`` against a ``PreparedDatabase`` (no per-call layout cost)."""
-  k = _check_k(k)
+  k = _check_positive("k", k)
   query_batch_size = _check_positive("query_batch_size", query_batch_size)
   xq_packed = check_packed("xq_packed", xq_packed, database.num_bits)
   dist, index = _empty_results(xq_packed.shape[0], k, database.num_bits)
@@ -468,7 +467,7 @@ def sharded_search(xq_packed, xb_packed, k: int, *, num_bits: int, mesh: Mesh,
   Results are identical to ``search``.
   """
   num_bits = _check_num_bits(num_bits)
-  k = _check_k(k)
+  k = _check_positive("k", k)
   if "data" not in mesh.axis_names:
     raise ValueError(f"mesh must have an axis named 'data', got axes {mesh.axis_names}")
   xq_packed = check_packed("xq_packed", xq_packed, num_bits)
@@ -543,7 +542,7 @@ def range_count(xq_packed, xb_packed, radius: int, *, num_bits: int,
 
 
 def range_search_prepared(xq_packed, database: PreparedDatabase, radius: int, *,
-                          query_batch_size: int = DEFAULT_QUERY_BATCH_SIZE):
+                          query_batch_size: int = RANGE_QUERY_BATCH_SIZE):
   """``range_search`` against a ``PreparedDatabase``."""
   radius = _check_radius(radius)
   query_batch_size = _check_positive("query_batch_size", query_batch_size)
@@ -573,7 +572,7 @@ def range_search_prepared(xq_packed, database: PreparedDatabase, radius: int, *,
 
 def range_search(xq_packed, xb_packed, radius: int, *, num_bits: int,
                  chunk_size: int = DEFAULT_CHUNK_SIZE,
-                 query_batch_size: int = DEFAULT_QUERY_BATCH_SIZE):
+                 query_batch_size: int = RANGE_QUERY_BATCH_SIZE):
   """All database items within Hamming distance ``radius`` (faiss ``range_search``).
 
   Returns:

@@ -51,6 +51,7 @@ def test_pack_bits_faiss_order_and_padding():
     lambda b: np.where(b, 0.3, -2.0),                       # continuous
     lambda b: b.astype(np.int32),                           # 0/1 integers
     lambda b: jax.numpy.asarray(np.where(b, 1.0, -1.0)),    # jax arrays
+    lambda b: jax.numpy.asarray(np.where(b, 0.5, -0.5), jax.numpy.bfloat16),
 ])
 def test_pack_bits_accepts_sign_codes(make):
   bits = np.random.default_rng(0).random((5, 20)) < 0.5
