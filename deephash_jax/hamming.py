@@ -169,7 +169,7 @@ def default_block_rows(num_bits: int, chunk_items: int = DEFAULT_CHUNK_SIZE) -> 
   (chunk_items / rows block minima, (k + 1) * rows candidates) for k near 100."""
   num_words = -(-num_bits // 32)
   balanced = 1 << max(2, round(np.log2(max(1.0, chunk_items / 100) ** 0.5)))
-  return max(4, min(32, 128 // num_words, balanced))
+  return max(4, min(32, 64 // num_words, balanced))
 
 
 def _tile_cols(rows: int, num_words: int) -> int:
