@@ -141,6 +141,12 @@ def test_ids_replace_labels_for_relevance():
                                   query_ids=q_ids, db_ids=db_ids)
   want = _reference(q_bits, q_ids, db_bits, db_ids, map_at=(5,), radii=(3,), recall_at=(1,))
   _assert_close(got, want)
+  # Labels may be absent when ids are given; empty metric lists give only the sizes + map_all.
+  got = metrics.retrieval_metrics(_pack(q_bits), None, _pack(db_bits), None, num_bits=16,
+                                  map_at=(), radius=(), recall_at=(1,), query_ids=q_ids,
+                                  db_ids=db_ids)
+  assert set(got) == {"map_all", "recall_at_1", "num_queries", "num_database"}
+  assert got["recall_at_1"] == pytest.approx(want["recall_at_1"])
 
 
 @pytest.mark.parametrize("num_bits", [6, 32])
