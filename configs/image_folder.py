@@ -2,15 +2,17 @@ r"""Your own catalogue: the default model on a `root/<split>/<clothing_type>/[<i
 
     deephash dataset create --images_dir=photos --labels_csv=photos/labels.csv --output=catalogue
     deephash train --config=configs/image_folder.py --workdir=workdirs/catalogue \
-        --config.input.root=catalogue --config.input.num_classes=<number of clothing types>
+        --config.input.root=$PWD/catalogue --config.input.num_classes=<number of clothing types>
     deephash evaluate --workdir=workdirs/catalogue
 
-`--config.input.num_classes` must equal the number of <clothing_type> folders in the tree (the
-error message says the number if it does not). Images are resized to 64x64 RGB for the lean
-"cnn" encoder (fully convolutional with global pooling, so any size works); for 224 px and the
-AlexNet-style encoder use configs/image_folder_224.py. Protocol: queries = query/, database =
-gallery/, relevant = same clothing type. The training augmentation replaces a *dark* background
-by texture; for photos on light backgrounds pass --config.input.augment.query.background_prob=0.
+Give the root as an absolute path: it is saved in the workdir's config.json and read again by
+`deephash evaluate` and `deephash index` from wherever they run. `--config.input.num_classes`
+must equal the number of <clothing_type> folders in the tree (the error message says the number
+if it does not). Images are resized to 64x64 RGB for the lean "cnn" encoder (fully convolutional
+with global pooling, so any size works); for 224 px and the AlexNet-style encoder use
+configs/image_folder_224.py. Protocol: queries = query/, database = gallery/, relevant = same
+clothing type. The training augmentation replaces a *dark* background by texture; for photos on
+light backgrounds pass --config.input.augment.query.background_prob=0.
 Walk-through and expected output: docs/CATALOGUE.md.
 """
 

@@ -1,10 +1,11 @@
 r"""Your own catalogue at 224 px RGB with the AlexNet-style encoder (the paper's backbone).
 
     deephash train --config=configs/image_folder_224.py --workdir=workdirs/catalogue_224 \
-        --config.input.root=catalogue --config.input.num_classes=<number of clothing types>
+        --config.input.root=$PWD/catalogue --config.input.num_classes=<number of clothing types>
 
-Meant for an accelerator: about 60M parameters, far too slow for a 2-core CPU. See
-configs/image_folder.py for the tree and docs/CATALOGUE.md for the walk-through.
+Meant for an accelerator: about 72M parameters (most in the first dense layer), far too slow
+for a 2-core CPU. See configs/image_folder.py for the tree and docs/CATALOGUE.md for the
+walk-through.
 """
 
 from deephash_jax import config_lib

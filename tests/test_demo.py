@@ -143,7 +143,7 @@ def test_search_matches_brute_force_and_finds_the_image_itself(client, trained):
   assert 13 in [r["id"] for r in results if r["distance"] == 0]
 
 
-def test_greyscale_rgba_palette_and_jpeg_uploads_work(client, trained):
+def test_greyscale_rgba_palette_cmyk_and_16_bit_uploads_work(client, trained):
   _, _, tree = trained
   garment = Image.open(_file(tree, "query", "Dress"))
   variants = {
@@ -153,6 +153,8 @@ def test_greyscale_rgba_palette_and_jpeg_uploads_work(client, trained):
       "photo.jpg": _bytes(garment.convert("RGB").resize((300, 400)), "JPEG"),
       "la.png": _bytes(garment.convert("LA")),
       "photo.webp": _bytes(garment.convert("RGB"), "WEBP"),
+      "cmyk.jpg": _bytes(garment.convert("CMYK"), "JPEG"),
+      "grey16.png": _bytes(Image.fromarray(np.asarray(garment.convert("L"), np.uint16) * 257)),
   }
   for name, data in variants.items():
     response = _post(client, data, name)
