@@ -190,12 +190,19 @@ def _chunk_shape(num_codes, num_shards, chunk_size, rows, num_words):
 
 
 def _layout(words, num_chunks, tiles, rows, tile_cols):
-  """(N, W) words -> (num_chunks, W, tiles, rows, tile_cols), zero padded."""
-  n, num_words = words.shape
-  padded = np.zeros((num_chunks * tiles * tile_cols * rows, num_words), np.uint32)
-  padded[:n] = words
-  return np.ascontiguousarray(
-      padded.reshape(num_chunks, tiles, tile_cols, rows, num_words).transpose(0, 4, 1, 3, 2))
+  """(N, W) words -> (num_chunks, W, tiles, rows, tile_cols), zero padded.
+
+  Filled chunk by chunk, so the only full-size host array is the result.
+  """
+  num_words = words.shape[1]
+  items = tiles * tile_cols * rows
+  out = np.zeros((num_chunks, num_words, tiles, rows, tile_cols), np.uint32)
+  for g in range(num_chunks):
+    part = words[g * items:(g + 1) * items]
+    if part.shape[0] < items:
+      part = np.concatenate([part, np.zeros((items - part.shape[0], num_words), np.uint32)])
+    out[g] = part.reshape(tiles, tile_cols, rows, num_words).transpose(3, 0, 2, 1)
+  return out
 
 
 def prepare_database(xb_packed, *, num_bits: int, chunk_size: int = DEFAULT_CHUNK_SIZE,
@@ -226,7 +233,7 @@ def prepare_database(xb_packed, *, num_bits: int, chunk_size: int = DEFAULT_CHUN
   rows = _check_positive("block_rows", block_rows)
   shape = _chunk_shape(words.shape[0], num_shards, chunk_size, rows, words.shape[1])
   host = _layout(words, shape[0] * num_shards, shape[1], rows, shape[2])
-  chunks = jax.device_put(host, sharding) if sharding is not None else jnp.asarray(host)
+  chunks = jax.device_put(host, sharding)
   return PreparedDatabase(chunks, int(xb_packed.shape[0]), num_bits)
 
 
