@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 
+from etils import epath
 import ml_collections
 
 CONFIG_FILE = "config.json"
@@ -55,17 +56,20 @@ def total_steps(config, num_train_examples: int) -> int:
   return max(1, int(round(config.train.num_epochs * steps_per_epoch)))
 
 
+def workdir_path(workdir: str) -> epath.Path:
+  """A workdir as a path: local (made absolute, as orbax wants) or a URL such as gs://bucket/run."""
+  return epath.Path(workdir if "://" in workdir else os.path.abspath(workdir))
+
+
 def save_config(config, workdir: str) -> None:
-  with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
+  (workdir_path(workdir) / CONFIG_FILE).write_text(config.to_json_best_effort(indent=2))
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   """The config a workdir was trained with."""
-  path = os.path.join(workdir, CONFIG_FILE)
+  path = workdir_path(workdir) / CONFIG_FILE
   try:
-    with open(path) as f:
-      return ml_collections.ConfigDict(json.load(f))
+    return ml_collections.ConfigDict(json.loads(path.read_text()))
   except FileNotFoundError as e:
     raise FileNotFoundError(f"{path}: no config here; is {workdir!r} a training workdir?") from e
   except json.JSONDecodeError as e:

@@ -18,7 +18,6 @@ One compiled step does, in order:
 from __future__ import annotations
 
 import json
-import os
 import signal
 import time
 from typing import Any, Callable
@@ -291,7 +290,7 @@ def embed_dataset(embed_fn, variables, images: np.ndarray, *, batch_size: int,
 
 def checkpoint_manager(workdir: str, train_config, *, read_only: bool = False):
   return ocp.CheckpointManager(
-      os.path.join(os.path.abspath(workdir), "checkpoints"),
+      config_lib.workdir_path(workdir) / "checkpoints",
       options=ocp.CheckpointManagerOptions(
           max_to_keep=train_config.get("keep_checkpoints", 3), create=not read_only,
           read_only=read_only))
@@ -337,7 +336,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   Returns the final evaluation metrics (see `evaluate.evaluate_workdir`).
   """
   config_lib.validate_config(config)
-  os.makedirs(workdir, exist_ok=True)
+  config_lib.workdir_path(workdir).mkdir(parents=True, exist_ok=True)
   is_chief = jax.process_index() == 0
   if is_chief:
     config_lib.save_config(config, workdir)
@@ -417,7 +416,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   writer.write_scalars(total_steps, {f"eval/{k}": v for k, v in results.items()
                                      if isinstance(v, (int, float))})
   if is_chief:
-    with open(os.path.join(workdir, "eval_results.json"), "w") as f:
-      json.dump(results, f, indent=2)
+    (config_lib.workdir_path(workdir) / "eval_results.json").write_text(
+        json.dumps(results, indent=2))
   manager.close()
   return results
