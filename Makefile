@@ -9,7 +9,7 @@ FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: venv data run test clean
+.PHONY: venv data browser run test clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,10 +25,17 @@ data:
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq dataset-fashion-mnist; \
 	fi
 
+# Headless Chromium + chromedriver for the demo's browser test (Debian packages).
+browser:
+	@if ! command -v chromedriver >/dev/null; then \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium chromium-driver; \
+	fi
+
 run: venv data
 	$(VENV)/bin/deephash train --config=$(CONFIG) --workdir=$(WORKDIR) --json
 
-test: venv data
+test: venv data browser
 	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
 clean:
