@@ -6,8 +6,10 @@ r"""The `deephash` command. Kept short: flags, then a call into the library.
     deephash dataset create --fashion_mnist_dir=/usr/share/datasets/fashion-mnist --output=fm_tree
     deephash index --workdir=workdirs/catalogue --split=gallery --output=catalogue.dhidx
     deephash demo --workdir=workdirs/catalogue --index=catalogue.dhidx [--port=8000]
+    deephash predict --workdir=workdirs/fm --image=query.png [--index=fm.dhidx] [--k=10] \
+        [--json] [--grid=matches.png]
 
-Your own catalogue, step by step: docs/CATALOGUE.md.
+Your own catalogue, step by step: docs/CATALOGUE.md. Prediction: docs/PREDICT.md.
 """
 
 import json
@@ -19,7 +21,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-COMMANDS = ("train", "evaluate", "index", "demo", "dataset create")
+COMMANDS = ("train", "evaluate", "index", "demo", "predict", "dataset create")
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.",
@@ -52,8 +54,13 @@ flags.DEFINE_string("output", None, "dataset create: the new tree's folder; inde
 flags.DEFINE_string("split", "gallery", "index: the split to encode.")
 flags.DEFINE_string("image_root", None, "index: read --split from this tree instead of the "
                     "workdir's dataset (images resized to the model's input).")
-flags.DEFINE_string("index", None, "demo: the index file built by `deephash index`.")
+flags.DEFINE_string("index", None, "demo, predict: the index file built by `deephash index` "
+                    "(predict without it encodes the workdir's database split on the fly).")
 flags.DEFINE_integer("port", 8000, "demo: port on 127.0.0.1.")
+# predict (docs/PREDICT.md).
+flags.DEFINE_multi_string("image", [], "predict: a query image file; repeat for several.")
+flags.DEFINE_integer("k", 10, "predict: matches per query.")
+flags.DEFINE_string("grid", None, "predict: also write the queries and their matches to this PNG.")
 
 
 def _print_results(results: dict) -> None:
@@ -93,6 +100,16 @@ def _dataset_create() -> None:
   print(dataset_tree.format_report(report))
 
 
+def _predict() -> None:
+  from deephash_jax import predict  # pylint: disable=g-import-not-at-top
+  try:
+    results = predict.predict(FLAGS.workdir, FLAGS.image, index_path=FLAGS.index, k=FLAGS.k,
+                              grid=FLAGS.grid)
+  except (predict.PredictError, FileNotFoundError) as e:
+    sys.exit(f"deephash predict: {e}")
+  print(json.dumps({"queries": results}) if FLAGS.json else predict.render_table(results))
+
+
 def main(argv):
   command = " ".join(argv[1:])
   if command not in COMMANDS:
@@ -104,6 +121,8 @@ def main(argv):
   # TF (used by TFDS only) must not take accelerator memory from JAX.
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   _maybe_initialize_distributed()
+  if command == "predict":
+    return _predict()
   if command == "index":
     from deephash_jax import indexing  # pylint: disable=g-import-not-at-top
     if not FLAGS.output:
