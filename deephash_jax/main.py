@@ -8,6 +8,7 @@ r"""The `deephash` command. Kept short: flags, then a call into the library.
     deephash demo --workdir=workdirs/catalogue --index=catalogue.dhidx [--port=8000]
     deephash predict --workdir=workdirs/fm --image=query.png [--index=fm.dhidx] [--k=10] \
         [--json] [--grid=matches.png]
+    deephash benchmark --config=configs/benchmark.py --workdir=workdirs/benchmark
 
 Your own catalogue, step by step: docs/CATALOGUE.md. Prediction: docs/PREDICT.md.
 """
@@ -21,7 +22,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-COMMANDS = ("train", "evaluate", "index", "demo", "predict", "dataset create")
+COMMANDS = ("train", "evaluate", "index", "demo", "predict", "dataset create", "benchmark")
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.",
@@ -134,6 +135,14 @@ def main(argv):
     if not FLAGS.index:
       raise app.UsageError("--index is required for demo (build one with `deephash index`)")
     return demo.serve(FLAGS.workdir, FLAGS.index, port=FLAGS.port)
+  elif command == "benchmark":
+    if FLAGS.config is None:
+      raise app.UsageError("--config is required for benchmark (configs/benchmark.py)")
+    from deephash_jax import benchmark  # pylint: disable=g-import-not-at-top
+    results = benchmark.run_benchmark(FLAGS.config, FLAGS.workdir)
+    print(json.dumps(results, sort_keys=True, default=str) if FLAGS.json
+          else benchmark.format_markdown(results))
+    return
   elif command == "train":
     if FLAGS.config is None:
       raise app.UsageError("--config is required for train")

@@ -1,0 +1,244 @@
+"""The benchmark driver on the tiny config, and its reference searches against brute force."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from deephash_jax import benchmark
+from deephash_jax import config_lib
+from deephash_jax import metrics
+from deephash_jax import train
+from tests import fake_data
+
+
+@pytest.fixture(scope="module")
+def tiny_config(tmp_path_factory):
+  source = fake_data.write_fake_fashion_mnist(str(tmp_path_factory.mktemp("idx")))
+  cfg = config_lib.base_config("benchmark_tiny")
+  cfg.input.source_dir = source
+  cfg.input.data_dir = str(tmp_path_factory.mktemp("tfds"))
+  return cfg
+
+
+def _mtimes(workdir, name):
+  runs = os.path.join(workdir, "runs")
+  return {run: os.stat(os.path.join(runs, run, name)).st_mtime_ns for run in os.listdir(runs)}
+
+
+def test_benchmark_end_to_end_and_rerun_skips_finished_runs(tiny_config, tmp_path, monkeypatch):
+  workdir = str(tmp_path / "bench")
+  trained = []
+  real_train = train.train_and_evaluate
+
+  def train_and_check_progress(run_cfg, run_dir):
+    # Partial progress is on disk before each run: earlier runs done, this one pending.
+    written = json.load(open(os.path.join(workdir, "results.json")))
+    assert written["runs"][os.path.basename(run_dir)]["status"] == "pending"
+    assert written["status"]["done"] == len(trained)
+    trained.append(os.path.basename(run_dir))
+    return real_train(run_cfg, run_dir)
+  monkeypatch.setattr(train, "train_and_evaluate", train_and_check_progress)
+  results = benchmark.run_benchmark(tiny_config, workdir)
+  assert trained == ["ours_16b_s0", "dch_16b_s0", "ours_32b_s0", "dch_32b_s0"]
+
+  names = {"ours_16b_s0", "ours_32b_s0", "dch_16b_s0", "dch_32b_s0"}
+  assert set(results["runs"]) == names
+  assert results["status"] == {"planned": 4, "done": 4, "failed": 0, "interrupted": False}
+  for name, record in results["runs"].items():
+    assert record["status"] == "done", record
+    assert 0.0 < record["category"]["map_all"] <= 1.0
+    assert set(record["category"]) == {"map_all", "map_at_10", "precision_at_hamming_2"}
+    cm = record["closest_match"]
+    assert 0.0 <= cm["recall_at_1"] <= cm["recall_at_10"] <= 1.0
+    assert cm["num_queries"] == 20 and cm["num_database"] == 80 + 320
+    # The PR curve at the reference length only.
+    assert ("pr_curve" in record) == (record["bits"] == 16)
+  curve = results["runs"]["ours_16b_s0"]["pr_curve"]
+  assert len(curve["precision"]) == 17 and curve["recall"][-1] == pytest.approx(1.0)
+  cell = results["aggregate"]["dch"]["32"]
+  assert cell["category/map_all"]["n"] == 1 and cell["category/map_all"]["std"] is None
+  refs = results["references"]
+  assert refs["num_category_queries"] == 40
+  for ref in ("sad", "float_cosine"):
+    assert 0.0 < refs[ref]["category"]["map_all"] <= 1.0
+    assert refs[ref]["category"]["num_queries"] == 40
+    assert refs[ref]["closest_match"]["num_queries"] == 20
+  assert refs["sad"]["queries_per_second"] > 0 and refs["hamming_search"]["queries_per_second"] > 0
+  assert refs["float_cosine"]["run"] == "ours_16b_s0"
+
+  on_disk = json.load(open(os.path.join(workdir, "results.json")))
+  assert on_disk["runs"]["ours_16b_s0"]["category"] == results["runs"]["ours_16b_s0"]["category"]
+  md = open(os.path.join(workdir, "results.md")).read()
+  assert "| method | 16 bits | 32 bits |" in md and "| dch |" in md
+  assert "sum of absolute differences" in md and "before binarisation" in md
+  for png in ("mAP_vs_bits.png", "pr_curves.png"):
+    with open(os.path.join(workdir, png), "rb") as f:
+      assert f.read(8) == b"\x89PNG\r\n\x1a\n", png
+  # Each run is a plain training workdir with the method's config.
+  run_cfg = config_lib.load_config(os.path.join(workdir, "runs", "dch_16b_s0"))
+  assert run_cfg.method == "dch" and run_cfg.loss.classification_weight == 0.0
+  assert run_cfg.model.num_bits == 16 and "benchmark" not in run_cfg
+
+  # Rerun: nothing is retrained or re-evaluated, the figures are the same.
+  eval_mtimes = _mtimes(workdir, "eval_results.json")
+  bench_mtimes = _mtimes(workdir, benchmark.RUN_EVAL_JSON)
+
+  def no_training(*args, **kwargs):
+    raise AssertionError("a finished run was retrained")
+  monkeypatch.setattr(train, "train_and_evaluate", no_training)
+  monkeypatch.setattr(benchmark, "compute_references", no_training)
+  again = benchmark.run_benchmark(tiny_config, workdir)
+  assert _mtimes(workdir, "eval_results.json") == eval_mtimes
+  assert _mtimes(workdir, benchmark.RUN_EVAL_JSON) == bench_mtimes
+  assert again["runs"] == results["runs"]
+  assert again["references"] == json.loads(json.dumps(results["references"]))
+
+
+def test_run_configs_of_the_variants():
+  from deephash_jax import main  # pylint: disable=g-import-not-at-top
+  assert "benchmark" in main.COMMANDS   # deephash benchmark --config=... --workdir=...
+  config = config_lib.base_config("benchmark")
+  plan = benchmark.planned_runs(config.benchmark)
+  assert len(plan) == 10 * 4 + 4 and len(set(plan)) == len(plan)
+  assert plan[:10] == [(m, 48, 0) for m in config.benchmark.methods]  # the main table first
+  assert sorted(s for m, b, s in plan if m == "ours" and b == 48) == [0, 1, 2]
+  assert sorted(s for m, b, s in plan if m == "csq" and b == 48) == [0]
+
+  def cfg(method, bits=32, seed=1):
+    return benchmark.run_config(config, method, bits, seed)
+  expected = config_lib.base_config("fashion_mnist")
+  expected.seed, expected.model.num_bits = 1, 32
+  assert cfg("ours").to_dict() == expected.to_dict()   # the default config, nothing else
+  assert cfg("ours_no_classifier").loss.classification_weight == 0.0
+  no_hamming = cfg("ours_no_hamming").loss
+  assert no_hamming.hamming_weight == 0.0 and no_hamming.hamming_item_weight == 0.0
+  assert no_hamming.adversarial_weight > 0 and no_hamming.classification_weight > 0
+  assert cfg("ours_no_adversarial").loss.adversarial_weight == 0.0
+  for method in ("dch", "hashnet", "csq", "dpsh", "orthohash"):
+    assert cfg(method).method == method and cfg(method).loss.classification_weight == 0.0
+  greedy = cfg("greedyhash")
+  assert greedy.model.code_activation == "sign_ste" and greedy.loss.classification_weight == 1.0
+  benchmark.validate_benchmark(config)
+  benchmark.validate_benchmark(config_lib.base_config("benchmark_quick"))
+  quick = benchmark.planned_runs(config_lib.base_config("benchmark_quick").benchmark)
+  assert quick == [(m, 48, 0) for m in ("ours", "dch", "hashnet", "csq")]
+
+  config.benchmark.variants.dch.loss.clasification_weight = 0.0
+  with pytest.raises(config_lib.ConfigError, match="variants.dch.loss.clasification_weight"):
+    benchmark.validate_benchmark(config)
+  config = config_lib.base_config("benchmark")
+  config.benchmark.reference_bits = 24
+  with pytest.raises(config_lib.ConfigError, match="benchmark.reference_bits=24"):
+    benchmark.validate_benchmark(config)
+
+
+def test_closest_match_queries_are_fixed_by_the_seed():
+  rng = np.random.default_rng(0)
+  images = fake_data.class_images(np.arange(12) % 10, rng)[..., None]
+  recipe = config_lib.base_config("benchmark").benchmark.closest_match.recipe
+  a = benchmark.closest_match_queries(images, recipe, seed=3, batch_size=4)
+  b = benchmark.closest_match_queries(images, recipe, seed=3, batch_size=12)
+  assert a.dtype == np.uint8 and a.shape == images.shape
+  np.testing.assert_array_equal(a, b)   # independent of the batching
+  np.testing.assert_array_equal(   # and of N
+      a[:5], benchmark.closest_match_queries(images[:5], recipe, 3, batch_size=4))
+  for original, query in zip(images, a):
+    assert np.abs(original.astype(int) - query.astype(int)).mean() > 5
+  other = benchmark.closest_match_queries(images, recipe, seed=4, batch_size=4)
+  assert all(np.any(x != y) for x, y in zip(a, other))
+
+
+def _sad_brute_force(queries, database):
+  q = queries.reshape(len(queries), -1).astype(np.int64)
+  d = database.reshape(len(database), -1).astype(np.int64)
+  return np.abs(q[:, None, :] - d[None, :, :]).sum(-1)
+
+
+@pytest.mark.parametrize("shape", [(5, 5, 1), (300, 240, 1)])  # 1 pixel block; 2 blocks, int32
+def test_sad_search_equals_numpy_brute_force_with_ties(shape):
+  rng = np.random.default_rng(1)
+  n = 37 if shape[0] < 10 else 11
+  database = rng.integers(0, 3, (n, *shape), dtype=np.uint8)
+  database[9] = database[2]          # exact duplicates: ties at distance 0 and elsewhere
+  database[n - 1] = database[2]
+  queries = np.concatenate([database[[2, 0]], rng.integers(0, 3, (5, *shape), dtype=np.uint8)])
+  expected = _sad_brute_force(queries, database)
+  prepared = benchmark.prepare_sad_database(database, chunk_size=8)   # several chunks
+  np.testing.assert_array_equal(
+      benchmark.sad_distances(queries, prepared, query_batch_size=3), expected)
+  k = n + 3
+  dist, index = benchmark.sad_search(queries, prepared, k, query_batch_size=3)
+  order = np.lexsort((np.broadcast_to(np.arange(n), expected.shape), expected), axis=1)
+  np.testing.assert_array_equal(index[:, :n], order)   # ties -> lower index
+  np.testing.assert_array_equal(dist[:, :n], np.take_along_axis(expected, order, axis=1))
+  assert np.all(index[:, n:] == -1) and np.all(dist[:, n:] == 2 ** 30)
+  assert list(index[0, :3]) == [2, 9, n - 1] and list(dist[0, :3]) == [0, 0, 0]
+  _, i1 = benchmark.sad_search(queries, prepared, 1)
+  np.testing.assert_array_equal(i1[:, 0], np.argmin(expected, axis=1))
+
+
+def _ap_brute_force(dist_row, rel_row):
+  order = sorted(range(len(dist_row)), key=lambda j: (dist_row[j], j))
+  hits, total = 0, 0.0
+  for rank, j in enumerate(order, start=1):
+    if rel_row[j]:
+      hits += 1
+      total += hits / rank
+  return (total / hits if hits else 0.0), order
+
+
+def test_ranking_metrics_equal_brute_force_and_the_hamming_metrics():
+  rng = np.random.default_rng(2)
+  nq, nd = 9, 40
+  dist = rng.integers(0, 6, (nq, nd)).astype(np.float64)   # many ties
+  query_keys, db_keys = rng.integers(0, 4, nq), rng.integers(0, 4, nd)
+  db_keys[:] = np.where(db_keys == 3, 2, db_keys)          # key 3 has no relevant item
+  got = benchmark.ranking_metrics(lambda a, b: dist[a:b], query_keys, db_keys, map_at=(5, 100),
+                                  recall_at=(1, 3), precision_at=(4,), query_batch_size=4)
+  aps, ap5, r1, r3, p4 = [], [], [], [], []
+  for i in range(nq):
+    rel = db_keys == query_keys[i]
+    ap, order = _ap_brute_force(dist[i], rel)
+    aps.append(ap)
+    top = [rel[j] for j in order]
+    hits5 = sum(top[:5])
+    ap5.append(sum(sum(top[:r + 1]) / (r + 1) for r in range(5) if top[r]) / hits5
+               if hits5 else 0.0)
+    r1.append(float(any(top[:1])))
+    r3.append(float(any(top[:3])))
+    p4.append(sum(top[:4]) / 4)
+  assert got["map_all"] == pytest.approx(np.mean(aps), abs=1e-12)
+  assert got["map_at_5"] == pytest.approx(np.mean(ap5), abs=1e-12)
+  assert got["map_at_100"] == pytest.approx(np.mean(aps), abs=1e-12)
+  assert got["recall_at_1"] == pytest.approx(np.mean(r1))
+  assert got["recall_at_3"] == pytest.approx(np.mean(r3))
+  assert got["precision_at_4"] == pytest.approx(np.mean(p4))
+  assert got["num_queries"] == nq and got["num_database"] == nd
+
+  # On Hamming distances it is metrics.retrieval_metrics (same ranking and definitions).
+  bits_q, bits_d = rng.random((nq, 12)) > 0.5, rng.random((nd, 12)) > 0.5
+  pack = lambda b: np.packbits(b, axis=1, bitorder="little")
+  hamming_dist = metrics.hamming_distances(pack(bits_q), pack(bits_d))
+  ours = benchmark.ranking_metrics(lambda a, b: hamming_dist[a:b], query_keys, db_keys,
+                                   map_at=(5,), recall_at=(1, 3))
+  ref = metrics.retrieval_metrics(pack(bits_q), query_keys, pack(bits_d), db_keys, num_bits=12,
+                                  map_at=(5,), radius=(), recall_at=(1, 3))
+  for key in ("map_all", "map_at_5", "recall_at_1", "recall_at_3"):
+    assert ours[key] == pytest.approx(ref[key], abs=1e-12), key
+
+
+def test_cosine_ranking_equals_brute_force():
+  rng = np.random.default_rng(3)
+  q, d = rng.normal(size=(6, 8)), rng.normal(size=(30, 8))
+  d[7] = 4.0 * d[4]   # same direction (a power of 2: exact): a cosine tie, the lower index first
+  q[0] = d[4]
+  q_keys, d_keys = np.arange(6) % 3, np.arange(30) % 3
+  rows = benchmark.cosine_distance_rows(q, d)
+  cos = (q @ d.T) / np.linalg.norm(q, axis=1)[:, None] / np.linalg.norm(d, axis=1)[None]
+  np.testing.assert_allclose(rows(0, 6), 1.0 - cos, atol=1e-12)
+  got = benchmark.ranking_metrics(rows, q_keys, d_keys, recall_at=(1,))
+  expected = np.mean([_ap_brute_force(1.0 - cos[i], d_keys == q_keys[i])[0] for i in range(6)])
+  assert got["map_all"] == pytest.approx(expected, abs=1e-12)
+  assert rows(0, 1)[0, 4] == rows(0, 1)[0, 7] and np.argsort(rows(0, 1)[0], kind="stable")[0] == 4
