@@ -114,6 +114,23 @@ def test_every_pruning_level_is_exact(n, num_bits, k, chunk_size, block_rows, le
   _assert_same(hamming.search_prepared(xq, database, k), _brute_search(xq, xb, k, num_bits))
 
 
+@pytest.mark.parametrize("n,count,max_value", [(1, 1, 1), (37, 37, 5), (300, 1, 9),
+                                               (300, 101, 65), (1500, 101, 17),
+                                               (5000, 101, 33)])
+def test_counting_selection_equals_stable_top_k(n, count, max_value):
+  rng = np.random.default_rng(n + count)
+  rows = [rng.integers(0, max_value + 1, n),            # random
+          np.full(n, max_value),                        # one big tie
+          np.minimum(rng.integers(0, 4, n), max_value)]  # few distinct values
+  values = jax.numpy.asarray(np.stack(rows).astype(np.int32))
+  want = np.sort(np.argsort(np.asarray(values), axis=1, kind="stable")[:, :count], axis=1)
+  np.testing.assert_array_equal(hamming._select(values, count, max_value), want)
+  dist, pos = hamming._k_smallest(values, count, max_value)
+  want_pos = np.argsort(np.asarray(values), axis=1, kind="stable")[:, :count]
+  np.testing.assert_array_equal(pos, want_pos)
+  np.testing.assert_array_equal(dist, np.take_along_axis(np.asarray(values), want_pos, axis=1))
+
+
 @pytest.mark.parametrize("n,k", [(50, 50), (50, 80), (1, 3)])
 def test_search_k_equal_or_larger_than_database(n, k):
   rng = np.random.default_rng(n + k)
