@@ -52,6 +52,7 @@ def evaluate_variables(config, variables, *, mesh=None) -> dict:
     logging.error("The codes have collapsed: %s. The mAP below is not meaningful.", stats)
   results.update({f"codes_{k}": v for k, v in stats.items()})
   results["num_bits"] = num_bits
+  results["num_queries"], results["num_database"] = int(num_queries), len(database)
   return results
 
 

@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 
 import jax
 import numpy as np
@@ -50,10 +49,9 @@ class HashEncoder:
       target = train_lib.abstract_state(config, mesh, shape, total_steps=1)
       state = manager.restore(step, args=ocp.args.StandardRestore(target))
     manager.close()
-    model_id = hashlib.sha256(
-        f"{os.path.abspath(workdir)}:{step}:{config.to_json()}".encode()).hexdigest()[:16]
-    return cls(config, {"params": state.params, "batch_stats": state.batch_stats},
-               model_id=model_id, step=int(step))
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    return cls(config, variables, model_id=model_fingerprint(variables, config), step=int(step))
+
 
   def embed(self, images: np.ndarray, batch_size: int | None = None) -> np.ndarray:
     """Continuous codes tanh(.) in (-1, 1), (N, num_bits) float32."""
@@ -76,6 +74,20 @@ class HashEncoder:
       raise ValueError(f"images: expected uint8 of shape (N, {', '.join(map(str, self.image_shape))})"
                        f", got {images.dtype} {images.shape}; use load_image() for files")
     return images
+
+
+def model_fingerprint(variables, config) -> str:
+  """16 hex digits identifying a model by its weights and what they mean (not by its path).
+
+  An index records the fingerprint of the model that made its codes; codes of two models are not
+  comparable. Moving or copying a workdir keeps the fingerprint; training further changes it.
+  """
+  digest = hashlib.sha256()
+  digest.update(f"{config.model.to_json()}|{config.input.dataset}".encode())
+  for path, leaf in jax.tree_util.tree_flatten_with_path(variables)[0]:
+    digest.update(jax.tree_util.keystr(path).encode())
+    digest.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
+  return digest.hexdigest()[:16]
 
 
 def load_image(path: str, image_shape) -> np.ndarray:
