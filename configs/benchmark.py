@@ -6,7 +6,7 @@ Runs, in this order (the main comparison table fills first):
   1. every method at `benchmark.reference_bits` (48), seed 0;
   2. every method at the other lengths (16, 32, 64), seed 0;
   3. the extra seeds (1, 2) of `ours` and `dch` at 48 bits.
-10 methods x 4 lengths + 4 extra seeds = 44 training runs of 12 epochs each, every one the
+10 methods x 4 lengths + 4 extra seeds = 44 training runs of the default's 15 epochs each, every one the
 default config (configs/fashion_mnist.py) with the method's overrides (`benchmark.variants`).
 Each run lives in `<workdir>/runs/<method>_<bits>b_s<seed>` (a plain training workdir: `deephash
 evaluate --workdir=...` works on it). Rerunning the command skips finished runs (their
@@ -29,9 +29,10 @@ Protocols (see deephash_jax/benchmark.py):
                 60,000 training images as distractors, relevant = the original item only
                 (R@1, R@10, mAP; with one relevant item mAP is the mean reciprocal rank).
 
-Wall time on the 2-core CPU machine, uncontended: about 9.5 min per run (8 min training and
-category evaluation, ~1.3 min closest-match evaluation: embedding 80,000 images, ranking 10,000
-queries against 70,000), ~7 min for the references: about 7 h in all. Other jobs on the machine
+Wall time on the 2-core CPU machine, uncontended: about 14 min per run (`make run`, the same
+training and category evaluation, measured 13.1 min; ~1.3 min closest-match evaluation: embedding
+80,000 images, ranking 10,000 queries against 70,000), ~7 min for the references: about 10 h in
+all (an estimate: the full sweep has not been run here yet). Other jobs on the machine
 stretch every figure; the log gives an ETA after each run.
 
 Override any field on the command line, e.g.
@@ -45,7 +46,6 @@ from deephash_jax import config_lib
 
 def get_config():
   config = config_lib.base_config("fashion_mnist")
-  config.train.num_epochs = 12   # per run, every method
   config.benchmark = b = ml_collections.ConfigDict()
   b.methods = ("ours", "ours_no_classifier", "ours_no_hamming", "ours_no_adversarial",
                "dch", "hashnet", "csq", "dpsh", "greedyhash", "orthohash")
