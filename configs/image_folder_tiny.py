@@ -12,14 +12,4 @@ from deephash_jax import config_lib
 def get_config():
   config = config_lib.base_config("image_folder")
   config.input.num_classes = 10       # the Fashion-MNIST tree of the tests
-  config.model.encoder = "cnn_tiny"
-  config.model.num_bits = 16
-  config.model.discriminator_hidden = (16,)
-  config.train.batch_size = 32
-  config.train.num_steps = 6
-  config.train.warmup_steps = 2
-  config.train.log_every_steps = 2
-  config.train.checkpoint_every_steps = 3
-  config.eval.batch_size = 64
-  config.eval.map_at = (10,)
-  return config
+  return config_lib.config_module("tiny").shrink(config)

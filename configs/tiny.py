@@ -7,8 +7,8 @@ r"""Tiny CPU config for tests: a 2-stage CNN, 16 bits, a few steps on synthetic 
 from deephash_jax import config_lib
 
 
-def get_config():
-  config = config_lib.base_config("fashion_mnist")
+def shrink(config):
+  """The tiny overrides, shared with configs/image_folder_tiny.py."""
   config.model.encoder = "cnn_tiny"
   config.model.num_bits = 16
   config.model.discriminator_hidden = (16,)
@@ -20,3 +20,7 @@ def get_config():
   config.eval.batch_size = 64
   config.eval.map_at = (10,)
   return config
+
+
+def get_config():
+  return shrink(config_lib.base_config("fashion_mnist"))

@@ -91,11 +91,9 @@ def flatten_for_hparams(config) -> dict:
   return out
 
 
-def base_config(name: str) -> ml_collections.ConfigDict:
-  """`get_config()` of `configs/<name>.py`, for variants that override a few fields.
-
-  Loaded by path so that config files work whether or not the repo root is on sys.path.
-  """
+def config_module(name: str):
+  """The module `configs/<name>.py`, loaded by path (works whether or not the repo root is on
+  sys.path)."""
   import importlib.util  # pylint: disable=g-import-not-at-top
   path = os.path.join(CONFIGS_DIR, f"{name}.py")
   spec = importlib.util.spec_from_file_location(f"deephash_configs_{name}", path)
@@ -103,7 +101,12 @@ def base_config(name: str) -> ml_collections.ConfigDict:
     raise FileNotFoundError(f"{path}: no such config")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config()
+  return module
+
+
+def base_config(name: str) -> ml_collections.ConfigDict:
+  """`get_config()` of `configs/<name>.py`, for variants that override a few fields."""
+  return config_module(name).get_config()
 
 
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
