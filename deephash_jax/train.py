@@ -25,9 +25,11 @@ from typing import Any, Callable
 from absl import logging
 from clu import metric_writers
 from clu import periodic_actions
+from etils import epath
 from flax import struct
 import jax
 from jax import lax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -305,17 +307,35 @@ def abstract_state(config, mesh, image_shape, total_steps):
                       state)
 
 
-def restore_latest(manager, config, mesh, image_shape, total_steps):
-  """The latest restorable checkpoint, or None; a corrupt latest one falls back to an older one."""
+def restore_latest(manager, config, mesh, image_shape, total_steps, *, set_aside=False):
+  """The latest restorable checkpoint as (state, step), or (None, None).
+
+  A checkpoint that fails to restore (truncated or altered files) is logged and the previous one
+  is tried. With `set_aside` (training), the bad one is renamed `corrupt-<step>` rather than
+  deleted, so that nothing is lost and the run can save that step again.
+  """
   target = abstract_state(config, mesh, image_shape, total_steps)
   for step in sorted(manager.all_steps(), reverse=True):
     try:
       state = manager.restore(step, args=ocp.args.StandardRestore(target))
       return state, step
     except Exception as e:  # pylint: disable=broad-except
-      logging.warning("Checkpoint at step %d in %s cannot be restored (%s: %s); trying the "
-                      "previous one.", step, manager.directory, type(e).__name__, e)
+      logging.warning("Checkpoint at step %d in %s cannot be restored (%s: %s); falling back to "
+                      "the previous one.", step, manager.directory, type(e).__name__, e)
+      if set_aside:
+        _set_aside(manager, step)
   return None, None
+
+
+def _set_aside(manager, step: int) -> None:
+  directory = epath.Path(manager.directory)
+  if jax.process_index() == 0:
+    aside = directory / f"corrupt-{step}"
+    (directory / str(step)).rename(aside)
+    logging.warning("Moved the unrestorable checkpoint to %s.", aside)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(f"set_aside_{step}")
+  manager.reload()
 
 
 class _StopRequested:
@@ -350,7 +370,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   image_shape = train_split.images.shape[1:]
 
   manager = checkpoint_manager(workdir, config.train)
-  state, restored_step = restore_latest(manager, config, mesh, image_shape, total_steps)
+  state, restored_step = restore_latest(manager, config, mesh, image_shape, total_steps,
+                                        set_aside=True)
   if state is None:
     state = create_train_state(config, jax.random.key(config.seed), total_steps, image_shape)
     state = jax.device_put(state, NamedSharding(mesh, P()))
