@@ -22,8 +22,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH = os.path.join(REPO, "launch")
 BITS = ("16", "32", "48", "64")
 # Tolerance of the 2 x 4 vs 1 x 8 comparison: the same global batches and keys, so only the
-# order of the cross-device sums differs (measured max abs difference: ~4e-7 after 6 steps).
-RTOL, ATOL = 1e-4, 1e-6
+# order of the cross-device sums differs. Adam divides by sqrt(v), which turns a rounding
+# difference in a near-zero gradient into a visible step: max abs differences of 2.4e-7 to
+# 3.2e-6 were measured after 6 steps (parameters move by ~1e-2), hence atol 1e-5.
+RTOL, ATOL = 1e-4, 1e-5
 
 
 @pytest.fixture
