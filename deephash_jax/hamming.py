@@ -207,6 +207,15 @@ def _layout(words, num_chunks, tiles, rows, tile_cols):
   return out
 
 
+def _put(host: np.ndarray, sharding=None) -> jax.Array:
+  """``jax.device_put``, except onto devices of several processes: there each process
+  copies only its own devices' shards from its host array, which must be the same on
+  every process (not checked: device_put's check all-gathers every process's copy)."""
+  if sharding is None or sharding.is_fully_addressable:
+    return jax.device_put(host, sharding)
+  return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
 def prepare_database(xb_packed, *, num_bits: int, chunk_size: int = DEFAULT_CHUNK_SIZE,
                      block_rows: int | None = None, sharding=None,
                      num_shards: int = 1) -> PreparedDatabase:
@@ -235,7 +244,7 @@ def prepare_database(xb_packed, *, num_bits: int, chunk_size: int = DEFAULT_CHUN
   rows = _check_positive("block_rows", block_rows)
   shape = _chunk_shape(words.shape[0], num_shards, chunk_size, rows, words.shape[1])
   host = _layout(words, shape[0] * num_shards, shape[1], rows, shape[2])
-  chunks = jax.device_put(host, sharding)
+  chunks = _put(host, sharding)
   return PreparedDatabase(chunks, int(xb_packed.shape[0]), num_bits)
 
 
@@ -536,6 +545,11 @@ def sharded_search(xq_packed, xb_packed, k: int, *, num_bits: int, mesh: Mesh,
   sizes with slots that never win), computes its local exact top-k with global
   indices, then one all_gather and a merge give every device the global top-k.
   Results are identical to ``search``.
+
+  Multi-process (a mesh over several hosts' devices): every process calls this
+  with the same ``xq_packed`` and ``xb_packed`` (the whole gallery, not only its
+  own part; each process copies only its own devices' shards) and gets the full
+  (D, I). Differing inputs are not detected (see ``_put``).
   """
   num_bits = _check_num_bits(num_bits)
   k = _check_positive("k", k)
@@ -551,9 +565,9 @@ def sharded_search(xq_packed, xb_packed, k: int, *, num_bits: int, mesh: Mesh,
     return dist, index
   fn = _sharded_search_fn(mesh, k, num_bits)
   replicated = NamedSharding(mesh, P())
-  num_codes = jax.device_put(jnp.int32(database.num_codes), replicated)
+  num_codes = _put(np.array(database.num_codes, np.int32), replicated)
   for start, stop, words in _query_batches(xq_packed, num_bits, query_batch_size):
-    d, i = fn(jax.device_put(words, replicated), database.chunks, num_codes)
+    d, i = fn(_put(words, replicated), database.chunks, num_codes)
     dist[start:stop] = np.asarray(d)[:stop - start]
     index[start:stop] = np.asarray(i)[:stop - start]
   return dist, index
