@@ -72,7 +72,7 @@ def num_bytes(num_bits: int) -> int:
   return (num_bits + 7) // 8
 
 
-def _check_num_bits(num_bits) -> int:
+def check_num_bits(num_bits) -> int:
   if isinstance(num_bits, bool) or not isinstance(num_bits, (int, np.integer)) or num_bits < 1:
     raise ValueError(f"num_bits must be a positive int, got {num_bits!r}")
   return int(num_bits)
@@ -102,18 +102,21 @@ def pack_bits(codes) -> np.ndarray:
 
 def unpack_bits(packed, num_bits: int) -> np.ndarray:
   """Inverse of ``pack_bits``: uint8 (N, ceil(K/8)) -> bool (N, num_bits)."""
-  num_bits = _check_num_bits(num_bits)
+  num_bits = check_num_bits(num_bits)
   packed = check_packed("packed", packed, num_bits)
   return np.unpackbits(packed, axis=1, count=num_bits, bitorder="little").astype(bool)
 
 
-def check_packed(name: str, codes, num_bits: int) -> np.ndarray:
-  """Validates packed codes: uint8, 2-D, ceil(num_bits/8) bytes, zero padding bits."""
+def check_packed(name: str, codes, num_bits: int | None) -> np.ndarray:
+  """Validates packed codes: uint8, 2-D, and, given num_bits, ceil(num_bits/8) bytes with zero
+  padding bits."""
   codes = np.asarray(codes)
   if codes.dtype != np.uint8:
     raise TypeError(f"{name} must be packed uint8 codes (see pack_bits), got dtype {codes.dtype}")
   if codes.ndim != 2:
     raise ValueError(f"{name} must be 2-D (num_codes, num_bytes), got shape {codes.shape}")
+  if num_bits is None:
+    return codes
   if codes.shape[1] != num_bytes(num_bits):
     raise ValueError(f"{name} has {codes.shape[1]} bytes per code but num_bits={num_bits} "
                      f"needs {num_bytes(num_bits)}")
@@ -231,7 +234,7 @@ def prepare_database(xb_packed, *, num_bits: int, chunk_size: int = DEFAULT_CHUN
     num_shards: number of shards the chunk axis is split into (chunks per shard
       are equal; padding never wins).
   """
-  num_bits = _check_num_bits(num_bits)
+  num_bits = check_num_bits(num_bits)
   xb_packed = check_packed("xb_packed", xb_packed, num_bits)
   chunk_size = _check_positive("chunk_size", chunk_size)
   words = _to_words(xb_packed)
@@ -509,7 +512,7 @@ def search(xq_packed, xb_packed, k: int, *, num_bits: int,
     indices; ties are broken by lower database index, so the result equals a
     stable sort of the brute-force distances.
   """
-  num_bits = _check_num_bits(num_bits)
+  num_bits = check_num_bits(num_bits)
   xq_packed = check_packed("xq_packed", xq_packed, num_bits)
   database = prepare_database(xb_packed, num_bits=num_bits, chunk_size=chunk_size,
                               block_rows=block_rows)
@@ -551,7 +554,7 @@ def sharded_search(xq_packed, xb_packed, k: int, *, num_bits: int, mesh: Mesh,
   own part; each process copies only its own devices' shards) and gets the full
   (D, I). Differing inputs are not detected (see ``_put``).
   """
-  num_bits = _check_num_bits(num_bits)
+  num_bits = check_num_bits(num_bits)
   k = _check_positive("k", k)
   if "data" not in mesh.axis_names:
     raise ValueError(f"mesh must have an axis named 'data', got axes {mesh.axis_names}")
@@ -665,7 +668,7 @@ def range_search(xq_packed, xb_packed, radius: int, *, num_bits: int,
     query i are ``D[lims[i]:lims[i+1]]`` and ``I[lims[i]:lims[i+1]]``, sorted by
     (distance, index); per-query counts are ``np.diff(lims)`` (or ``range_count``).
   """
-  num_bits = _check_num_bits(num_bits)
+  num_bits = check_num_bits(num_bits)
   xq_packed = check_packed("xq_packed", xq_packed, num_bits)
   database = prepare_database(xb_packed, num_bits=num_bits, chunk_size=chunk_size)
   return range_search_prepared(xq_packed, database, radius, query_batch_size=query_batch_size)

@@ -59,7 +59,7 @@ class HammingIndex:
   def __init__(self, num_bits: int, model_id: str = "", *,
                chunk_size: int = hamming.DEFAULT_CHUNK_SIZE,
                block_rows: int | None = None):
-    self.num_bits = hamming._check_num_bits(num_bits)
+    self.num_bits = hamming.check_num_bits(num_bits)
     if not isinstance(model_id, str):
       raise TypeError(f"model_id must be a str, got {type(model_id).__name__}")
     self.model_id = model_id

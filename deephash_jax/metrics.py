@@ -23,38 +23,9 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from deephash_jax import hamming
+
 __all__ = ["hamming_distances", "precision_recall_curve", "retrieval_metrics"]
-
-
-def _num_bytes(num_bits: int) -> int:
-  return (num_bits + 7) // 8
-
-
-def _check_num_bits(num_bits) -> int:
-  if isinstance(num_bits, bool) or not isinstance(num_bits, (int, np.integer)) or num_bits < 1:
-    raise ValueError(f"num_bits must be a positive int, got {num_bits!r}")
-  return int(num_bits)
-
-
-def _check_packed(name: str, codes, num_bits: int | None = None) -> np.ndarray:
-  """Validates a packed code array: uint8, 2-D, right width, zero padding bits."""
-  codes = np.asarray(codes)
-  if codes.dtype != np.uint8:
-    raise TypeError(f"{name} must be packed uint8 codes (see hamming.pack_bits), "
-                    f"got dtype {codes.dtype}")
-  if codes.ndim != 2:
-    raise ValueError(f"{name} must be 2-D (num_codes, num_bytes), got shape {codes.shape}")
-  if num_bits is not None:
-    if codes.shape[1] != _num_bytes(num_bits):
-      raise ValueError(
-          f"{name} has {codes.shape[1]} bytes per code but num_bits={num_bits} needs "
-          f"{_num_bytes(num_bits)}")
-    spare = 8 * codes.shape[1] - num_bits
-    if spare and codes.shape[0] and np.any(codes[:, -1] >> (8 - spare)):
-      raise ValueError(
-          f"{name} has nonzero padding bits beyond num_bits={num_bits}; "
-          "pack codes with hamming.pack_bits")
-  return codes
 
 
 def _to_words(packed: np.ndarray) -> np.ndarray:
@@ -89,8 +60,8 @@ def hamming_distances(a_packed, b_packed) -> np.ndarray:
   Returns:
     int32 array (Na, Nb): popcount(a[i] XOR b[j]).
   """
-  a = _check_packed("a_packed", a_packed)
-  b = _check_packed("b_packed", b_packed)
+  a = hamming.check_packed("a_packed", a_packed, None)
+  b = hamming.check_packed("b_packed", b_packed, None)
   if a.shape[1] != b.shape[1]:
     raise ValueError(f"a_packed and b_packed byte widths differ: {a.shape[1]} vs {b.shape[1]}")
   return _word_distances(_to_words(a), _to_words(b), np.int32)
@@ -214,9 +185,9 @@ def retrieval_metrics(query_codes,
   Returns:
     A dict of python floats.
   """
-  num_bits = _check_num_bits(num_bits)
-  query_codes = _check_packed("query_codes", query_codes, num_bits)
-  db_codes = _check_packed("db_codes", db_codes, num_bits)
+  num_bits = hamming.check_num_bits(num_bits)
+  query_codes = hamming.check_packed("query_codes", query_codes, num_bits)
+  db_codes = hamming.check_packed("db_codes", db_codes, num_bits)
   map_at = _check_ks("map_at", map_at)
   precision_at = _check_ks("precision_at", precision_at)
   recall_at = _check_ks("recall_at", recall_at)
@@ -302,9 +273,9 @@ def precision_recall_curve(query_codes, query_labels, db_codes, db_labels, *,
   Returns:
     (precision, recall): float64 arrays of shape (num_bits + 1,), index = radius.
   """
-  num_bits = _check_num_bits(num_bits)
-  query_codes = _check_packed("query_codes", query_codes, num_bits)
-  db_codes = _check_packed("db_codes", db_codes, num_bits)
+  num_bits = hamming.check_num_bits(num_bits)
+  query_codes = hamming.check_packed("query_codes", query_codes, num_bits)
+  db_codes = hamming.check_packed("db_codes", db_codes, num_bits)
   batch = _check_batch_size(query_batch_size)
   nq, nd = query_codes.shape[0], db_codes.shape[0]
   query_keys, db_keys = _relevance_keys(query_labels, db_labels, query_ids, db_ids, nq, nd)
