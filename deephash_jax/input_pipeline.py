@@ -182,13 +182,6 @@ def load_split(input_config, split: str) -> Split:
                    "or 'image_folder'")
 
 
-def split_pairs_kind(labels: np.ndarray, items: np.ndarray) -> np.ndarray:
-  """Pair kinds t: 0 same item, 1 same type other item, 2 other type (NumPy, for tests/docs)."""
-  same_item = items[:, None] == items[None, :]
-  same_type = labels[:, None] == labels[None, :]
-  return np.where(same_item, 0, np.where(same_type, 1, 2))
-
-
 class TwoViewSampler:
   """Deterministic batches of catalogue items: the batch of step s depends on (seed, s) only.
 
