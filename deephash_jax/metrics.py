@@ -128,6 +128,21 @@ def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
                    where=den > 0)
 
 
+def _check_inputs(query_codes, query_labels, db_codes, db_labels, query_ids, db_ids, num_bits,
+                  query_batch_size):
+  """The checks shared by the metric functions; returns the validated values."""
+  num_bits = hamming.check_num_bits(num_bits)
+  query_codes = hamming.check_packed("query_codes", query_codes, num_bits)
+  db_codes = hamming.check_packed("db_codes", db_codes, num_bits)
+  batch = _check_batch_size(query_batch_size)
+  nq, nd = query_codes.shape[0], db_codes.shape[0]
+  query_keys, db_keys = _relevance_keys(query_labels, db_labels, query_ids, db_ids, nq, nd)
+  if nq == 0 or nd == 0:
+    raise ValueError(f"need at least one query and one database item, got "
+                     f"query_codes {query_codes.shape}, db_codes {db_codes.shape}")
+  return num_bits, query_codes, db_codes, batch, query_keys, db_keys
+
+
 def retrieval_metrics(query_codes,
                       query_labels,
                       db_codes,
@@ -185,20 +200,15 @@ def retrieval_metrics(query_codes,
   Returns:
     A dict of python floats.
   """
-  num_bits = hamming.check_num_bits(num_bits)
-  query_codes = hamming.check_packed("query_codes", query_codes, num_bits)
-  db_codes = hamming.check_packed("db_codes", db_codes, num_bits)
+  num_bits, query_codes, db_codes, batch, query_keys, db_keys = _check_inputs(
+      query_codes, query_labels, db_codes, db_labels, query_ids, db_ids, num_bits,
+      query_batch_size)
   map_at = _check_ks("map_at", map_at)
   precision_at = _check_ks("precision_at", precision_at)
   recall_at = _check_ks("recall_at", recall_at)
   ndcg_at = _check_ks("ndcg_at", ndcg_at)
   radii = _check_radii(radius)
-  batch = _check_batch_size(query_batch_size)
   nq, nd = query_codes.shape[0], db_codes.shape[0]
-  query_keys, db_keys = _relevance_keys(query_labels, db_labels, query_ids, db_ids, nq, nd)
-  if nq == 0 or nd == 0:
-    raise ValueError(f"need at least one query and one database item, got "
-                     f"query_codes {query_codes.shape}, db_codes {db_codes.shape}")
 
   ranked_ks = sorted(set(map_at) | set(precision_at) | set(recall_at) | set(ndcg_at))
   sums = {}
@@ -273,15 +283,10 @@ def precision_recall_curve(query_codes, query_labels, db_codes, db_labels, *,
   Returns:
     (precision, recall): float64 arrays of shape (num_bits + 1,), index = radius.
   """
-  num_bits = hamming.check_num_bits(num_bits)
-  query_codes = hamming.check_packed("query_codes", query_codes, num_bits)
-  db_codes = hamming.check_packed("db_codes", db_codes, num_bits)
-  batch = _check_batch_size(query_batch_size)
-  nq, nd = query_codes.shape[0], db_codes.shape[0]
-  query_keys, db_keys = _relevance_keys(query_labels, db_labels, query_ids, db_ids, nq, nd)
-  if nq == 0 or nd == 0:
-    raise ValueError(f"need at least one query and one database item, got "
-                     f"query_codes {query_codes.shape}, db_codes {db_codes.shape}")
+  num_bits, query_codes, db_codes, batch, query_keys, db_keys = _check_inputs(
+      query_codes, query_labels, db_codes, db_labels, query_ids, db_ids, num_bits,
+      query_batch_size)
+  nq = query_codes.shape[0]
   query_words, db_words = _to_words(query_codes), _to_words(db_codes)
   dtype = _distance_dtype(num_bits)
   precision = np.zeros(num_bits + 1)
