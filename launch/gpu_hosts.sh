@@ -29,7 +29,6 @@
 # The repo is copied to the hosts as `git archive HEAD`: commit what the run needs first.
 
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-if [[ "${1:-}" == "--dry-run" ]]; then DRY_RUN=1; shift; fi
 
 read -ra HOSTS <<< "${HOSTS:?set HOSTS=\"host1 host2 ...\"}"
 COORDINATOR="${COORDINATOR:-${HOSTS[0]#*@}}"

@@ -7,6 +7,8 @@
 set -euo pipefail
 
 DRY_RUN="${DRY_RUN:-0}"
+# Sourced without arguments, this file sees (and shifts) the calling script's own arguments.
+if [[ "${1:-}" == "--dry-run" ]]; then DRY_RUN=1; shift; fi
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 [[ "$REPO_ROOT" == "$PWD" ]] && REPO_ROOT=.
 # Builds the TFDS dataset once: python -c "$PREPARE_PY" DATA_DIR SOURCE_DIR; an empty DATA_DIR is

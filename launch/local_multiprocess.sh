@@ -20,7 +20,6 @@
 #   DRY_RUN              (0)
 
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-if [[ "${1:-}" == "--dry-run" ]]; then DRY_RUN=1; shift; fi
 
 NUM_PROCESSES="${NUM_PROCESSES:-2}"
 DEVICES_PER_PROCESS="${DEVICES_PER_PROCESS:-4}"

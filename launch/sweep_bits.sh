@@ -22,7 +22,6 @@
 #   DRY_RUN       (0)
 
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-if [[ "${1:-}" == "--dry-run" ]]; then DRY_RUN=1; shift; fi
 
 read -ra BITS <<< "${BITS:-16 32 48 64}"
 TARGET="${TARGET:-local}"

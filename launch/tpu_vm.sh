@@ -40,7 +40,6 @@
 # The repo is copied to the workers as `git archive HEAD`: commit what the run needs first.
 
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-if [[ "${1:-}" == "--dry-run" ]]; then DRY_RUN=1; shift; fi
 
 TPU_NAME="${TPU_NAME:-deephash}"
 ZONE="${ZONE:-us-central2-b}"
