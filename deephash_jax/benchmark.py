@@ -48,6 +48,7 @@ import numpy as np
 
 from deephash_jax import augment
 from deephash_jax import config_lib
+from deephash_jax import evaluate as evaluate_lib
 from deephash_jax import hamming
 from deephash_jax import input_pipeline
 from deephash_jax import metrics
@@ -427,13 +428,23 @@ def _json_default(obj):
   raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-def evaluate_run(run_dir: str, protocols: Protocols, *, pr_curve: bool) -> dict:
-  """Closest-match metrics of a trained run (and its category PR curve when asked)."""
+def evaluate_run(run_dir: str, protocols: Protocols, *, pr_curve: bool,
+                 codes: evaluate_lib.Codes | None = None) -> dict:
+  """Closest-match metrics of a trained run (and its category PR curve when asked).
+
+  `codes`: the category evaluation's codes of the same model (from `train_and_evaluate(...,
+  return_codes=True)`), reused when they cover every query-split image; otherwise (a resumed
+  sweep, or `eval.num_queries` > 0) the query and database images are embedded here.
+  """
   from deephash_jax import inference  # pylint: disable=g-import-not-at-top
   started = time.time()
   encoder = inference.HashEncoder.from_workdir(run_dir)
-  query_codes = encoder.embed(protocols.query.images)
-  db_codes = encoder.embed(protocols.database.images)
+  if (codes is not None and len(codes.query) == len(protocols.query)
+      and len(codes.database) == len(protocols.database)):
+    query_codes, db_codes = codes.query, codes.database
+  else:
+    query_codes = encoder.embed(protocols.query.images)
+    db_codes = encoder.embed(protocols.database.images)
   cm_codes = encoder.embed(protocols.closest_match_queries)
   cm = metrics.retrieval_metrics(
       hamming.pack_bits(cm_codes), None,
@@ -894,7 +905,7 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
     run_dir = os.path.join(workdir, "runs", name)
     eval_path = os.path.join(run_dir, RUN_EVAL_JSON)
     eval_results = _read_json(os.path.join(run_dir, "eval_results.json"))
-    train_wall = None
+    train_wall, codes = None, None
     if eval_results is None:
       remaining = len(plan) - position + 1
       logging.info("[%d/%d] %s: training (ETA of the %d runs left: %s).", position, len(plan),
@@ -903,7 +914,8 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
         os.remove(eval_path)     # evaluated an older model of this run
       started = time.time()
       try:
-        outcome = train_lib.train_and_evaluate(run_config(config, method, bits, seed), run_dir)
+        outcome, codes = train_lib.train_and_evaluate(run_config(config, method, bits, seed),
+                                                      run_dir, return_codes=True)
       except (FloatingPointError, ValueError, RuntimeError, OSError) as e:
         logging.exception("[%d/%d] %s failed; going on with the next run.", position,
                           len(plan), name)
@@ -924,7 +936,8 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
     run_eval = _read_json(eval_path)
     if run_eval is None or run_eval.get("protocol") != protocols.fingerprint:
       try:
-        run_eval = evaluate_run(run_dir, protocols, pr_curve=bits == bench.reference_bits)
+        run_eval = evaluate_run(run_dir, protocols, pr_curve=bits == bench.reference_bits,
+                                codes=codes)
       except (ValueError, RuntimeError, OSError) as e:
         logging.exception("[%d/%d] %s: the closest-match evaluation failed.", position,
                           len(plan), name)

@@ -7,6 +7,8 @@ with ties broken by database index (see metrics.py for the AP definition).
 
 from __future__ import annotations
 
+import dataclasses
+
 from absl import logging
 import numpy as np
 
@@ -30,8 +32,19 @@ def code_statistics(bits: np.ndarray, num_classes: int) -> dict:
           "bit_imbalance": float(np.mean(np.abs(2 * bit_means - 1))), "collapsed": bool(collapsed)}
 
 
-def evaluate_variables(config, variables, *, mesh=None) -> dict:
-  """Category-retrieval metrics of a model's codes on the configured query/database splits."""
+@dataclasses.dataclass(frozen=True)
+class Codes:
+  """The continuous codes an evaluation computed, for callers that need them again."""
+  query: np.ndarray      # float32 (num_queries, num_bits), the first num_queries query images
+  database: np.ndarray   # float32 (num_database, num_bits)
+
+
+def evaluate_variables(config, variables, *, mesh=None, return_codes: bool = False):
+  """Category-retrieval metrics of a model's codes on the configured query/database splits.
+
+  Returns the metrics dict, or `(metrics, Codes)` with `return_codes=True` (the benchmark reuses
+  the codes instead of embedding the same 70,000 images again).
+  """
   mesh = mesh or train_lib.create_mesh(config.mesh)
   embed_fn = train_lib.make_embed_fn(config, mesh)
   query = input_pipeline.load_split(config.input, config.input.query_split)
@@ -53,6 +66,8 @@ def evaluate_variables(config, variables, *, mesh=None) -> dict:
   results.update({f"codes_{k}": v for k, v in stats.items()})
   results["num_bits"] = num_bits
   results["num_queries"], results["num_database"] = int(num_queries), len(database)
+  if return_codes:
+    return results, Codes(query=query_codes, database=db_codes)
   return results
 
 

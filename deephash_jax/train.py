@@ -350,10 +350,13 @@ class _StopRequested:
     self.requested = True
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       return_codes: bool = False):
   """Trains (resuming from the latest checkpoint in `workdir`), then evaluates.
 
-  Returns the final evaluation metrics (see `evaluate.evaluate_workdir`).
+  Returns the final evaluation metrics (see `evaluate.evaluate_workdir`), or `{"stopped_at_step":
+  N}` when SIGTERM stopped the run. With `return_codes=True`, returns `(metrics, codes)` where
+  `codes` is the evaluation's `evaluate.Codes` (None when stopped).
   """
   config_lib.validate_config(config)
   config_lib.workdir_path(workdir).mkdir(parents=True, exist_ok=True)
@@ -427,11 +430,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     manager.close()
     logging.warning("Stopped at step %d on request; rerun with the same --workdir to resume.",
                     step + 1)
-    return {"stopped_at_step": step + 1}
+    stopped = {"stopped_at_step": step + 1}
+    return (stopped, None) if return_codes else stopped
 
   from deephash_jax import evaluate as evaluate_lib  # pylint: disable=g-import-not-at-top
   variables = {"params": state.params, "batch_stats": state.batch_stats}
-  results = evaluate_lib.evaluate_variables(config, variables, mesh=mesh)
+  results, codes = evaluate_lib.evaluate_variables(config, variables, mesh=mesh,
+                                                   return_codes=True)
   results["train_seconds"] = train_seconds
   results["train_steps"] = total_steps
   writer.write_scalars(total_steps, {f"eval/{k}": v for k, v in results.items()
@@ -440,4 +445,4 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     (config_lib.workdir_path(workdir) / "eval_results.json").write_text(
         json.dumps(results, indent=2))
   manager.close()
-  return results
+  return (results, codes) if return_codes else results

@@ -8,6 +8,7 @@ import pytest
 
 from deephash_jax import benchmark
 from deephash_jax import config_lib
+from deephash_jax import inference
 from deephash_jax import metrics
 from deephash_jax import train
 from tests import fake_data
@@ -32,16 +33,36 @@ def test_benchmark_end_to_end_and_rerun_skips_finished_runs(tiny_config, tmp_pat
   trained = []
   real_train = train.train_and_evaluate
 
-  def train_and_check_progress(run_cfg, run_dir):
+  def train_and_check_progress(run_cfg, run_dir, **kwargs):
     # Partial progress is on disk before each run: earlier runs done, this one pending.
     written = json.load(open(os.path.join(workdir, "results.json")))
     assert written["runs"][os.path.basename(run_dir)]["status"] == "pending"
     assert written["status"]["done"] == len(trained)
     trained.append(os.path.basename(run_dir))
-    return real_train(run_cfg, run_dir)
+    return real_train(run_cfg, run_dir, **kwargs)
   monkeypatch.setattr(train, "train_and_evaluate", train_and_check_progress)
+  # After training, a run's closest-match evaluation reuses the category evaluation's codes:
+  # it embeds only the 20 closest-match queries, not the query and database splits again.
+  embedded_in_evaluate_run = []
+  real_evaluate_run, real_embed = benchmark.evaluate_run, inference.HashEncoder.embed
+  inside = []
+
+  def counting_embed(self, images, **kwargs):
+    if inside:
+      embedded_in_evaluate_run.append(len(images))
+    return real_embed(self, images, **kwargs)
+
+  def flagged_evaluate_run(*args, **kwargs):
+    inside.append(True)
+    try:
+      return real_evaluate_run(*args, **kwargs)
+    finally:
+      inside.pop()
+  monkeypatch.setattr(inference.HashEncoder, "embed", counting_embed)
+  monkeypatch.setattr(benchmark, "evaluate_run", flagged_evaluate_run)
   results = benchmark.run_benchmark(tiny_config, workdir)
   assert trained == ["ours_16b_s0", "dch_16b_s0", "ours_32b_s0", "dch_32b_s0"]
+  assert embedded_in_evaluate_run == [20] * 4
 
   names = {"ours_16b_s0", "ours_32b_s0", "dch_16b_s0", "dch_32b_s0"}
   assert set(results["runs"]) == names
@@ -95,6 +116,13 @@ def test_benchmark_end_to_end_and_rerun_skips_finished_runs(tiny_config, tmp_pat
   assert again["runs"] == results["runs"]
   assert again["references"] == json.loads(json.dumps(results["references"]))
 
+  # Reusing the training's codes changes nothing: embedding everything again gives the same.
+  run_dir = os.path.join(workdir, "runs", "ours_16b_s0")
+  fresh = benchmark.evaluate_run(run_dir, benchmark.load_protocols(tiny_config), pr_curve=True)
+  stored = json.load(open(os.path.join(run_dir, benchmark.RUN_EVAL_JSON)))
+  assert fresh["closest_match"] == pytest.approx(stored["closest_match"])
+  assert fresh["pr_curve"]["precision"] == pytest.approx(stored["pr_curve"]["precision"])
+
 
 def test_run_configs_of_the_variants():
   from deephash_jax import main  # pylint: disable=g-import-not-at-top
@@ -124,6 +152,9 @@ def test_run_configs_of_the_variants():
   benchmark.validate_benchmark(config_lib.base_config("benchmark_quick"))
   quick = benchmark.planned_runs(config_lib.base_config("benchmark_quick").benchmark)
   assert quick == [(m, 48, 0) for m in ("ours", "dch", "hashnet", "csq")]
+  sweep = config_lib.base_config("benchmark_sweep_1ep")   # the full plan, 1 epoch a run
+  benchmark.validate_benchmark(sweep)
+  assert benchmark.planned_runs(sweep.benchmark) == plan and sweep.train.num_epochs == 1
 
   config.benchmark.variants.dch.loss.clasification_weight = 0.0
   with pytest.raises(config_lib.ConfigError, match="variants.dch.loss.clasification_weight"):

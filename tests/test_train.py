@@ -13,6 +13,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from deephash_jax import config_lib
 from deephash_jax import evaluate
 from deephash_jax import inference
+from deephash_jax import input_pipeline
 from deephash_jax import losses
 from deephash_jax import train
 from tests import fake_data
@@ -127,10 +128,14 @@ def test_train_and_evaluate_end_to_end_and_resume(config, tmp_path):
   resumed = str(tmp_path / "resumed")
   shutil.copytree(workdir, resumed)
   shutil.rmtree(os.path.join(resumed, "checkpoints", "30"))
-  results2 = train.train_and_evaluate(config, resumed)
+  results2, codes = train.train_and_evaluate(config, resumed, return_codes=True)
   assert results2["map_all"] == pytest.approx(results["map_all"], abs=1e-9)
   a = inference.HashEncoder.from_workdir(workdir)
   b = inference.HashEncoder.from_workdir(resumed)
+  # The returned codes are the evaluation's: the model's codes of the query and database splits.
+  database = input_pipeline.load_split(config.input, config.input.database_split)
+  assert codes.query.shape == (80, 16)
+  np.testing.assert_allclose(codes.database, b.embed(database.images), atol=1e-6)
   assert a.step == b.step == 30
   for x, y in zip(jax.tree.leaves(a.variables), jax.tree.leaves(b.variables)):
     np.testing.assert_array_equal(x, y)
