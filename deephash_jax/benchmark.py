@@ -650,6 +650,62 @@ def _duration(seconds) -> str:
   return str(datetime.timedelta(seconds=int(round(seconds))))
 
 
+_LEAD_METRICS = (("category/map_all", "mAP@all"), ("closest_match/recall_at_1", "closest R@1"),
+                 ("closest_match/map_all", "closest mAP"))
+
+
+def leads(agg: dict, methods, bits_list) -> dict:
+  """{bits: {metric: (ours - best baseline, best baseline)}}: baselines = methods not `ours*`.
+
+  Means over seeds. Missing cells (runs not done) are left out.
+  """
+  baselines_ = [m for m in methods if not m.startswith("ours")]
+  out = {}
+  for bits in bits_list:
+    ours = agg.get("ours", {}).get(str(bits))
+    if not ours:
+      continue
+    for key, _ in _LEAD_METRICS:
+      scores = [(agg[m][str(bits)][key]["mean"], m) for m in baselines_
+                if agg.get(m, {}).get(str(bits), {}).get(key)]
+      if scores and ours.get(key):
+        best, name = max(scores)
+        out.setdefault(str(bits), {})[key] = (ours[key]["mean"] - best, name)
+  return out
+
+
+def _signed(x: float) -> str:
+  return "+0.000" if abs(x) < 5e-4 else f"{x:+.3f}"   # no "-0.000"
+
+
+def _lead_section(agg, methods, bits_list, ref) -> list[str]:
+  lines = []
+  table = leads(agg, methods, bits_list)
+  if table:
+    lines += ["", "## Ours against the best baseline", "",
+              "ours − the best of the other methods (not the ablations) in that cell, and which "
+              "method that is; positive = ours leads.", "",
+              "| bits | " + " | ".join(label for _, label in _LEAD_METRICS) + " |",
+              "|---|" + "---|" * len(_LEAD_METRICS)]
+    for bits, row in table.items():
+      lines.append(f"| {bits} | " + " | ".join(
+          f"{_signed(row[key][0])} ({row[key][1]})" if key in row else "…"
+          for key, _ in _LEAD_METRICS) + " |")
+  ours = agg.get("ours", {}).get(str(ref))
+  ablations = [m for m in methods if m.startswith("ours_") and agg.get(m, {}).get(str(ref))]
+  if ours and ablations:
+    lines += ["", f"## Ablations at {ref} bits: what each term adds", "",
+              "ours − ours without the term (means over seeds); positive = the term helps.", "",
+              "| ablation | " + " | ".join(label for _, label in _LEAD_METRICS) + " |",
+              "|---|" + "---|" * len(_LEAD_METRICS)]
+    for m in ablations:
+      lines.append(f"| {m} | " + " | ".join(
+          _signed(ours[key]["mean"] - agg[m][str(ref)][key]["mean"])
+          if ours.get(key) and agg[m][str(ref)].get(key) else "…"
+          for key, _ in _LEAD_METRICS) + " |")
+  return lines
+
+
 def format_markdown(results: dict) -> str:
   """results.md: the tables of the comparison."""
   bench = results["benchmark"]
@@ -687,21 +743,29 @@ def format_markdown(results: dict) -> str:
             f"JAX {machine['jax']} on {machine['platform']}; load average at start "
             f"{machine['load_average_at_start'][0]:.1f} (other jobs share this machine when it is "
             "above the CPU count, and every time above is then longer).", ""]
+  def method_by_bits(key):
+    rows = ["| method | " + " | ".join(f"{b} bits" for b in bits_list) + " |",
+            "|---|" + "---|" * len(bits_list)]
+    rows += [f"| {method} | " + " | ".join(cell(method, b, key) for b in bits_list) + " |"
+             for method in methods]
+    return rows
+
   lines += ["## Category retrieval: mAP@all, method × bits", "",
             f"Queries: {cat['num_queries']} images of the '{cat['query_split']}' split; "
             f"database: {cat['num_database']} images of '{cat['database_split']}'; relevant: "
             "same class; ranking by Hamming distance, ties by database index. Mean over seeds, "
-            "± sample standard deviation where n > 1; † = the codes collapsed.", "",
-            "| method | " + " | ".join(f"{b} bits" for b in bits_list) + " |",
-            "|---|" + "---|" * len(bits_list)]
-  for method in methods:
-    lines.append(f"| {method} | " + " | ".join(cell(method, b, "category/map_all")
-                                                for b in bits_list) + " |")
-  lines += ["", f"## All metrics at {ref} bits", "",
-            f"Closest match: queries = the first {cm['num_queries']} '{cat['query_split']}' "
-            f"images re-rendered by the recipe below; database = the {cm['num_originals']} "
-            f"originals + {cm['num_database'] - cm['num_originals']} '{cat['database_split']}' "
-            "distractors; relevant = the original only (mAP = mean reciprocal rank).", ""]
+            "± sample standard deviation where n > 1; † = the codes collapsed.", ""]
+  lines += method_by_bits("category/map_all")
+  cm_text = (f"Queries: the first {cm['num_queries']} '{cat['query_split']}' images re-rendered "
+             f"by the recipe below; database: the {cm['num_originals']} originals + "
+             f"{cm['num_database'] - cm['num_originals']} '{cat['database_split']}' distractors; "
+             "relevant: the original only.")
+  lines += ["", "## Closest match: R@1, method × bits", "", cm_text, ""]
+  lines += method_by_bits("closest_match/recall_at_1")
+  lines += ["", "## Closest match: mAP (= mean reciprocal rank), method × bits", ""]
+  lines += method_by_bits("closest_match/map_all")
+  lines += _lead_section(agg, methods, bits_list, ref)
+  lines += ["", f"## All metrics at {ref} bits", ""]
   labels_cm = {**labels, "map_all": "mAP"}
   header = ([labels[n] for n in names] + [f"closest {labels_cm[n]}" for n in CLOSEST_MATCH_METRICS]
             + ["train time"])
@@ -790,24 +854,26 @@ def _save_figure(fig, path: str) -> None:
 def plot_map_vs_bits(results: dict, path: str) -> None:
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
   bench = results["benchmark"]
-  fig = Figure(figsize=(7.5, 4.5))
-  ax = fig.subplots()
-  for i, method in enumerate(bench["methods"]):
-    cells = results["aggregate"].get(method, {})
-    points = sorted((int(b), c["category/map_all"]) for b, c in cells.items()
-                    if c.get("category/map_all"))
-    if not points:
-      continue
-    ax.errorbar([b for b, _ in points], [s["mean"] for _, s in points],
-                yerr=[s["std"] or 0.0 for _, s in points], capsize=3, label=method,
-                **_style(method, i))
-  ax.set_xticks(list(bench["bits"]))
-  ax.set_xlabel("code length (bits)")
-  ax.set_ylabel("mAP@all (category retrieval)")
-  ax.set_title(f"{results['dataset']}: mAP@all against code length")
-  ax.grid(alpha=0.3)
-  if ax.get_legend_handles_labels()[0]:
-    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small")
+  fig = Figure(figsize=(12, 4.5))
+  axes = fig.subplots(1, 2)
+  panels = (("category/map_all", "mAP@all (category retrieval)"),
+            ("closest_match/map_all", "closest-match mAP (mean reciprocal rank)"))
+  for ax, (key, ylabel) in zip(axes, panels):
+    for i, method in enumerate(bench["methods"]):
+      cells = results["aggregate"].get(method, {})
+      points = sorted((int(b), c[key]) for b, c in cells.items() if c.get(key))
+      if not points:
+        continue
+      ax.errorbar([b for b, _ in points], [s["mean"] for _, s in points],
+                  yerr=[s["std"] or 0.0 for _, s in points], capsize=3, label=method,
+                  **_style(method, i))
+    ax.set_xticks(list(bench["bits"]))
+    ax.set_xlabel("code length (bits)")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+  fig.suptitle(f"{results['dataset']}: retrieval against code length (mean over seeds, ± std)")
+  if axes[1].get_legend_handles_labels()[0]:
+    axes[1].legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small")
   _save_figure(fig, path)
 
 
