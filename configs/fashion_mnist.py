@@ -53,6 +53,9 @@ def get_config():
   config.loss.quantization_weight = 0.1
   config.loss.gamma = 10.0                    # Cauchy scale for the category level
   config.loss.gamma_item = 10.0
+  # > 0: the two gammas above hold at this code length and scale with num_bits (see
+  # train.cauchy_gammas); 0: the same gammas at every length.
+  config.loss.gamma_reference_bits = 0
   config.loss.adversarial_mode = "entropy"    # or "flip"
   config.loss.baseline_hyper = ml_collections.ConfigDict()  # overrides baselines.default_hyper
 

@@ -37,6 +37,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _require(value >= 0, f"loss.{name}_weight", value, "non-negative (0 ablates the term)")
   _require(l.gamma > 0, "loss.gamma", l.gamma, "positive")
   _require(l.gamma_item > 0, "loss.gamma_item", l.gamma_item, "positive")
+  reference = l.get("gamma_reference_bits", 0)
+  _require(isinstance(reference, int) and reference >= 0, "loss.gamma_reference_bits",
+           reference, "a non-negative integer (0: gamma as given at every code length)")
   _require(l.adversarial_mode in ("entropy", "flip"), "loss.adversarial_mode",
            l.adversarial_mode, "'entropy' or 'flip'")
   from deephash_jax import baselines  # pylint: disable=g-import-not-at-top

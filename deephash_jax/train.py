@@ -112,6 +112,18 @@ def _pair_for_discriminator(gallery_codes, query_codes, query_first):
   return first, second
 
 
+def cauchy_gammas(loss_config, num_bits: int) -> tuple[float, float]:
+  """(gamma, gamma_item) of the Cauchy losses at `num_bits`.
+
+  With `loss.gamma_reference_bits` = R > 0 the configured values hold at R bits and scale with
+  the code length (gamma * num_bits / R): the relaxed Hamming distance ranges over [0, num_bits],
+  so a fixed gamma is a looser scale on short codes than on long ones. 0 uses them as given.
+  """
+  reference = loss_config.get("gamma_reference_bits", 0) or 0
+  scale = num_bits / reference if reference else 1.0
+  return loss_config.gamma * scale, loss_config.gamma_item * scale
+
+
 def make_train_step(config, mesh) -> Callable:
   """Returns the jitted `train_step(state, batch, rng) -> (state, metrics)`.
 
@@ -121,6 +133,7 @@ def make_train_step(config, mesh) -> Callable:
   net, disc = models.create_models(config.model, config.input.num_classes, axis_name=AXIS)
   weights = config.loss
   num_bits = config.model.num_bits
+  gamma, gamma_item = cauchy_gammas(config.loss, num_bits)
   method = config.get("method", "ours")
   if method != "ours":
     baseline_hyper = {**baselines.default_hyper(method, num_bits),
@@ -197,11 +210,11 @@ def make_train_step(config, mesh) -> Callable:
       terms = {
           "classification": losses.classification_loss(logits, labels, normaliser=2 * n_global),
           "hamming": losses.cauchy_cross_entropy(
-              distances, category_similar, valid, gamma=weights.gamma,
+              distances, category_similar, valid, gamma=gamma,
               num_similar=count(category_similar & valid),
               num_dissimilar=count(~category_similar & valid)),
           "hamming_item": losses.cauchy_cross_entropy(
-              distances, item_similar, item_valid, gamma=weights.gamma_item,
+              distances, item_similar, item_valid, gamma=gamma_item,
               num_similar=count(item_similar & item_valid),
               num_dissimilar=count(~item_similar & item_valid)),
           "adversarial": losses.scramble_loss(adv_logits, query_first,

@@ -177,3 +177,18 @@ def test_bad_config_values_are_named(config, tmp_path):
   config.loss.hamming_weight = -1.0
   with pytest.raises(config_lib.ConfigError, match="loss.hamming_weight"):
     train.train_and_evaluate(config, str(tmp_path / "bad"))
+  config.loss.hamming_weight = 1.0
+  config.loss.gamma_reference_bits = -48
+  with pytest.raises(config_lib.ConfigError, match="loss.gamma_reference_bits=-48"):
+    train.train_and_evaluate(config, str(tmp_path / "bad"))
+
+
+def test_cauchy_gammas_scale_with_the_code_length_only_when_asked():
+  loss = config_lib.base_config("fashion_mnist").loss
+  loss.gamma, loss.gamma_item = 10.0, 6.0
+  assert loss.gamma_reference_bits == 0                    # default: as given at every length
+  assert train.cauchy_gammas(loss, 16) == (10.0, 6.0)
+  loss.gamma_reference_bits = 48
+  assert train.cauchy_gammas(loss, 48) == (10.0, 6.0)      # unchanged at the reference length
+  assert train.cauchy_gammas(loss, 16) == pytest.approx((10.0 / 3, 2.0))
+  assert train.cauchy_gammas(loss, 64) == pytest.approx((40.0 / 3, 8.0))
