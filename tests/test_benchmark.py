@@ -154,7 +154,11 @@ def test_run_configs_of_the_variants():
   assert quick == [(m, 48, 0) for m in ("ours", "dch", "hashnet", "csq")]
   sweep = config_lib.base_config("benchmark_sweep_1ep")   # the full plan, 1 epoch a run
   benchmark.validate_benchmark(sweep)
-  assert benchmark.planned_runs(sweep.benchmark) == plan and sweep.train.num_epochs == 1
+  sweep_plan = benchmark.planned_runs(sweep.benchmark)
+  assert sweep_plan[:len(plan)] == plan and sweep.train.num_epochs == 1   # the full plan first,
+  assert sorted(sweep_plan[len(plan):]) == sorted(                          # then 8 more seeds
+      (m, b, s) for m in ("ours", "dch", "greedyhash") for b in (16, 48) for s in (1, 2)
+      if (m, b) not in (("ours", 48), ("dch", 48)))
 
   config.benchmark.variants.dch.loss.clasification_weight = 0.0
   with pytest.raises(config_lib.ConfigError, match="variants.dch.loss.clasification_weight"):
