@@ -32,7 +32,8 @@ Protocols (see deephash_jax/benchmark.py):
 Wall time on the 2-core CPU machine, uncontended: about 14 min per run (`make run`, the same
 training and category evaluation, measured 13.1 min; ~1.3 min closest-match evaluation: embedding
 80,000 images, ranking 10,000 queries against 70,000), ~7 min for the references: about 10 h in
-all (an estimate: the full sweep has not been run here yet). Other jobs on the machine
+all (an estimate: the full sweep has not been run here yet; the same plan at 1 epoch a run,
+configs/benchmark_sweep_1ep.py, has, and its table is in README.md). Other jobs on the machine
 stretch every figure; the log gives an ETA after each run.
 
 Override any field on the command line, e.g.
