@@ -12,8 +12,10 @@ training images as distractors); the two non-learned references on 2,000 categor
 It ranks the methods early in training, not at convergence: the full schedule
 (configs/benchmark.py, ~10 h here) is what a TPU VM sweep (launch/sweep_bits.sh) is for.
 
-Wall time on the 2-core CPU machine: about 1.5-2 min per run (40 s of training, the rest
-compilation and the two evaluations), about 1.4-1.8 h in all; the log gives an ETA after every run.
+Wall time on the 2-core CPU machine: about 1 min per run alone (40 s of training, the rest
+compilation and the two evaluations), 1 min 40 s while another training shares the machine;
+measured: 1 h 20 min of run time for the 52 runs, most of them shared, plus 80 s for the
+references. The log gives an ETA after every run.
 """
 
 from deephash_jax import config_lib
