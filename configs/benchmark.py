@@ -53,6 +53,9 @@ def get_config():
   b.bits = (16, 32, 48, 64)
   b.reference_bits = 48     # the comparison table, the PR curves and the references
   b.seeds = (0,)            # every (method, bits) cell
+  # method -> the lengths it runs at, where not every one of b.bits (e.g. an ablation at the
+  # reference length only); a method not named here runs at every length.
+  b.method_bits = ml_collections.ConfigDict()
   # Extra seeds where the spread matters: the proposed method and its closest baseline.
   b.multi_seed = ml_collections.ConfigDict(dict(methods=("ours", "dch"), bits=(48,),
                                                 seeds=(0, 1, 2)))

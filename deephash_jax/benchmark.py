@@ -71,11 +71,19 @@ def run_name(method: str, bits: int, seed: int) -> str:
   return f"{method}_{bits}b_s{seed}"
 
 
+def method_lengths(bench, method: str) -> tuple[int, ...]:
+  """The code lengths `method` runs at: `benchmark.method_bits[method]` where given (e.g. the
+  ablations at the reference length only), else every length of `benchmark.bits`."""
+  only = (bench.get("method_bits") or {}).get(method)
+  return tuple(int(b) for b in (bench.bits if only is None else only))
+
+
 def planned_runs(bench) -> list[tuple[str, int, int]]:
   """(method, bits, seed) in run order: the reference length first, then the other lengths,
   then the extra seeds of `multi_seed`; each triple once."""
   ordered_bits = [bench.reference_bits] + [b for b in bench.bits if b != bench.reference_bits]
-  plan = [(m, int(b), int(s)) for b in ordered_bits for m in bench.methods for s in bench.seeds]
+  plan = [(m, int(b), int(s)) for b in ordered_bits for m in bench.methods for s in bench.seeds
+          if int(b) in method_lengths(bench, m)]
   multi = bench.get("multi_seed") or {}
   for b in multi.get("bits", ()):
     for m in multi.get("methods", ()):
@@ -101,6 +109,12 @@ def validate_benchmark(config) -> None:
             "integers in [4, 4096]")
   require(bench.reference_bits in bench.bits, "benchmark.reference_bits", bench.reference_bits,
           f"one of benchmark.bits {tuple(bench.bits)}")
+  for method, lengths in (bench.get("method_bits") or {}).items():
+    require(method in bench.methods, f"benchmark.method_bits.{method}", method,
+            f"one of benchmark.methods {tuple(bench.methods)}")
+    require(len(lengths) > 0 and all(b in bench.bits for b in lengths),
+            f"benchmark.method_bits.{method}", lengths,
+            f"a non-empty subset of benchmark.bits {tuple(bench.bits)}")
   require(len(bench.seeds) > 0, "benchmark.seeds", bench.seeds, "at least one seed")
   require(bench.closest_match.num_queries >= 0, "benchmark.closest_match.num_queries",
           bench.closest_match.num_queries, ">= 0 (0: all)")
@@ -726,9 +740,10 @@ def format_markdown(results: dict) -> str:
   def cell(method, bits, key):
     entry = agg.get(method, {}).get(str(bits))
     if entry is None:
-      failed = any(r["method"] == method and r["bits"] == bits and r["status"] == "failed"
-                   for r in runs.values())
-      return "failed" if failed else "…"
+      planned = [r for r in runs.values() if r["method"] == method and r["bits"] == bits]
+      if not planned:
+        return "—"      # not in the plan (benchmark.method_bits)
+      return "failed" if any(r["status"] == "failed" for r in planned) else "…"
     return _fmt(entry.get(key)) + (" †" if entry.get("codes_collapsed") else "")
 
   lines = [f"# Benchmark: {results['dataset']}", ""]
@@ -754,7 +769,8 @@ def format_markdown(results: dict) -> str:
             f"Queries: {cat['num_queries']} images of the '{cat['query_split']}' split; "
             f"database: {cat['num_database']} images of '{cat['database_split']}'; relevant: "
             "same class; ranking by Hamming distance, ties by database index. Mean over seeds, "
-            "± sample standard deviation where n > 1; † = the codes collapsed.", ""]
+            "± sample standard deviation where n > 1; † = the codes collapsed; … = not run yet; "
+            "— = not in the plan.", ""]
   lines += method_by_bits("category/map_all")
   cm_text = (f"Queries: the first {cm['num_queries']} '{cat['query_split']}' images re-rendered "
              f"by the recipe below; database: the {cm['num_originals']} originals + "
@@ -914,20 +930,55 @@ def write_outputs(workdir: str, results: dict) -> None:
 # ---------------------------------------------------------------------------------- driver
 
 
-def run_benchmark(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def parse_worker(spec: str | None) -> tuple[int, int]:
+  """'i/n' -> (i, n), worker i of n (0-based); None or '' -> (0, 1), the whole sweep."""
+  if not spec:
+    return 0, 1
+  try:
+    index, count = (int(part) for part in spec.split("/"))
+  except ValueError:
+    index, count = -1, 0
+  if not 0 <= index < count:
+    raise config_lib.ConfigError(f"--benchmark_worker={spec!r}: expected 'i/n' with "
+                                 "0 <= i < n, e.g. 0/2 and 1/2 for two workers")
+  return index, count
+
+
+def worker_runs(plan, worker: tuple[int, int]) -> list[tuple[str, int, int]]:
+  """The runs worker (i, n) trains: every n-th run of the plan from the i-th, so that the main
+  comparison table (the reference length, first in the plan) fills on every worker at once."""
+  index, count = worker
+  return [triple for position, triple in enumerate(plan) if position % count == index]
+
+
+def run_benchmark(config: ml_collections.ConfigDict, workdir: str, *,
+                  worker: tuple[int, int] = (0, 1)) -> dict[str, Any]:
   """Trains and evaluates every planned run (resuming), then the references; returns results.
 
   Writes results.json, results.md, mAP_vs_bits.png and pr_curves.png in `workdir` after every
   run. A failed run (e.g. non-finite loss) is recorded and the sweep goes on; SIGTERM during a
   run stops the sweep after that run's checkpoint (rerun to resume).
+
+  `worker=(i, n)` with n > 1 trains and evaluates only `worker_runs(plan, (i, n))`, in their own
+  run folders, and writes neither the references nor the shared outputs: n such workers can share
+  `workdir` (n processes on one host, or n hosts on a shared file system). Once they have all
+  finished, the plain command (worker (0, 1)) finds every run done, computes the references and
+  writes the tables and plots.
   """
   validate_benchmark(config)
+  worker_index, num_workers = worker
+  if not 0 <= worker_index < num_workers:
+    raise config_lib.ConfigError(f"benchmark worker {worker_index} of {num_workers}: expected "
+                                 "0 <= index < count")
+  partial = num_workers > 1
   session_start = time.time()
   bench = config.benchmark
   plan = planned_runs(bench)
+  mine = set(worker_runs(plan, worker))
   os.makedirs(os.path.join(workdir, "runs"), exist_ok=True)
-  _write_atomic(os.path.join(workdir, "benchmark_config.json"),
-                config.to_json_best_effort(indent=2))
+  if not partial:
+    _write_atomic(os.path.join(workdir, "benchmark_config.json"),
+                  config.to_json_best_effort(indent=2))
   category_names = category_metric_names(config)
   protocols = load_protocols(config)
   fp = protocols.fingerprint
@@ -957,7 +1008,7 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
     results["wall_seconds"] = {
         "runs": sum(_run_seconds(r) or 0.0 for r in runs if r["status"] == "done"),
         "references": references_seconds, "this_session": time.time() - session_start}
-    if jax.process_index() == 0:
+    if jax.process_index() == 0 and not partial:
       write_outputs(workdir, results)
 
   def eta(remaining):
@@ -967,13 +1018,16 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
 
   refresh()   # the plan, all pending, before the first run
   for position, (method, bits, seed) in enumerate(plan, start=1):
+    if (method, bits, seed) not in mine:
+      continue
     name = run_name(method, bits, seed)
     run_dir = os.path.join(workdir, "runs", name)
     eval_path = os.path.join(run_dir, RUN_EVAL_JSON)
     eval_results = _read_json(os.path.join(run_dir, "eval_results.json"))
     train_wall, codes = None, None
     if eval_results is None:
-      remaining = len(plan) - position + 1
+      remaining = sum(r["status"] == "pending" for r in results["runs"].values()
+                      if (r["method"], r["bits"], r["seed"]) in mine)
       logging.info("[%d/%d] %s: training (ETA of the %d runs left: %s).", position, len(plan),
                    name, remaining, eta(remaining))
       if os.path.exists(eval_path):
@@ -1018,11 +1072,19 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
                                         eval_results, run_eval)
     refresh()
     record = results["runs"][name]
-    remaining = sum(r["status"] == "pending" for r in results["runs"].values())
+    remaining = sum(r["status"] == "pending" for r in results["runs"].values()
+                    if (r["method"], r["bits"], r["seed"]) in mine)
     logging.info("[%d/%d] %s done in %s: category mAP@all %.4f, closest-match R@1 %.4f "
                  "(ETA of the %d runs left: %s).", position, len(plan), name,
                  _duration(_run_seconds(record)), record["category"]["map_all"],
                  record["closest_match"]["recall_at_1"], remaining, eta(remaining))
+
+  if partial:
+    logging.info("Benchmark worker %d of %d finished: %d of its %d runs done, %d failed. When "
+                 "every worker has finished, run the command without --benchmark_worker for the "
+                 "references, tables and plots.", worker_index, num_workers,
+                 results["status"]["done"], len(mine), results["status"]["failed"])
+    return results
 
   float_run = None
   float_method = bench.references.float_method

@@ -8,7 +8,8 @@ r"""The `deephash` command. Kept short: flags, then a call into the library.
     deephash demo --workdir=workdirs/catalogue --index=catalogue.dhidx [--port=8000]
     deephash predict --workdir=workdirs/fm --image=query.png [--index=fm.dhidx] [--k=10] \
         [--json] [--grid=matches.png]
-    deephash benchmark --config=configs/benchmark.py --workdir=workdirs/benchmark
+    deephash benchmark --config=configs/benchmark.py --workdir=workdirs/benchmark \
+        [--benchmark_worker=0/2]
 
 Your own catalogue, step by step: docs/CATALOGUE.md. Prediction: docs/PREDICT.md.
 """
@@ -62,6 +63,11 @@ flags.DEFINE_integer("port", 8000, "demo: port on 127.0.0.1.")
 flags.DEFINE_multi_string("image", [], "predict: a query image file; repeat for several.")
 flags.DEFINE_integer("k", 10, "predict: matches per query.")
 flags.DEFINE_string("grid", None, "predict: also write the queries and their matches to this PNG.")
+# benchmark.
+flags.DEFINE_string("benchmark_worker", None,
+                    "benchmark: 'i/n' trains only every n-th run from the i-th, so that n "
+                    "processes or hosts share one --workdir; afterwards the command without this "
+                    "flag writes the references, tables and plots.")
 
 
 def _print_results(results: dict) -> None:
@@ -139,7 +145,13 @@ def main(argv):
     if FLAGS.config is None:
       raise app.UsageError("--config is required for benchmark (configs/benchmark.py)")
     from deephash_jax import benchmark  # pylint: disable=g-import-not-at-top
-    results = benchmark.run_benchmark(FLAGS.config, FLAGS.workdir)
+    try:
+      worker = benchmark.parse_worker(FLAGS.benchmark_worker)
+    except ValueError as e:
+      raise app.UsageError(str(e)) from e
+    results = benchmark.run_benchmark(FLAGS.config, FLAGS.workdir, worker=worker)
+    if worker[1] > 1:
+      return
     print(json.dumps(results, sort_keys=True, default=str) if FLAGS.json
           else benchmark.format_markdown(results))
     return

@@ -124,6 +124,44 @@ def test_benchmark_end_to_end_and_rerun_skips_finished_runs(tiny_config, tmp_pat
   assert fresh["pr_curve"]["precision"] == pytest.approx(stored["pr_curve"]["precision"])
 
 
+def test_workers_share_a_workdir_and_the_plain_command_aggregates(tiny_config, tmp_path,
+                                                                   monkeypatch):
+  config = tiny_config.copy_and_resolve_references()
+  config.benchmark.methods = ("ours",)
+  workdir = str(tmp_path / "bench")
+  plan = benchmark.planned_runs(config.benchmark)
+  assert plan == [("ours", 16, 0), ("ours", 32, 0)]
+  assert benchmark.worker_runs(plan, (0, 2)) == plan[:1]
+  assert benchmark.worker_runs(plan, (1, 2)) == plan[1:]
+  assert benchmark.worker_runs(plan, (0, 1)) == plan
+  trained = []
+  real_train = train.train_and_evaluate
+
+  def recording_train(run_cfg, run_dir, **kwargs):
+    trained.append(os.path.basename(run_dir))
+    return real_train(run_cfg, run_dir, **kwargs)
+  monkeypatch.setattr(train, "train_and_evaluate", recording_train)
+  for index in (1, 0):
+    part = benchmark.run_benchmark(config, workdir, worker=(index, 2))
+    assert part["status"]["done"] == 1 and part["references"] is None
+  assert trained == ["ours_32b_s0", "ours_16b_s0"]
+  # A worker writes its runs only: no shared tables that another worker would overwrite.
+  assert not os.path.exists(os.path.join(workdir, "results.json"))
+
+  def no_training(*args, **kwargs):
+    raise AssertionError("a run finished by a worker was retrained")
+  monkeypatch.setattr(train, "train_and_evaluate", no_training)
+  results = benchmark.run_benchmark(config, workdir)
+  assert results["status"] == {"planned": 2, "done": 2, "failed": 0, "interrupted": False}
+  assert results["references"]["float_cosine"]["run"] == "ours_16b_s0"
+  assert json.load(open(os.path.join(workdir, "results.json")))["status"]["done"] == 2
+
+  assert benchmark.parse_worker(None) == (0, 1) and benchmark.parse_worker("1/4") == (1, 4)
+  for bad in ("2/2", "-1/2", "1", "a/b", "0/0"):
+    with pytest.raises(config_lib.ConfigError, match=f"--benchmark_worker='{bad}'"):
+      benchmark.parse_worker(bad)
+
+
 def test_run_configs_of_the_variants():
   from deephash_jax import main  # pylint: disable=g-import-not-at-top
   assert "benchmark" in main.COMMANDS   # deephash benchmark --config=... --workdir=...
@@ -159,6 +197,22 @@ def test_run_configs_of_the_variants():
   assert sorted(sweep_plan[len(plan):]) == sorted(                          # then 8 more seeds
       (m, b, s) for m in ("ours", "dch", "greedyhash") for b in (16, 48) for s in (1, 2)
       if (m, b) not in (("ours", 48), ("dch", 48)))
+
+  # benchmark.method_bits: a method at some lengths only; the others at every length.
+  config.benchmark.method_bits = {"ours_no_classifier": (48,), "dpsh": (16, 64)}
+  benchmark.validate_benchmark(config)
+  only = benchmark.planned_runs(config.benchmark)
+  assert len(only) == len(plan) - 3 - 2 and set(only) <= set(plan)
+  assert [b for m, b, s in only if m == "ours_no_classifier"] == [48]
+  assert [b for m, b, s in only if m == "dpsh"] == [16, 64]
+  assert [b for m, b, s in only if m == "ours" and s == 0] == [48, 16, 32, 64]
+  for bad, match in (({"ours_no_classifier": (24,)}, "method_bits.ours_no_classifier=\\(24,\\)"),
+                     ({"ours_no_classifier": ()}, "method_bits.ours_no_classifier=\\(\\)"),
+                     ({"dhc": (48,)}, "method_bits.dhc='dhc'")):
+    config.benchmark.method_bits = bad
+    with pytest.raises(config_lib.ConfigError, match=match):
+      benchmark.validate_benchmark(config)
+  config.benchmark.method_bits = {}
 
   config.benchmark.variants.dch.loss.clasification_weight = 0.0
   with pytest.raises(config_lib.ConfigError, match="variants.dch.loss.clasification_weight"):
