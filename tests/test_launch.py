@@ -277,6 +277,48 @@ def test_sweep_bits_tpu_one_vm_per_length_in_parallel(fake_tools):
     assert _flags(remote)["--config.model.num_bits"] == bits
 
 
+# --- benchmark_workers.sh ------------------------------------------------------------------------
+
+def test_benchmark_workers_dry_run_prepares_once_then_workers_then_aggregates():
+  prepare, *workers, wait, aggregate = _dry_run(
+      "benchmark_workers.sh", "--config.train.num_epochs=1", WORKERS=3, DATA_DIR="/tmp/tfds",
+      CONFIG="configs/benchmark_sweep_4ep.py", WORKDIR="w")
+  (python, flag, _, data_dir, source_dir), = prepare
+  assert (python, flag, data_dir, source_dir) == (
+      "python3", "-c", "/tmp/tfds", "/usr/share/datasets/fashion-mnist")
+  assert wait == [["wait"]] and len(workers) == 3
+  for i, (cmd,) in enumerate(workers):
+    assert cmd[:2] == ["deephash", "benchmark"]
+    assert _flags(cmd) == {"--config": "configs/benchmark_sweep_4ep.py", "--workdir": "w",
+                           "--benchmark_worker": f"{i}/3", "--config.input.data_dir": "/tmp/tfds",
+                           "--config.train.num_epochs": "1"}
+  (cmd,) = aggregate
+  assert cmd[:2] == ["deephash", "benchmark"] and "--benchmark_worker" not in _flags(cmd)
+  assert _flags(cmd)["--config.train.num_epochs"] == "1"
+
+
+def test_benchmark_workers_aggregate_only_after_every_worker_and_not_after_a_failure(tmp_path):
+  calls = tmp_path / "calls.log"
+  fake = tmp_path / "deephash"
+  # Worker 0 finishes last; FAIL_WORKER makes one worker fail.
+  fake.write_text(f"""#!/bin/sh
+case "$*" in *--benchmark_worker=0/2*) sleep 0.5;; esac
+case "$*" in *--benchmark_worker=$FAIL_WORKER*) exit 3;; esac
+echo "$*" >> {calls}
+""")
+  fake.chmod(0o755)
+  env = dict(DEEPHASH=fake, PYTHON="true", WORKDIR=tmp_path / "w", FAIL_WORKER="none")
+  _run("benchmark_workers.sh", env=env)
+  lines = calls.read_text().splitlines()
+  assert len(lines) == 3 and "--benchmark_worker=0/2" in lines[1]   # worker 0 was slower
+  assert "--benchmark_worker" not in lines[2]                        # the aggregate, last
+  calls.unlink()
+  failed = _run("benchmark_workers.sh", env={**env, "FAIL_WORKER": "1/2"}, check=False)
+  assert failed.returncode == 3 and "worker_1.log" in failed.stderr
+  assert not calls.exists()    # worker 0 stopped, and no tables from a partial sweep
+  assert _run("benchmark_workers.sh", env={**env, "WORKERS": "0"}, check=False).returncode == 2
+
+
 # --- A real multi-process run ------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
