@@ -60,20 +60,23 @@ def get_config():
   b.multi_seed = ml_collections.ConfigDict(dict(methods=("ours", "dch"), bits=(48,),
                                                 seeds=(0, 1, 2)))
   # Each method's overrides of the training config: the ablations zero one loss weight of ours;
-  # a baseline is its own loss only (no classification term), except GreedyHash whose loss is
-  # defined with the classifier and a sign layer (Su et al., NeurIPS 2018).
+  # a baseline is its own loss only (no classification term), on the pre-activation codes, with
+  # the tanh code layer its authors use (it only feeds the classifier, which they do not train);
+  # GreedyHash's loss is defined with the classifier and a sign layer (Su et al., NeurIPS 2018).
+  def baseline(method, classification_weight=0.0, code_activation="tanh"):
+    return dict(method=method, model=dict(code_activation=code_activation),
+                loss=dict(classification_weight=classification_weight))
   b.variants = dict(
       ours={},
       ours_no_classifier=dict(loss=dict(classification_weight=0.0)),
       ours_no_hamming=dict(loss=dict(hamming_weight=0.0, hamming_item_weight=0.0)),
       ours_no_adversarial=dict(loss=dict(adversarial_weight=0.0)),
-      dch=dict(method="dch", loss=dict(classification_weight=0.0)),
-      hashnet=dict(method="hashnet", loss=dict(classification_weight=0.0)),
-      csq=dict(method="csq", loss=dict(classification_weight=0.0)),
-      dpsh=dict(method="dpsh", loss=dict(classification_weight=0.0)),
-      greedyhash=dict(method="greedyhash", model=dict(code_activation="sign_ste"),
-                      loss=dict(classification_weight=1.0)),
-      orthohash=dict(method="orthohash", loss=dict(classification_weight=0.0)),
+      dch=baseline("dch"),
+      hashnet=baseline("hashnet"),
+      csq=baseline("csq"),
+      dpsh=baseline("dpsh"),
+      greedyhash=baseline("greedyhash", classification_weight=1.0, code_activation="sign_ste"),
+      orthohash=baseline("orthohash"),
   )
 
   b.closest_match = ml_collections.ConfigDict()

@@ -42,13 +42,37 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
            reference, "a non-negative integer (0: gamma as given at every code length)")
   _require(l.adversarial_mode in ("entropy", "flip"), "loss.adversarial_mode",
            l.adversarial_mode, "'entropy' or 'flip'")
+  activation = m.get("code_activation", "tanh")
+  _require(activation in ("tanh", "sign_ste"), "model.code_activation", activation,
+           "'tanh' or 'sign_ste'")
   from deephash_jax import baselines  # pylint: disable=g-import-not-at-top
   methods = ("ours", *sorted(baselines.BASELINES))
   method = config.get("method", "ours")
   _require(method in methods, "method", method, f"one of {methods}")
+  # Sign codes are +-1 already: the quantization term would be 0 with 0 gradient, a weight that
+  # silently does nothing.
+  _require(not (method == "ours" and activation == "sign_ste" and l.quantization_weight > 0),
+           "loss.quantization_weight", l.quantization_weight,
+           "0 with model.code_activation='sign_ste' (the codes are +-1 already, so the term and "
+           "its gradient are 0); it pulls tanh codes to +-1")
   _require(t.log_every_steps > 0, "train.log_every_steps", t.log_every_steps, "positive")
   _require(t.checkpoint_every_steps > 0, "train.checkpoint_every_steps",
            t.checkpoint_every_steps, "positive")
+
+
+# The code layer of `ours` before sign + straight-through codes became the default: tanh codes
+# and the quantization term that pulls them to +-1. Benchmark variants and commands that were
+# measured with it name it, so that they still reproduce.
+TANH_CODES = {"model": {"code_activation": "tanh"}, "loss": {"quantization_weight": 0.1}}
+
+
+def with_tanh_codes(overrides) -> dict:
+  """A benchmark variant's overrides (nested dicts) with TANH_CODES merged in."""
+  out = {key: dict(value) if hasattr(value, "items") else value
+         for key, value in dict(overrides).items()}
+  for section, fields in TANH_CODES.items():
+    out[section] = {**out.get(section, {}), **fields}
+  return out
 
 
 def total_steps(config, num_train_examples: int) -> int:

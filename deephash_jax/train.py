@@ -264,7 +264,7 @@ def make_train_step(config, mesh) -> Callable:
 
 
 def make_embed_fn(config, mesh) -> Callable:
-  """`embed(variables, uint8 images) -> continuous codes`, jitted, batch sharded on `data`.
+  """`embed(variables, uint8 images) -> continuous codes tanh(h)`, jitted, batch sharded on `data`.
 
   Every process passes the same host images and gets all the codes back, replicated, so that
   `np.asarray` can read them in a multi-process run too (where jit also refuses NumPy inputs with
@@ -275,8 +275,10 @@ def make_embed_fn(config, mesh) -> Callable:
   batch_sharding = NamedSharding(mesh, P(AXIS))
 
   def body(variables, images):
-    codes, _ = net.apply(variables, augment.preprocess(images), train=False)
-    return lax.all_gather(codes, AXIS, tiled=True)
+    _, aux = net.apply(variables, augment.preprocess(images), train=False)
+    # tanh of the pre-activation: the codes of a tanh model, and for a sign model the continuous
+    # codes its sign binarises (sign(tanh(x)) = sign(x)), so float references stay continuous.
+    return lax.all_gather(jnp.tanh(aux["pre_codes"]), AXIS, tiled=True)
 
   jitted = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=P(),
                                  check_vma=False))
