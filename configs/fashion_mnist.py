@@ -42,11 +42,13 @@ def get_config():
   config.model.encoder_kwargs = ml_collections.ConfigDict()
   config.model.num_bits = 48
   config.model.classifier_input = "code"      # or "features"
-  # "sign_ste": +-1 codes in the forward pass, identity gradient (GreedyHash's sign layer), so
-  # training sees the Hamming distances that search will use. Against "tanh" (+ quantization
-  # weight 0.1): 15 epochs at 48 bits mAP@all 0.902 against 0.901; 4 epochs at 16 bits 0.843 and
-  # 0.848 against 0.825 and 0.827 (two seeds), at 32 bits 0.856 against 0.845 (README, Results).
-  config.model.code_activation = "sign_ste"   # or "tanh"
+  # "tanh" (with the quantization term) or "sign_ste": +-1 codes in the forward pass, identity
+  # gradient (GreedyHash's sign layer; set loss.quantization_weight = 0 with it, see
+  # config_lib.SIGN_CODES). Measured (README, Results), sign against tanh: category mAP@all
+  # +0.017 at 16 bits and -0.002 at 48 bits (4 epochs), +0.001 at 48 bits (15 epochs); closest-
+  # match mAP -0.016 at 16 bits and -0.011 at 48 bits (4 epochs). Tanh stays the default: at the
+  # default 48 bits sign codes gain nothing on categories and lose a third of the same-item search.
+  config.model.code_activation = "tanh"
   config.model.discriminator_hidden = (256, 256)
 
   config.loss = ml_collections.ConfigDict()
@@ -54,7 +56,7 @@ def get_config():
   config.loss.hamming_weight = 1.0            # neighbours (same type) vs other types
   config.loss.hamming_item_weight = 0.1       # same item vs same type, other item
   config.loss.adversarial_weight = 0.1
-  config.loss.quantization_weight = 0.0       # pulls tanh codes to +-1 (0.1 with "tanh")
+  config.loss.quantization_weight = 0.1       # pulls tanh codes to +-1 (0 with "sign_ste")
   config.loss.gamma = 10.0                    # Cauchy scale for the category level
   config.loss.gamma_item = 10.0
   # > 0: the two gammas above hold at this code length and scale with num_bits (see

@@ -60,17 +60,16 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
            t.checkpoint_every_steps, "positive")
 
 
-# The code layer of `ours` before sign + straight-through codes became the default: tanh codes
-# and the quantization term that pulls them to +-1. Benchmark variants and commands that were
-# measured with it name it, so that they still reproduce.
-TANH_CODES = {"model": {"code_activation": "tanh"}, "loss": {"quantization_weight": 0.1}}
+# Ours with sign + straight-through codes instead of the default tanh: +-1 codes in the forward
+# pass, and no quantization term (it is 0 on +-1 codes; validate_config refuses a weight there).
+SIGN_CODES = {"model": {"code_activation": "sign_ste"}, "loss": {"quantization_weight": 0.0}}
 
 
-def with_tanh_codes(overrides) -> dict:
-  """A benchmark variant's overrides (nested dicts) with TANH_CODES merged in."""
+def with_sign_codes(overrides) -> dict:
+  """A benchmark variant's overrides (nested dicts) with SIGN_CODES merged in."""
   out = {key: dict(value) if hasattr(value, "items") else value
          for key, value in dict(overrides).items()}
-  for section, fields in TANH_CODES.items():
+  for section, fields in SIGN_CODES.items():
     out[section] = {**out.get(section, {}), **fields}
   return out
 

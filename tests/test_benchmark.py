@@ -214,19 +214,17 @@ def test_run_configs_of_the_variants():
       benchmark.validate_benchmark(config)
   config.benchmark.method_bits = {}
 
-  # Ours is the default config (sign codes); the two documented sweeps that were measured with
-  # the earlier tanh codes pin them; the baselines keep their authors' tanh code layer.
+  # The 4-epoch sweep: ours and its ablations with sign codes, ours_tanh = the default config;
+  # the baselines keep their authors' tanh code layer.
   four = config_lib.base_config("benchmark_sweep_4ep")
   benchmark.validate_benchmark(four)
-  assert benchmark.run_config(four, "ours", 48, 0).model.code_activation == "sign_ste"
-  tanh = benchmark.run_config(four, "ours_tanh", 16, 0)
-  assert (tanh.model.code_activation, tanh.loss.quantization_weight) == ("tanh", 0.1)
+  for method in ("ours", "ours_no_classifier", "ours_no_hamming", "ours_no_adversarial"):
+    sign = benchmark.run_config(four, method, 48, 0)
+    assert (sign.model.code_activation, sign.loss.quantization_weight) == ("sign_ste", 0.0)
+  assert benchmark.run_config(four, "ours_no_hamming", 48, 0).loss.hamming_weight == 0.0
+  expected.seed, expected.model.num_bits, expected.train.num_epochs = 0, 16, 4
+  assert benchmark.run_config(four, "ours_tanh", 16, 0).to_dict() == expected.to_dict()
   assert [b for m, b, s in benchmark.planned_runs(four.benchmark) if m == "ours_tanh"] == [48, 16]
-  for name in ("benchmark_sweep_1ep", "benchmark_quick"):
-    pinned = benchmark.run_config(config_lib.base_config(name), "ours", 48, 0)
-    assert (pinned.model.code_activation, pinned.loss.quantization_weight) == ("tanh", 0.1)
-  no_hamming = benchmark.run_config(sweep, "ours_no_hamming", 48, 0)
-  assert no_hamming.model.code_activation == "tanh" and no_hamming.loss.hamming_weight == 0.0
   for method in ("dch", "hashnet", "csq", "dpsh", "orthohash"):
     assert cfg(method).model.code_activation == "tanh"
 

@@ -53,8 +53,8 @@ def _one_step(config, devices, state, batch):
 def test_eight_devices_equal_one_device(config, method, code_activation):
   assert jax.device_count() == 8
   config.method = method
-  if code_activation == "tanh":
-    for section, fields in config_lib.TANH_CODES.items():
+  if code_activation == "sign_ste":
+    for section, fields in config_lib.SIGN_CODES.items():
       config[section].update(fields)
   config.train.warmup_steps = 0  # Else the first step has learning rate 0.
   state = train.create_train_state(config, jax.random.key(0), 10, (28, 28, 1))
@@ -87,8 +87,6 @@ def test_eight_devices_equal_one_device(config, method, code_activation):
 def test_every_loss_term_reaches_the_encoder(config, term):
   for name in TERMS:
     config.loss[f"{name}_weight"] = 1.0 if name == term else 0.0
-  if term == "quantization":
-    config.model.code_activation = "tanh"   # sign codes are +-1: no quantization term there
   state = train.create_train_state(config, jax.random.key(0), 10, (28, 28, 1))
   _, metrics = _one_step(config, jax.devices(), state, _batch(16))
   assert float(metrics["grad_norm_encoder"]) > 1e-6, term
@@ -112,6 +110,7 @@ def test_every_baseline_trains_the_encoder_in_the_shared_step(config, method):
 def test_embedding_is_continuous_and_binarises_to_the_model_codes(config, code_activation):
   from deephash_jax import augment, models  # pylint: disable=g-import-not-at-top
   config.model.code_activation = code_activation
+  config.loss.quantization_weight = 0.0
   state = train.create_train_state(config, jax.random.key(3), 10, (28, 28, 1))
   variables = {"params": state.params, "batch_stats": state.batch_stats}
   images = _batch(16)["image"]
@@ -197,8 +196,8 @@ def test_nan_fails_fast_with_the_step(config, tmp_path, monkeypatch):
 @pytest.mark.parametrize("num_bits", [16, 32, 48, 64])
 def test_no_bit_length_collapses(config, tmp_path, num_bits, code_activation):
   config.model.num_bits = num_bits
-  if code_activation == "tanh":
-    for section, fields in config_lib.TANH_CODES.items():
+  if code_activation == "sign_ste":
+    for section, fields in config_lib.SIGN_CODES.items():
       config[section].update(fields)
   config.train.num_steps = 20
   config.train.checkpoint_every_steps = 100
@@ -225,7 +224,7 @@ def test_bad_config_values_are_named(config, tmp_path):
   with pytest.raises(config_lib.ConfigError, match="model.code_activation='sgn'"):
     train.train_and_evaluate(config, str(tmp_path / "bad"))
   # The quantization term is 0 on sign codes: a weight there would silently do nothing.
-  assert config_lib.base_config("fashion_mnist").model.code_activation == "sign_ste"
+  assert config_lib.base_config("fashion_mnist").model.code_activation == "tanh"
   config.model.code_activation, config.loss.quantization_weight = "sign_ste", 0.1
   with pytest.raises(config_lib.ConfigError, match="loss.quantization_weight=0.1: 0 with "
                      "model.code_activation='sign_ste'"):
