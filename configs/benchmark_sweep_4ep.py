@@ -42,6 +42,7 @@ def get_config():
   for method in ("ours", "ours_no_classifier", "ours_no_hamming", "ours_no_adversarial"):
     b.variants[method] = config_lib.with_sign_codes(b.variants[method])
   b.variants.ours_tanh = {}
+  b.lead_methods = ("ours", "ours_tanh")
   b.methods = ("ours", "ours_no_classifier", "ours_no_hamming", "ours_no_adversarial",
                "ours_tanh", "dch", "greedyhash", "orthohash", "hashnet")
   b.method_bits = {m: (48,) for m in b.methods if m.startswith("ours_")}

@@ -109,6 +109,9 @@ def validate_benchmark(config) -> None:
             "integers in [4, 4096]")
   require(bench.reference_bits in bench.bits, "benchmark.reference_bits", bench.reference_bits,
           f"one of benchmark.bits {tuple(bench.bits)}")
+  for method in bench.get("lead_methods") or ():
+    require(method in bench.methods and method.startswith("ours"), "benchmark.lead_methods",
+            method, f"a variant of ours in benchmark.methods {tuple(bench.methods)}")
   for method, lengths in (bench.get("method_bits") or {}).items():
     require(method in bench.methods, f"benchmark.method_bits.{method}", method,
             f"one of benchmark.methods {tuple(bench.methods)}")
@@ -668,15 +671,16 @@ _LEAD_METRICS = (("category/map_all", "mAP@all"), ("closest_match/recall_at_1", 
                  ("closest_match/map_all", "closest mAP"))
 
 
-def leads(agg: dict, methods, bits_list) -> dict:
+def leads(agg: dict, methods, bits_list, ours_method: str = "ours") -> dict:
   """{bits: {metric: (ours - best baseline, best baseline)}}: baselines = methods not `ours*`.
 
-  Means over seeds. Missing cells (runs not done) are left out.
+  `ours_method` is the variant of ours compared (default "ours"). Means over seeds. Missing cells
+  (runs not done) are left out.
   """
   baselines_ = [m for m in methods if not m.startswith("ours")]
   out = {}
   for bits in bits_list:
-    ours = agg.get("ours", {}).get(str(bits))
+    ours = agg.get(ours_method, {}).get(str(bits))
     if not ours:
       continue
     for key, _ in _LEAD_METRICS:
@@ -692,13 +696,16 @@ def _signed(x: float) -> str:
   return "+0.000" if abs(x) < 5e-4 else f"{x:+.3f}"   # no "-0.000"
 
 
-def _lead_section(agg, methods, bits_list, ref) -> list[str]:
+def _lead_section(agg, methods, bits_list, ref, lead_methods=("ours",)) -> list[str]:
   lines = []
-  table = leads(agg, methods, bits_list)
-  if table:
-    lines += ["", "## Ours against the best baseline", "",
-              "ours − the best of the other methods (not the ablations) in that cell, and which "
-              "method that is; positive = ours leads.", "",
+  for ours_method in lead_methods:
+    table = leads(agg, methods, bits_list, ours_method)
+    if not table:
+      continue
+    title = "Ours" if ours_method == "ours" else ours_method
+    lines += ["", f"## {title} against the best baseline", "",
+              f"{ours_method} − the best of the other methods (not the variants of ours) in that "
+              "cell, and which method that is; positive = ours leads.", "",
               "| bits | " + " | ".join(label for _, label in _LEAD_METRICS) + " |",
               "|---|" + "---|" * len(_LEAD_METRICS)]
     for bits, row in table.items():
@@ -706,7 +713,8 @@ def _lead_section(agg, methods, bits_list, ref) -> list[str]:
           f"{_signed(row[key][0])} ({row[key][1]})" if key in row else "…"
           for key, _ in _LEAD_METRICS) + " |")
   ours = agg.get("ours", {}).get(str(ref))
-  ablations = [m for m in methods if m.startswith("ours_") and agg.get(m, {}).get(str(ref))]
+  ablations = [m for m in methods if m.startswith("ours_") and m not in lead_methods
+               and agg.get(m, {}).get(str(ref))]
   if ours and ablations:
     lines += ["", f"## Ablations at {ref} bits: what each term adds", "",
               "ours − ours without the term (means over seeds); positive = the term helps.", "",
@@ -780,7 +788,8 @@ def format_markdown(results: dict) -> str:
   lines += method_by_bits("closest_match/recall_at_1")
   lines += ["", "## Closest match: mAP (= mean reciprocal rank), method × bits", ""]
   lines += method_by_bits("closest_match/map_all")
-  lines += _lead_section(agg, methods, bits_list, ref)
+  lines += _lead_section(agg, methods, bits_list, ref,
+                         tuple(bench.get("lead_methods") or ("ours",)))
   lines += ["", f"## All metrics at {ref} bits", ""]
   labels_cm = {**labels, "map_all": "mAP"}
   header = ([labels[n] for n in names] + [f"closest {labels_cm[n]}" for n in CLOSEST_MATCH_METRICS]

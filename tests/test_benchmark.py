@@ -213,6 +213,10 @@ def test_run_configs_of_the_variants():
     with pytest.raises(config_lib.ConfigError, match=match):
       benchmark.validate_benchmark(config)
   config.benchmark.method_bits = {}
+  config.benchmark.lead_methods = ("ours", "dch")
+  with pytest.raises(config_lib.ConfigError, match="benchmark.lead_methods='dch'"):
+    benchmark.validate_benchmark(config)
+  config.benchmark.lead_methods = ("ours",)
 
   # The 4-epoch sweep: ours and its ablations with sign codes, ours_tanh = the default config;
   # the baselines keep their authors' tanh code layer.
@@ -368,3 +372,12 @@ def test_leads_and_ablation_rows_from_the_aggregate():
   lines = "\n".join(benchmark._lead_section(agg, methods, (16, 32, 64), 16))
   assert "| 16 | +0.010 (dch) | -0.020 (dch) | +0.020 (dch) |" in lines
   assert "| ours_no_hamming | +0.120 | +0.000 | +0.000 |" in lines
+  # A second variant of ours gets its own table and leaves the ablation table.
+  agg["ours_tanh"] = {"16": agg["ours_no_hamming"]["16"]}
+  table = benchmark.leads(agg, methods + ("ours_tanh",), (16,), "ours_tanh")
+  assert table["16"]["category/map_all"] == (pytest.approx(-0.11), "dch")
+  lines = "\n".join(benchmark._lead_section(agg, methods + ("ours_tanh",), (16,), 16,
+                                            ("ours", "ours_tanh")))
+  assert "## ours_tanh against the best baseline" in lines
+  assert "| 16 | -0.110 (dch) | -0.020 (dch) | +0.020 (dch) |" in lines
+  assert "| ours_tanh |" not in lines and "| ours_no_hamming | +0.120 |" in lines
