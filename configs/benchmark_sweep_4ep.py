@@ -28,8 +28,10 @@ Closest-match protocol on the first 2,000 test images (the database still holds 
 originals and the 60,000 training images as distractors); the two non-learned references on 2,000
 category queries.
 
-Wall time on this 2-core CPU machine (about 6.2 training steps/s alone): about 6 min a run
-alone; two workers share the cores at about 1.3 times the throughput of one.
+Measured on this 2-core CPU machine (about 6.2 training steps/s alone; two workers run at about
+4.3 each): 2 h 6 min wall for the 29 runs on two workers (3 h 47 min of summed run time, about
+7.5 min a run), then 1 min 53 s for the references and tables. Results: README.md and
+docs/benchmark_sweep_4ep/.
 """
 
 from deephash_jax import config_lib
