@@ -1020,6 +1020,10 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str, *,
     if jax.process_index() == 0 and not partial:
       write_outputs(workdir, results)
 
+  def left_to_me():
+    return sum(r["status"] == "pending" for r in results["runs"].values()
+               if (r["method"], r["bits"], r["seed"]) in mine)
+
   def eta(remaining):
     known = [s for s in (_run_seconds(r) for r in results["runs"].values()
                          if r["status"] == "done") if s]
@@ -1035,8 +1039,7 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str, *,
     eval_results = _read_json(os.path.join(run_dir, "eval_results.json"))
     train_wall, codes = None, None
     if eval_results is None:
-      remaining = sum(r["status"] == "pending" for r in results["runs"].values()
-                      if (r["method"], r["bits"], r["seed"]) in mine)
+      remaining = left_to_me()
       logging.info("[%d/%d] %s: training (ETA of the %d runs left: %s).", position, len(plan),
                    name, remaining, eta(remaining))
       if os.path.exists(eval_path):
@@ -1081,8 +1084,7 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str, *,
                                         eval_results, run_eval)
     refresh()
     record = results["runs"][name]
-    remaining = sum(r["status"] == "pending" for r in results["runs"].values()
-                    if (r["method"], r["bits"], r["seed"]) in mine)
+    remaining = left_to_me()
     logging.info("[%d/%d] %s done in %s: category mAP@all %.4f, closest-match R@1 %.4f "
                  "(ETA of the %d runs left: %s).", position, len(plan), name,
                  _duration(_run_seconds(record)), record["category"]["map_all"],

@@ -41,6 +41,11 @@ def _batch(n, seed=0):
           "item": np.arange(n, dtype=np.int32)}
 
 
+def _use_sign_codes(config):
+  for section, fields in config_lib.SIGN_CODES.items():
+    config[section].update(fields)
+
+
 def _one_step(config, devices, state, batch):
   mesh = Mesh(np.array(devices), ("data",))
   state = jax.device_put(state, NamedSharding(mesh, P()))
@@ -54,8 +59,7 @@ def test_eight_devices_equal_one_device(config, method, code_activation):
   assert jax.device_count() == 8
   config.method = method
   if code_activation == "sign_ste":
-    for section, fields in config_lib.SIGN_CODES.items():
-      config[section].update(fields)
+    _use_sign_codes(config)
   config.train.warmup_steps = 0  # Else the first step has learning rate 0.
   state = train.create_train_state(config, jax.random.key(0), 10, (28, 28, 1))
   batch = _batch(16)
@@ -197,8 +201,7 @@ def test_nan_fails_fast_with_the_step(config, tmp_path, monkeypatch):
 def test_no_bit_length_collapses(config, tmp_path, num_bits, code_activation):
   config.model.num_bits = num_bits
   if code_activation == "sign_ste":
-    for section, fields in config_lib.SIGN_CODES.items():
-      config[section].update(fields)
+    _use_sign_codes(config)
   config.train.num_steps = 20
   config.train.checkpoint_every_steps = 100
   results = train.train_and_evaluate(config, str(tmp_path / f"b{num_bits}"))
