@@ -86,8 +86,8 @@ def get_config():
   b.closest_match.num_queries = 10000   # the first N query-split images (0: all)
   b.closest_match.seed = 20240611       # query i is rendered with fold_in(key(seed), i)
   # Every query gets all three nuisances, stronger than training's query view
-  # (configs/fashion_mnist.py input.augment.query: background on half the views, 12 degrees,
-  # scale 0.9-1.1, gamma 0.7-1.4): a new textured background on every query (level up to 0.5),
+  # (configs/fashion_mnist.py input.augment.query: background on 30 % of the views, level up
+  # to 0.4, 8 degrees, scale 0.9-1.1, brightness +-0.1, gamma 0.7-1.4): a new textured background on every query (level up to 0.5),
   # rotation up to 15 degrees, scale 0.85-1.15, shift up to 3 px, mirror with p = 0.5,
   # brightness +-0.25, contrast 0.6-1.4, gamma 0.6-1.6. Rendered in float, stored as uint8.
   b.closest_match.recipe = dict(

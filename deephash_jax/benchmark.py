@@ -960,6 +960,13 @@ def worker_runs(plan, worker: tuple[int, int]) -> list[tuple[str, int, int]]:
   return [triple for position, triple in enumerate(plan) if position % count == index]
 
 
+def untrained_runs(workdir: str, runs) -> list[tuple[str, int, int]]:
+  """The (method, bits, seed) of `runs` whose folder in `workdir` has no eval_results.json yet:
+  the runs still to train, the only ones an ETA should count."""
+  return [run for run in runs if not os.path.exists(
+      os.path.join(workdir, "runs", run_name(*run), "eval_results.json"))]
+
+
 def run_benchmark(config: ml_collections.ConfigDict, workdir: str, *,
                   worker: tuple[int, int] = (0, 1)) -> dict[str, Any]:
   """Trains and evaluates every planned run (resuming), then the references; returns results.
@@ -1021,8 +1028,10 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str, *,
       write_outputs(workdir, results)
 
   def left_to_me():
-    return sum(r["status"] == "pending" for r in results["runs"].values()
-               if (r["method"], r["bits"], r["seed"]) in mine)
+    # Runs trained earlier (e.g. by another worker's plan, or before an interruption) are still
+    # "pending" until the loop reaches them, but cost no training.
+    return len([run for run in untrained_runs(workdir, mine)
+                if results["runs"][run_name(*run)]["status"] == "pending"])
 
   def eta(remaining):
     known = [s for s in (_run_seconds(r) for r in results["runs"].values()

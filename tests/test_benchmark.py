@@ -162,6 +162,17 @@ def test_workers_share_a_workdir_and_the_plain_command_aggregates(tiny_config, t
       benchmark.parse_worker(bad)
 
 
+def test_untrained_runs_skips_runs_with_eval_results(tmp_path):
+  plan = [("ours", 16, 0), ("dch", 16, 0), ("ours", 48, 1)]
+  done = tmp_path / "runs" / benchmark.run_name("dch", 16, 0)
+  done.mkdir(parents=True)
+  (done / "eval_results.json").write_text("{}")
+  # A folder with a checkpoint but no evaluation is an interrupted run: still to train.
+  (tmp_path / "runs" / benchmark.run_name("ours", 48, 1)).mkdir()
+  assert benchmark.untrained_runs(str(tmp_path), plan) == [("ours", 16, 0), ("ours", 48, 1)]
+  assert benchmark.untrained_runs(str(tmp_path), []) == []
+
+
 def test_run_configs_of_the_variants():
   from deephash_jax import main  # pylint: disable=g-import-not-at-top
   assert "benchmark" in main.COMMANDS   # deephash benchmark --config=... --workdir=...
