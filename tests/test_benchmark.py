@@ -239,7 +239,25 @@ def test_run_configs_of_the_variants():
   assert benchmark.run_config(four, "ours_no_hamming", 48, 0).loss.hamming_weight == 0.0
   expected.seed, expected.model.num_bits, expected.train.num_epochs = 0, 16, 4
   assert benchmark.run_config(four, "ours_tanh", 16, 0).to_dict() == expected.to_dict()
-  assert [b for m, b, s in benchmark.planned_runs(four.benchmark) if m == "ours_tanh"] == [48, 16]
+  assert [b for m, b, s in benchmark.planned_runs(four.benchmark)
+          if m == "ours_tanh"] == [48, 16, 32, 64]
+  item = benchmark.run_config(four, "ours_tanh_item003_g5", 16, 0)
+  assert (item.loss.hamming_item_weight, item.loss.gamma, item.loss.gamma_item) == (0.03, 5.0, 10.0)
+  explore = config_lib.base_config("explore_ours_4ep")
+  benchmark.validate_benchmark(explore)
+  assert {b for m, b, s in benchmark.planned_runs(explore.benchmark)} == {16}
+  # The full schedule's 48-bit row: the same runs (names and configs) as configs/benchmark.py,
+  # ours being exactly the default config.
+  row = config_lib.base_config("benchmark_48b")
+  benchmark.validate_benchmark(row)
+  assert benchmark.planned_runs(row.benchmark) == [
+      (m, 48, 0) for m in ("ours", "dch", "hashnet", "greedyhash")]
+  for method, bits, seed in benchmark.planned_runs(row.benchmark):
+    assert (benchmark.run_config(row, method, bits, seed).to_dict()
+            == benchmark.run_config(config_lib.base_config("benchmark"), method, bits,
+                                    seed).to_dict())
+  assert (benchmark.run_config(row, "ours", 48, 0).to_dict()
+          == config_lib.base_config("fashion_mnist").to_dict())
   for method in ("dch", "hashnet", "csq", "dpsh", "orthohash"):
     assert cfg(method).model.code_activation == "tanh"
 
