@@ -860,9 +860,15 @@ def format_markdown(results: dict) -> str:
 
 
 def _style(method: str, index: int) -> dict:
+  """Line style of the index-th method: 18 distinct colours (tab10, black, then Dark2 without its
+  grey), then the colours again with other markers, so that no two of up to 54 methods look
+  alike."""
   import matplotlib  # pylint: disable=g-import-not-at-top
-  colors = matplotlib.colormaps["tab10"].colors
-  style = {"color": colors[index % len(colors)], "marker": "o", "markersize": 4}
+  colors = (*matplotlib.colormaps["tab10"].colors, (0.0, 0.0, 0.0),
+            *matplotlib.colormaps["Dark2"].colors[:7])
+  markers = ("o", "s", "^")
+  style = {"color": colors[index % len(colors)],
+           "marker": markers[(index // len(colors)) % len(markers)], "markersize": 4}
   if method.startswith("ours_"):
     style["linestyle"] = "--"
   if method == "ours":

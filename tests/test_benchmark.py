@@ -410,3 +410,11 @@ def test_leads_and_ablation_rows_from_the_aggregate():
   assert "## ours_tanh against the best baseline" in lines
   assert "| 16 | -0.110 (dch) | -0.020 (dch) | +0.020 (dch) |" in lines
   assert "| ours_tanh |" not in lines and "| ours_no_hamming | +0.120 |" in lines
+
+
+def test_plot_styles_tell_methods_apart():
+  styles = [benchmark._style(f"method{i}", i) for i in range(54)]   # pylint: disable=protected-access
+  keys = {(tuple(s["color"]), s["marker"]) for s in styles}
+  assert len(keys) == 54
+  assert benchmark._style("ours", 0)["linewidth"] > 2          # pylint: disable=protected-access
+  assert benchmark._style("ours_tanh", 4)["linestyle"] == "--"  # pylint: disable=protected-access
