@@ -17,10 +17,12 @@ are left to that sweep. The three ablations run at the reference length (48 bits
 `ours` here, and its three ablations, have binary codes in the forward pass with a straight-
 through gradient (config_lib.SIGN_CODES: model.code_activation = "sign_ste", no quantization
 term), which closed GreedyHash's 16-bit lead in single 4-epoch runs. `ours_tanh` is the default
-config (tanh codes and the quantization term), at 16 and 48 bits, to measure that choice in the
+config (tanh codes and the quantization term), at every length, to measure that choice in the
 same sweep. (The sweep was planned while sign codes were briefly the default; its results put
-tanh back, see configs/fashion_mnist.py.) Extra seeds (1, 2) of ours and DCH at 48 bits, last. 29 runs. More seeds where the
-table is close, e.g. at 16 bits, reuse every finished run when added on the command line:
+tanh back, see configs/fashion_mnist.py.) `ours_tanh_item003` and `ours_tanh_item003_g5` are the
+two best variants of the 16-bit exploration (configs/explore_ours_4ep.py), at every length.
+Extra seeds (1, 2) of ours and DCH at 48 bits, last. 39 runs. More seeds where the table is close,
+e.g. at 16 bits, reuse every finished run when added on the command line:
 `--config.benchmark.multi_seed.methods="('ours','dch','greedyhash')"
 --config.benchmark.multi_seed.bits="(48,16)"`.
 
@@ -29,9 +31,10 @@ originals and the 60,000 training images as distractors); the two non-learned re
 category queries.
 
 Measured on this 2-core CPU machine (about 6.2 training steps/s alone; two workers run at about
-4.3 each): 2 h 6 min wall for the 29 runs on two workers (3 h 47 min of summed run time, about
-7.5 min a run), then 1 min 53 s for the references and tables. Results: README.md and
-docs/benchmark_sweep_4ep/.
+4.3 each): 2 h 6 min wall for the first 29 runs on two workers (3 h 47 min of summed run time,
+about 7.5 min a run), 40 min for the 10 added later (tanh-coded ours at 32/64 bits and the two
+item-weight variants; two of them copied from the exploration, whose run configs are identical),
+then 1 min 27 s for the references and tables. Results: README.md and docs/benchmark_sweep_4ep/.
 """
 
 from deephash_jax import config_lib
