@@ -1,4 +1,4 @@
-r"""The paper's comparison at the full schedule: ours, DCH and the two strongest baselines at 48 bits.
+r"""The paper's comparison at the full schedule: ours, DCH and two strong baselines at 48 bits.
 
     deephash benchmark --config=configs/benchmark_48b.py --workdir=workdirs/benchmark
 

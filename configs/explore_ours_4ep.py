@@ -4,7 +4,7 @@ r"""Variants of ours at 16 bits, 4 epochs a run: what closes the short-code gap 
 
 (two workers at once: add --benchmark_worker=0/2 and 1/2, then the plain command aggregates).
 Same training, data and both protocols as configs/benchmark_sweep_4ep.py, whose runs are the
-reference: at 16 bits, DCH 0.853 category mAP@all / 0.025 closest-match mAP; ours with tanh
+reference: at 16 bits, DCH 0.853 category mAP@all / 0.026 closest-match mAP; ours with tanh
 codes (the default) 0.825 / 0.037; ours with sign codes 0.843 / 0.020.
 
 Measured (one seed each, two workers sharing the 2 cores, about 7.5 min a run), category mAP@all /

@@ -87,11 +87,11 @@ ENCODERS = {
 class HashNetwork(nn.Module):
   """Encoder -> code h with `num_bits` dims; classifier on h or features.
 
-  h = tanh(pre) (`code_activation="tanh"`, the module default) or sign(pre) with the identity as
-  its gradient (`"sign_ste"`, config_lib.SIGN_CODES; configs/fashion_mnist.py keeps tanh). The pre-activation goes
-  through BatchNorm (no learnt scale at init beyond 1) before the activation: every
-  bit starts centred over the batch, so no initialisation or bit length starts with all codes
-  equal (the collapse that caps DCH's cosine), and bits start balanced.
+  h = tanh(pre) (`code_activation="tanh"`, the default here and in configs/fashion_mnist.py) or
+  sign(pre) with the identity as its gradient (`"sign_ste"`, config_lib.SIGN_CODES). The
+  pre-activation goes through BatchNorm (no learnt scale at init beyond 1) before the activation:
+  every bit starts centred over the batch, so no initialisation or bit length starts with all
+  codes equal (the collapse that caps DCH's cosine), and bits start balanced.
   """
   num_bits: int
   num_classes: int

@@ -413,8 +413,9 @@ def test_leads_and_ablation_rows_from_the_aggregate():
 
 
 def test_plot_styles_tell_methods_apart():
-  styles = [benchmark._style(f"method{i}", i) for i in range(54)]   # pylint: disable=protected-access
+  # pylint: disable=protected-access
+  styles = [benchmark._style(f"method{i}", i) for i in range(54)]
   keys = {(tuple(s["color"]), s["marker"]) for s in styles}
   assert len(keys) == 54
-  assert benchmark._style("ours", 0)["linewidth"] > 2          # pylint: disable=protected-access
-  assert benchmark._style("ours_tanh", 4)["linestyle"] == "--"  # pylint: disable=protected-access
+  assert benchmark._style("ours", 0)["linewidth"] > 2
+  assert benchmark._style("ours_tanh", 4)["linestyle"] == "--"
