@@ -89,9 +89,10 @@ def get_config():
   b.closest_match.seed = 20240611       # query i is rendered with fold_in(key(seed), i)
   # Every query gets all three nuisances, stronger than training's query view
   # (configs/fashion_mnist.py input.augment.query: background on 30 % of the views, level up
-  # to 0.4, 8 degrees, scale 0.9-1.1, brightness +-0.1, gamma 0.7-1.4): a new textured background on every query (level up to 0.5),
-  # rotation up to 15 degrees, scale 0.85-1.15, shift up to 3 px, mirror with p = 0.5,
-  # brightness +-0.25, contrast 0.6-1.4, gamma 0.6-1.6. Rendered in float, stored as uint8.
+  # to 0.4, 8 degrees, scale 0.9-1.1, brightness +-0.1, gamma 0.7-1.4): a new textured
+  # background on every query (level up to 0.5), rotation up to 15 degrees, scale 0.85-1.15,
+  # shift up to 3 px, mirror with p = 0.5, brightness +-0.25, contrast 0.6-1.4, gamma 0.6-1.6.
+  # Rendered in float, stored as uint8.
   b.closest_match.recipe = dict(
       background_prob=1.0, background_max_level=0.5,
       max_rotation_deg=15.0, scale_range=(0.85, 1.15), max_shift=3.0, flip=True,
