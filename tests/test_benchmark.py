@@ -250,12 +250,15 @@ def test_run_configs_of_the_variants():
   # ours being exactly the default config.
   row = config_lib.base_config("benchmark_48b")
   benchmark.validate_benchmark(row)
+  full = config_lib.base_config("benchmark")
   assert benchmark.planned_runs(row.benchmark) == [
-      (m, 48, 0) for m in ("ours", "dch", "hashnet", "greedyhash")]
+      (m, b, s) for m, b, s in benchmark.planned_runs(full.benchmark)
+      if b == 48 and m not in ("csq", "dpsh")]
+  assert {s for m, b, s in benchmark.planned_runs(row.benchmark) if m in ("ours", "dch")} == {
+      0, 1, 2}
   for method, bits, seed in benchmark.planned_runs(row.benchmark):
     assert (benchmark.run_config(row, method, bits, seed).to_dict()
-            == benchmark.run_config(config_lib.base_config("benchmark"), method, bits,
-                                    seed).to_dict())
+            == benchmark.run_config(full, method, bits, seed).to_dict())
   assert (benchmark.run_config(row, "ours", 48, 0).to_dict()
           == config_lib.base_config("fashion_mnist").to_dict())
   for method in ("dch", "hashnet", "csq", "dpsh", "orthohash"):
