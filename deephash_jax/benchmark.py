@@ -60,6 +60,7 @@ MAP_VS_BITS_PNG = "mAP_vs_bits.png"
 PR_CURVES_PNG = "pr_curves.png"
 RUN_EVAL_JSON = "benchmark_eval.json"      # per run: closest-match metrics, PR curve, timings
 REFERENCES_JSON = "references.json"        # cache of the two references
+CLAIM_FILE = "benchmark_claim.json"        # per run: the process training/evaluating it now
 CLOSEST_MATCH_METRICS = ("recall_at_1", "recall_at_10", "map_all")
 SEARCH_K = 10                              # k of the timed k-NN searches
 
@@ -960,10 +961,77 @@ def parse_worker(spec: str | None) -> tuple[int, int]:
 
 
 def worker_runs(plan, worker: tuple[int, int]) -> list[tuple[str, int, int]]:
-  """The runs worker (i, n) trains: every n-th run of the plan from the i-th, so that the main
-  comparison table (the reference length, first in the plan) fills on every worker at once."""
+  """Worker (i, n)'s share, the runs it takes first: every n-th run of the plan from the i-th, so
+  that the main comparison table (the reference length, first in the plan) fills on every worker
+  at once."""
   index, count = worker
   return [triple for position, triple in enumerate(plan) if position % count == index]
+
+
+def _pid_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:   # alive, another user's
+    return True
+  return True
+
+
+def claim_run(run_dir: str) -> tuple[bool, dict | None]:
+  """Claims `run_dir` for this process: (True, None), or (False, the holder's claim).
+
+  The claim is a file created with O_EXCL (atomic on a local or NFS file system), holding the
+  host, pid and start time. A claim left by a process of this host that is no longer running
+  (killed, crashed) is stale and taken over; one from another host cannot be checked from here
+  and is respected (the log says which file to delete once that process is known to be gone).
+  """
+  os.makedirs(run_dir, exist_ok=True)
+  path = os.path.join(run_dir, CLAIM_FILE)
+  me = {"host": platform.node(), "pid": os.getpid(),
+        "since": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+  for _ in range(2):
+    try:
+      fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+      holder = _read_json(path)
+      if not isinstance(holder, dict):
+        # Being written this instant, or cut short by a kill between creating and writing it
+        # (stale once it is a minute old).
+        try:
+          age = time.time() - os.stat(path).st_mtime
+        except FileNotFoundError:
+          continue
+        if age < 60.0:
+          return False, {"host": "?", "pid": "?", "since": "a moment ago", "file": path}
+        holder = {"host": me["host"], "pid": None}
+      holder["file"] = path
+      pid = holder.get("pid")
+      if holder.get("host") == me["host"] and pid == me["pid"]:
+        return True, None         # ours already (a run revisited in the same process)
+      if holder.get("host") != me["host"] or (isinstance(pid, int) and _pid_alive(pid)):
+        return False, holder
+      # Stale: move it aside atomically (of two processes taking over, one wins the rename).
+      try:
+        os.replace(path, f"{path}.stale.{os.getpid()}")
+        os.remove(f"{path}.stale.{os.getpid()}")
+      except FileNotFoundError:
+        pass
+      logging.warning("%s: took over the stale claim of pid %s (no longer running).", path,
+                      holder.get("pid"))
+      continue
+    with os.fdopen(fd, "w") as f:
+      json.dump(me, f)
+    return True, None
+  return False, {"host": "?", "pid": "?", "since": "?", "file": path}
+
+
+def release_run(run_dir: str) -> None:
+  """Removes this process's claim on `run_dir` (another process's claim is left alone)."""
+  path = os.path.join(run_dir, CLAIM_FILE)
+  holder = _read_json(path)
+  if holder and holder.get("host") == platform.node() and holder.get("pid") == os.getpid():
+    os.remove(path)
 
 
 def untrained_runs(workdir: str, runs) -> list[tuple[str, int, int]]:
@@ -981,11 +1049,14 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str, *,
   run. A failed run (e.g. non-finite loss) is recorded and the sweep goes on; SIGTERM during a
   run stops the sweep after that run's checkpoint (rerun to resume).
 
-  `worker=(i, n)` with n > 1 trains and evaluates only `worker_runs(plan, (i, n))`, in their own
-  run folders, and writes neither the references nor the shared outputs: n such workers can share
-  `workdir` (n processes on one host, or n hosts on a shared file system). Once they have all
+  `worker=(i, n)` with n > 1 trains and evaluates `worker_runs(plan, (i, n))` first, then (in a
+  single-process job) any other run of the plan that no process has claimed yet, each in its own
+  run folder; it writes neither the references nor the shared outputs. So n such workers can
+  share `workdir` (n processes on one host, or n hosts on a shared file system) and keep busy
+  until the plan is done, even when earlier runs left their shares unequal. Once they have all
   finished, the plain command (worker (0, 1)) finds every run done, computes the references and
-  writes the tables and plots.
+  writes the tables and plots. A run claimed by another live process (`claim_run`) is skipped
+  and left "pending", never trained twice at once.
   """
   validate_benchmark(config)
   worker_index, num_workers = worker
@@ -1033,10 +1104,12 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str, *,
     if jax.process_index() == 0 and not partial:
       write_outputs(workdir, results)
 
+  taken = set()   # other workers' runs this one took over (below)
+
   def left_to_me():
     # Runs trained earlier (e.g. by another worker's plan, or before an interruption) are still
     # "pending" until the loop reaches them, but cost no training.
-    return len([run for run in untrained_runs(workdir, mine)
+    return len([run for run in untrained_runs(workdir, mine | taken)
                 if results["runs"][run_name(*run)]["status"] == "pending"])
 
   def eta(remaining):
@@ -1045,9 +1118,15 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str, *,
     return _duration(np.mean(known) * remaining) if known else "unknown until a run ends"
 
   refresh()   # the plan, all pending, before the first run
-  for position, (method, bits, seed) in enumerate(plan, start=1):
-    if (method, bits, seed) not in mine:
-      continue
+
+  def finished(triple) -> bool:
+    run_dir = os.path.join(workdir, "runs", run_name(*triple))
+    run_eval = _read_json(os.path.join(run_dir, RUN_EVAL_JSON))
+    return (os.path.exists(os.path.join(run_dir, "eval_results.json")) and run_eval is not None
+            and run_eval.get("protocol") == protocols.fingerprint)
+
+  def train_and_record(position, method, bits, seed) -> bool:
+    """Trains (or resumes) and evaluates one run and records it; False if stopped by SIGTERM."""
     name = run_name(method, bits, seed)
     run_dir = os.path.join(workdir, "runs", name)
     eval_path = os.path.join(run_dir, RUN_EVAL_JSON)
@@ -1068,13 +1147,13 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str, *,
                           len(plan), name)
         results["runs"][name].update(status="failed", error=f"{type(e).__name__}: {e}")
         refresh()
-        continue
+        return True
       if "stopped_at_step" in outcome:
         results["runs"][name]["status"] = "interrupted"
         results["status"]["interrupted"] = True
         refresh()
         logging.warning("Stopped during %s; rerun the same command to resume.", name)
-        return results
+        return False
       train_wall = time.time() - started
       eval_results = outcome
     else:
@@ -1090,7 +1169,7 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str, *,
                           len(plan), name)
         results["runs"][name].update(status="failed", error=f"{type(e).__name__}: {e}")
         refresh()
-        continue
+        return True
       previous = _read_json(eval_path) or {}
       run_eval["train_wall_seconds"] = train_wall or previous.get("train_wall_seconds")
       if jax.process_index() == 0:
@@ -1104,12 +1183,51 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str, *,
                  "(ETA of the %d runs left: %s).", position, len(plan), name,
                  _duration(_run_seconds(record)), record["category"]["map_all"],
                  record["closest_match"]["recall_at_1"], remaining, eta(remaining))
+    return True
+
+  # In a single process every run is trained and evaluated under a claim (claim_run), so that
+  # workers and the plain command sharing `workdir` never work on one run at once; and a worker
+  # that has finished its own share goes on with the runs of the other workers that none has
+  # started, so the loads even out whatever was done before. (Several processes of one JAX job
+  # run the loop in lockstep: no claims there, each takes its own share only.)
+  claims = jax.process_count() == 1
+  order = [triple for triple in plan if triple in mine]
+  if partial and claims:
+    order += [triple for triple in plan if triple not in mine]
+  for method, bits, seed in order:
+    triple = (method, bits, seed)
+    position = plan.index(triple) + 1
+    run_dir = os.path.join(workdir, "runs", run_name(*triple))
+    if triple not in mine and finished(triple):
+      continue                 # another worker's, done
+    if not claims or finished(triple):
+      if not train_and_record(position, *triple):
+        return results
+      continue
+    claimed, holder = claim_run(run_dir)
+    if not claimed:
+      logging.info("[%d/%d] %s: being worked on by pid %s on %s since %s; skipping it (rerun "
+                   "once it has finished; if that process is gone, delete %s).", position,
+                   len(plan), run_name(*triple), holder.get("pid", "?"),
+                   holder.get("host", "?"), holder.get("since", "?"), holder["file"])
+      continue
+    if triple not in mine:
+      taken.add(triple)
+      logging.info("[%d/%d] %s: another worker's run that none has started; taking it.",
+                   position, len(plan), run_name(*triple))
+    try:
+      if not train_and_record(position, *triple):
+        return results
+    finally:
+      release_run(run_dir)
 
   if partial:
-    logging.info("Benchmark worker %d of %d finished: %d of its %d runs done, %d failed. When "
-                 "every worker has finished, run the command without --benchmark_worker for the "
-                 "references, tables and plots.", worker_index, num_workers,
-                 results["status"]["done"], len(mine), results["status"]["failed"])
+    logging.info("Benchmark worker %d of %d finished: %d runs done (%d of its share of %d, %d "
+                 "taken over from the others), %d failed. When every worker has finished, run "
+                 "the command without --benchmark_worker for the references, tables and plots.",
+                 worker_index, num_workers, results["status"]["done"],
+                 sum(results["runs"][run_name(*t)]["status"] == "done" for t in mine), len(mine),
+                 len(taken), results["status"]["failed"])
     return results
 
   float_run = None

@@ -65,9 +65,10 @@ flags.DEFINE_integer("k", 10, "predict: matches per query.")
 flags.DEFINE_string("grid", None, "predict: also write the queries and their matches to this PNG.")
 # benchmark.
 flags.DEFINE_string("benchmark_worker", None,
-                    "benchmark: 'i/n' trains only every n-th run from the i-th, so that n "
-                    "processes or hosts share one --workdir; afterwards the command without this "
-                    "flag writes the references, tables and plots.")
+                    "benchmark: 'i/n' trains every n-th run from the i-th, then any run no "
+                    "other process has started, so that n processes or hosts share one "
+                    "--workdir; afterwards the command without this flag writes the references, "
+                    "tables and plots.")
 
 
 def _print_results(results: dict) -> None:

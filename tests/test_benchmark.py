@@ -2,6 +2,9 @@
 
 import json
 import os
+import platform
+import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -141,16 +144,32 @@ def test_workers_share_a_workdir_and_the_plain_command_aggregates(tiny_config, t
     trained.append(os.path.basename(run_dir))
     return real_train(run_cfg, run_dir, **kwargs)
   monkeypatch.setattr(train, "train_and_evaluate", recording_train)
-  for index in (1, 0):
-    part = benchmark.run_benchmark(config, workdir, worker=(index, 2))
-    assert part["status"]["done"] == 1 and part["references"] is None
-  assert trained == ["ours_32b_s0", "ours_16b_s0"]
-  # A worker writes its runs only: no shared tables that another worker would overwrite.
-  assert not os.path.exists(os.path.join(workdir, "results.json"))
+  # Worker 0's run is being trained by another live process (this one's parent, as far as the
+  # claim can tell): worker 1 trains its own run and leaves that one alone.
+  other_dir = os.path.join(workdir, "runs", "ours_16b_s0")
+  os.makedirs(other_dir)
+  claim = os.path.join(other_dir, benchmark.CLAIM_FILE)
+  with open(claim, "w") as f:
+    json.dump({"host": platform.node(), "pid": os.getppid(), "since": "now"}, f)
+  part = benchmark.run_benchmark(config, workdir, worker=(1, 2))
+  assert trained == ["ours_32b_s0"] and part["status"]["done"] == 1
+  assert part["references"] is None
+  # Once that claim is gone, worker 1 (rerun) takes over worker 0's run, which none has started;
+  # worker 0 then finds its share done and trains nothing.
+  os.remove(claim)
+  part = benchmark.run_benchmark(config, workdir, worker=(1, 2))
+  assert trained == ["ours_32b_s0", "ours_16b_s0"] and part["status"]["done"] == 2
 
   def no_training(*args, **kwargs):
     raise AssertionError("a run finished by a worker was retrained")
   monkeypatch.setattr(train, "train_and_evaluate", no_training)
+  part = benchmark.run_benchmark(config, workdir, worker=(0, 2))
+  assert part["status"]["done"] == 1
+  # A worker writes its runs only: no shared tables that another worker would overwrite.
+  assert not os.path.exists(os.path.join(workdir, "results.json"))
+  # No claim outlives its run.
+  assert not [name for name in os.listdir(os.path.join(workdir, "runs"))
+              if os.path.exists(os.path.join(workdir, "runs", name, benchmark.CLAIM_FILE))]
   results = benchmark.run_benchmark(config, workdir)
   assert results["status"] == {"planned": 2, "done": 2, "failed": 0, "interrupted": False}
   assert results["references"]["float_cosine"]["run"] == "ours_16b_s0"
@@ -160,6 +179,46 @@ def test_workers_share_a_workdir_and_the_plain_command_aggregates(tiny_config, t
   for bad in ("2/2", "-1/2", "1", "a/b", "0/0"):
     with pytest.raises(config_lib.ConfigError, match=f"--benchmark_worker='{bad}'"):
       benchmark.parse_worker(bad)
+
+
+def test_a_run_is_claimed_by_one_live_process_at_a_time(tmp_path):
+  run_dir = str(tmp_path / "runs" / "ours_48b_s0")
+  claim = os.path.join(run_dir, benchmark.CLAIM_FILE)
+
+  def hold(host, pid):
+    with open(claim, "w") as f:
+      json.dump({"host": host, "pid": pid, "since": "2026-11-30T00:00:00+00:00"}, f)
+
+  assert benchmark.claim_run(run_dir) == (True, None)      # creates the folder
+  held = json.load(open(claim))
+  assert (held["host"], held["pid"]) == (platform.node(), os.getpid())
+  assert benchmark.claim_run(run_dir) == (True, None)      # ours already
+  benchmark.release_run(run_dir)
+  assert not os.path.exists(claim)
+  # A live process of this host holds it: refused, and the answer says who and where.
+  hold(platform.node(), os.getppid())
+  claimed, holder = benchmark.claim_run(run_dir)
+  assert not claimed and holder["pid"] == os.getppid() and holder["file"] == claim
+  benchmark.release_run(run_dir)                          # not ours: left alone
+  assert json.load(open(claim))["pid"] == os.getppid()
+  # Another host's claim cannot be checked from here: respected.
+  hold("another-host", os.getpid())
+  assert benchmark.claim_run(run_dir)[0] is False
+  # A process of this host that has exited left a stale claim: taken over.
+  dead = subprocess.Popen(["true"])
+  dead.wait()
+  hold(platform.node(), dead.pid)
+  assert benchmark.claim_run(run_dir) == (True, None)
+  assert json.load(open(claim))["pid"] == os.getpid()
+  assert os.listdir(run_dir) == [benchmark.CLAIM_FILE]    # nothing else left behind
+  # An empty claim (its writer killed between creating and writing it) is respected for a
+  # minute, then stale.
+  with open(claim, "w"):
+    pass
+  assert benchmark.claim_run(run_dir)[0] is False
+  an_hour_ago = time.time() - 3600
+  os.utime(claim, (an_hour_ago, an_hour_ago))
+  assert benchmark.claim_run(run_dir) == (True, None)
 
 
 def test_untrained_runs_skips_runs_with_eval_results(tmp_path):
