@@ -3,8 +3,9 @@
 #
 #   launch/benchmark_workers.sh [--dry-run] [EXTRA_FLAGS...]
 #
-# Worker i trains every N-th run of the plan from the i-th (`deephash benchmark
-# --benchmark_worker=i/N`); when all have finished, the plain command finds every run done and
+# Worker i trains every N-th run of the plan from the i-th, then any run no other worker has
+# started (`deephash benchmark --benchmark_worker=i/N`; each run is claimed by one process at a
+# time, see deephash_jax/benchmark.py:claim_run); when all have finished, the plain command finds every run done and
 # writes the references, results.md/json and the plots. On the 2-core CPU machine two workers get
 # about 1.3 times the throughput of one; on a host with N accelerators give each worker its own
 # (e.g. CUDA_VISIBLE_DEVICES in DEEPHASH). Rerunnable: finished runs are skipped, an interrupted
