@@ -9,13 +9,10 @@ Every run is the run of the same name in configs/benchmark.py: the default confi
 finished runs count toward the full sweep (`deephash benchmark --config=configs/benchmark.py
 --workdir=workdirs/benchmark` skips them).
 
-The row: ours and its three ablations, DCH (the paper's comparison), HashNet, GreedyHash and
-OrthoHash at seed 0, and seeds 1 and 2 of ours and DCH: 12 runs. CSQ and DPSH are left out to fit
-the row into a 2-core CPU session (about 30 min a run with two workers). DPSH was the weakest
-method of the 1-epoch sweep at 48 bits (0.706 mAP@all; docs/benchmark_sweep_1ep/). CSQ (0.766
-there) was not in the 4-epoch sweep, where OrthoHash came within 0.007 of the best method at 48
-bits (docs/benchmark_sweep_4ep/). The full sweep (all 10 methods at 16 to 64 bits) is 44 runs,
-more than a working day on that machine.
+The row: ours and its three ablations, DCH (the paper's comparison), HashNet, CSQ, DPSH,
+GreedyHash and OrthoHash at seed 0, and seeds 1 and 2 of ours and DCH: 14 runs, about 30 min each
+on the 2-core CPU machine with two workers. The full sweep (all 10 methods at 16 to 64 bits) is
+44 runs, more than a working day on that machine.
 
 Measured on this machine with two workers sharing the 2 cores: README.md (Results) and
 docs/benchmark_48b/.
@@ -28,6 +25,6 @@ def get_config():
   config = config_lib.base_config("benchmark")
   b = config.benchmark
   b.methods = ("ours", "ours_no_classifier", "ours_no_hamming", "ours_no_adversarial",
-               "dch", "hashnet", "greedyhash", "orthohash")
+               "dch", "hashnet", "csq", "dpsh", "greedyhash", "orthohash")
   b.bits = (48,)
   return config

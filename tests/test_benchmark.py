@@ -311,8 +311,7 @@ def test_run_configs_of_the_variants():
   benchmark.validate_benchmark(row)
   full = config_lib.base_config("benchmark")
   assert benchmark.planned_runs(row.benchmark) == [
-      (m, b, s) for m, b, s in benchmark.planned_runs(full.benchmark)
-      if b == 48 and m not in ("csq", "dpsh")]
+      (m, b, s) for m, b, s in benchmark.planned_runs(full.benchmark) if b == 48]
   assert {s for m, b, s in benchmark.planned_runs(row.benchmark) if m in ("ours", "dch")} == {
       0, 1, 2}
   for method, bits, seed in benchmark.planned_runs(row.benchmark):
