@@ -35,8 +35,9 @@ training and category evaluation, measured 13.1 min; ~1.3 min closest-match eval
 all. On a slower machine of the same kind (6.2 training steps/s alone), two workers took 28 to 30
 min a run each (configs/benchmark_48b.py): about 11 h for the whole plan. The full plan has not
 been run here yet; the same plan at 1 epoch a run (configs/benchmark_sweep_1ep.py) has, and so has
-its whole 48-bit row (configs/benchmark_48b.py: 14 runs, seeds 0-2 of ours and DCH);
-their tables are in README.md and docs/EXPERIMENTS.md. Other jobs on the machine stretch every figure; the log gives an ETA after each run.
+its whole 48-bit row (configs/benchmark_48b.py: 14 runs, seeds 0-2 of ours and DCH); their
+tables are in README.md and docs/EXPERIMENTS.md. Other jobs on the machine stretch every figure;
+the log gives an ETA after each run.
 
 Override any field on the command line, e.g.
 `--config.benchmark.methods="('ours','dch')" --config.benchmark.bits="(48,)"`.

@@ -1011,10 +1011,10 @@ def claim_run(run_dir: str) -> tuple[bool, dict | None]:
         return True, None         # ours already (a run revisited in the same process)
       if holder.get("host") != me["host"] or (isinstance(pid, int) and _pid_alive(pid)):
         return False, holder
-      # Stale: move it aside atomically (of two processes taking over, one wins the rename).
+      # Stale: remove it and retry the O_EXCL create (of two processes doing so at once, at most
+      # one creates the new claim unless the other removes it in between; not guarded further).
       try:
-        os.replace(path, f"{path}.stale.{os.getpid()}")
-        os.remove(f"{path}.stale.{os.getpid()}")
+        os.remove(path)
       except FileNotFoundError:
         pass
       logging.warning("%s: took over the stale claim of pid %s (no longer running).", path,
@@ -1198,9 +1198,10 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str, *,
     triple = (method, bits, seed)
     position = plan.index(triple) + 1
     run_dir = os.path.join(workdir, "runs", run_name(*triple))
-    if triple not in mine and finished(triple):
+    done = finished(triple)
+    if triple not in mine and done:
       continue                 # another worker's, done
-    if not claims or finished(triple):
+    if not claims or done:
       if not train_and_record(position, *triple):
         return results
       continue

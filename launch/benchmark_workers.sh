@@ -5,11 +5,11 @@
 #
 # Worker i trains every N-th run of the plan from the i-th, then any run no other worker has
 # started (`deephash benchmark --benchmark_worker=i/N`; each run is claimed by one process at a
-# time, see deephash_jax/benchmark.py:claim_run); when all have finished, the plain command finds every run done and
-# writes the references, results.md/json and the plots. On the 2-core CPU machine two workers get
-# about 1.3 times the throughput of one; on a host with N accelerators give each worker its own
-# (e.g. CUDA_VISIBLE_DEVICES in DEEPHASH). Rerunnable: finished runs are skipped, an interrupted
-# one resumes from its checkpoint. The TFDS dataset is built once before the workers start (they
+# time, see deephash_jax/benchmark.py:claim_run); when all have finished, the plain command finds
+# every run done and writes the references, results.md/json and the plots. On the 2-core CPU
+# machine two workers get about 1.3 times the throughput of one; on a host with N accelerators
+# give each worker its own (e.g. CUDA_VISIBLE_DEVICES in DEEPHASH). Rerunnable: finished runs are
+# skipped, an interrupted one resumes from its checkpoint. The TFDS dataset is built once before the workers start (they
 # would otherwise race to build it).
 #
 # Environment (default):
