@@ -9,8 +9,8 @@
 # every run done and writes the references, results.md/json and the plots. On the 2-core CPU
 # machine two workers get about 1.3 times the throughput of one; on a host with N accelerators
 # give each worker its own (e.g. CUDA_VISIBLE_DEVICES in DEEPHASH). Rerunnable: finished runs are
-# skipped, an interrupted one resumes from its checkpoint. The TFDS dataset is built once before the workers start (they
-# would otherwise race to build it).
+# skipped, an interrupted one resumes from its checkpoint. The TFDS dataset is built once before
+# the workers start (they would otherwise race to build it).
 #
 # Environment (default):
 #   WORKERS     (2)
