@@ -978,6 +978,20 @@ def _pid_alive(pid: int) -> bool:
   return True
 
 
+def _remove_if_present(path: str) -> None:
+  try:
+    os.remove(path)
+  except FileNotFoundError:
+    pass
+
+
+def _age_seconds(path: str) -> float | None:
+  try:
+    return time.time() - os.stat(path).st_mtime
+  except FileNotFoundError:
+    return None
+
+
 def claim_run(run_dir: str) -> tuple[bool, dict | None]:
   """Claims `run_dir` for this process: (True, None), or (False, the holder's claim).
 
@@ -985,45 +999,76 @@ def claim_run(run_dir: str) -> tuple[bool, dict | None]:
   host, pid and start time. A claim left by a process of this host that is no longer running
   (killed, crashed) is stale and taken over; one from another host cannot be checked from here
   and is respected (the log says which file to delete once that process is known to be gone).
+  A takeover happens under a second O_EXCL file (`<claim>.takeover`), and the claim is read again
+  under it: of several processes that find the same stale claim at once, exactly one claims the
+  run; the others are refused as by a live claim.
   """
   os.makedirs(run_dir, exist_ok=True)
   path = os.path.join(run_dir, CLAIM_FILE)
+  lock = path + ".takeover"
   me = {"host": platform.node(), "pid": os.getpid(),
         "since": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-  for _ in range(2):
+  busy = {"host": "?", "pid": "?", "since": "a moment ago", "file": path}
+  exclusive = os.O_CREAT | os.O_EXCL | os.O_WRONLY
+
+  def stale_holder() -> tuple[bool, dict | None]:
+    """(stale, holder) of the claim at `path`; holder None once the file has gone."""
+    holder = _read_json(path)
+    if not isinstance(holder, dict):
+      # Being written this instant, or cut short by a kill between creating and writing it
+      # (stale once it is a minute old).
+      age = _age_seconds(path)
+      if age is None:
+        return False, None
+      return (True, {**busy, "since": "unwritten for a minute"}) if age >= 60.0 else (False, busy)
+    holder["file"] = path
+    pid = holder.get("pid")
+    return (holder.get("host") == me["host"] and not (isinstance(pid, int) and _pid_alive(pid)),
+            holder)
+
+  def create() -> bool:
     try:
-      fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+      fd = os.open(path, exclusive, 0o644)
     except FileExistsError:
-      holder = _read_json(path)
-      if not isinstance(holder, dict):
-        # Being written this instant, or cut short by a kill between creating and writing it
-        # (stale once it is a minute old).
-        try:
-          age = time.time() - os.stat(path).st_mtime
-        except FileNotFoundError:
-          continue
-        if age < 60.0:
-          return False, {"host": "?", "pid": "?", "since": "a moment ago", "file": path}
-        holder = {"host": me["host"], "pid": None}
-      holder["file"] = path
-      pid = holder.get("pid")
-      if holder.get("host") == me["host"] and pid == me["pid"]:
-        return True, None         # ours already (a run revisited in the same process)
-      if holder.get("host") != me["host"] or (isinstance(pid, int) and _pid_alive(pid)):
-        return False, holder
-      # Stale: remove it and retry the O_EXCL create (of two processes doing so at once, at most
-      # one creates the new claim unless the other removes it in between; not guarded further).
-      try:
-        os.remove(path)
-      except FileNotFoundError:
-        pass
-      logging.warning("%s: took over the stale claim of pid %s (no longer running).", path,
-                      holder.get("pid"))
-      continue
+      return False
     with os.fdopen(fd, "w") as f:
       json.dump(me, f)
-    return True, None
-  return False, {"host": "?", "pid": "?", "since": "?", "file": path}
+    return True
+
+  for _ in range(3):
+    if create():
+      return True, None
+    stale, holder = stale_holder()
+    if holder is None:
+      continue                    # released this instant: try again
+    if holder.get("host") == me["host"] and holder.get("pid") == me["pid"]:
+      return True, None           # ours already (a run revisited in the same process)
+    if not stale:
+      return False, holder
+    try:
+      lock_fd = os.open(lock, exclusive, 0o644)
+    except FileExistsError:
+      # Another process is taking it over this instant; a takeover file older than a minute
+      # was left by a process killed midway (it holds the lock for milliseconds) and is removed.
+      age = _age_seconds(lock)
+      if age is not None and age >= 60.0:
+        _remove_if_present(lock)
+        continue
+      return False, {**busy, "since": "being taken over"}
+    try:
+      os.close(lock_fd)
+      # Under the lock, the claim again: a process that took it over since we read it may
+      # hold it now (then it is live and refused on the next pass).
+      still_stale, again = stale_holder()
+      if again is not None and still_stale:
+        _remove_if_present(path)
+        logging.warning("%s: took over the stale claim of pid %s on %s (no longer running).",
+                        path, again.get("pid"), again.get("host"))
+      if create():
+        return True, None
+    finally:
+      _remove_if_present(lock)
+  return False, busy
 
 
 def release_run(run_dir: str) -> None:
@@ -1042,7 +1087,8 @@ def untrained_runs(workdir: str, runs) -> list[tuple[str, int, int]]:
 
 
 def run_benchmark(config: ml_collections.ConfigDict, workdir: str, *,
-                  worker: tuple[int, int] = (0, 1)) -> dict[str, Any]:
+                  worker: tuple[int, int] = (0, 1),
+                  report_only: bool = False) -> dict[str, Any]:
   """Trains and evaluates every planned run (resuming), then the references; returns results.
 
   Writes results.json, results.md, mAP_vs_bits.png and pr_curves.png in `workdir` after every
@@ -1057,6 +1103,11 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str, *,
   finished, the plain command (worker (0, 1)) finds every run done, computes the references and
   writes the tables and plots. A run claimed by another live process (`claim_run`) is skipped
   and left "pending", never trained twice at once.
+
+  `report_only=True` trains and evaluates nothing: it writes the references (cached after the
+  first time), tables and plots of the runs finished so far, the others shown as not run yet.
+  Safe while workers are training in the same `workdir` (it claims nothing and writes no run
+  folder), e.g. to read a long sweep's table halfway through.
   """
   validate_benchmark(config)
   worker_index, num_workers = worker
@@ -1064,6 +1115,9 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str, *,
     raise config_lib.ConfigError(f"benchmark worker {worker_index} of {num_workers}: expected "
                                  "0 <= index < count")
   partial = num_workers > 1
+  if report_only and partial:
+    raise config_lib.ConfigError(f"benchmark worker {worker_index} of {num_workers} with "
+                                 "report_only: a report covers the whole plan (no worker)")
   session_start = time.time()
   bench = config.benchmark
   plan = planned_runs(bench)
@@ -1199,6 +1253,8 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str, *,
     position = plan.index(triple) + 1
     run_dir = os.path.join(workdir, "runs", run_name(*triple))
     done = finished(triple)
+    if report_only and not done:
+      continue                 # left "pending"
     if triple not in mine and done:
       continue                 # another worker's, done
     if not claims or done:
@@ -1258,7 +1314,8 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str, *,
                                            default=_json_default))
   results["references"] = references
   refresh(references.get("seconds"))
-  logging.info("Benchmark finished: %d of %d runs done, %d failed; %s.",
+  logging.info("Benchmark %s: %d of %d runs done, %d failed; %s.",
+               "report (nothing trained)" if report_only else "finished",
                results["status"]["done"], len(plan), results["status"]["failed"],
                os.path.join(workdir, RESULTS_MD))
   return results

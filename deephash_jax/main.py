@@ -9,7 +9,7 @@ r"""The `deephash` command. Kept short: flags, then a call into the library.
     deephash predict --workdir=workdirs/fm --image=query.png [--index=fm.dhidx] [--k=10] \
         [--json] [--grid=matches.png]
     deephash benchmark --config=configs/benchmark.py --workdir=workdirs/benchmark \
-        [--benchmark_worker=0/2]
+        [--benchmark_worker=0/2 | --benchmark_report]
 
 Your own catalogue, step by step: docs/CATALOGUE.md. Prediction: docs/PREDICT.md.
 """
@@ -69,6 +69,9 @@ flags.DEFINE_string("benchmark_worker", None,
                     "other process has started, so that n processes or hosts share one "
                     "--workdir; afterwards the command without this flag writes the references, "
                     "tables and plots.")
+flags.DEFINE_bool("benchmark_report", False,
+                  "benchmark: train nothing; write the references, tables and plots of the runs "
+                  "finished so far (the others shown as not run yet). Safe while workers run.")
 
 
 def _print_results(results: dict) -> None:
@@ -150,7 +153,10 @@ def main(argv):
       worker = benchmark.parse_worker(FLAGS.benchmark_worker)
     except ValueError as e:
       raise app.UsageError(str(e)) from e
-    results = benchmark.run_benchmark(FLAGS.config, FLAGS.workdir, worker=worker)
+    if FLAGS.benchmark_report and worker[1] > 1:
+      raise app.UsageError("--benchmark_report covers the whole plan: drop --benchmark_worker")
+    results = benchmark.run_benchmark(FLAGS.config, FLAGS.workdir, worker=worker,
+                                      report_only=FLAGS.benchmark_report)
     if worker[1] > 1:
       return
     print(json.dumps(results, sort_keys=True, default=str) if FLAGS.json

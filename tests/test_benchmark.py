@@ -1,8 +1,10 @@
 """The benchmark driver on the tiny config, and its reference searches against brute force."""
 
 import json
+import multiprocessing
 import os
 import platform
+import re
 import subprocess
 import time
 
@@ -127,6 +129,10 @@ def test_benchmark_end_to_end_and_rerun_skips_finished_runs(tiny_config, tmp_pat
   assert fresh["pr_curve"]["precision"] == pytest.approx(stored["pr_curve"]["precision"])
 
 
+def _no_training(*args, **kwargs):
+  raise AssertionError("a finished run was retrained (or a report trained one)")
+
+
 def test_workers_share_a_workdir_and_the_plain_command_aggregates(tiny_config, tmp_path,
                                                                    monkeypatch):
   config = tiny_config.copy_and_resolve_references()
@@ -154,19 +160,33 @@ def test_workers_share_a_workdir_and_the_plain_command_aggregates(tiny_config, t
   part = benchmark.run_benchmark(config, workdir, worker=(1, 2))
   assert trained == ["ours_32b_s0"] and part["status"]["done"] == 1
   assert part["references"] is None
+  # A report halfway, while worker 0's run is still claimed: nothing trained, the tables show
+  # the finished run and the other as not run yet, the claim is left alone.
+  with monkeypatch.context() as m:
+    m.setattr(train, "train_and_evaluate", _no_training)
+    report = benchmark.run_benchmark(config, workdir, report_only=True)
+  assert report["status"]["done"] == 1 and trained == ["ours_32b_s0"]
+  assert report["runs"]["ours_16b_s0"]["status"] == "pending"
+  assert report["runs"]["ours_32b_s0"]["category"] == part["runs"]["ours_32b_s0"]["category"]
+  with open(os.path.join(workdir, "results.md")) as f:
+    assert re.search(r"^\| ours \| … \| [01]\.\d{3}( †)? \|$", f.read(), re.MULTILINE)
+  assert json.load(open(claim))["pid"] == os.getppid()
+  results_json = os.path.join(workdir, "results.json")
+  report_mtime = os.stat(results_json).st_mtime_ns
+  with pytest.raises(config_lib.ConfigError, match="report_only"):
+    benchmark.run_benchmark(config, workdir, worker=(0, 2), report_only=True)
   # Once that claim is gone, worker 1 (rerun) takes over worker 0's run, which none has started;
   # worker 0 then finds its share done and trains nothing.
   os.remove(claim)
   part = benchmark.run_benchmark(config, workdir, worker=(1, 2))
   assert trained == ["ours_32b_s0", "ours_16b_s0"] and part["status"]["done"] == 2
 
-  def no_training(*args, **kwargs):
-    raise AssertionError("a run finished by a worker was retrained")
-  monkeypatch.setattr(train, "train_and_evaluate", no_training)
+  monkeypatch.setattr(train, "train_and_evaluate", _no_training)
   part = benchmark.run_benchmark(config, workdir, worker=(0, 2))
   assert part["status"]["done"] == 1
-  # A worker writes its runs only: no shared tables that another worker would overwrite.
-  assert not os.path.exists(os.path.join(workdir, "results.json"))
+  # A worker writes its runs only: no shared tables that another worker would overwrite (the
+  # report's are as it left them).
+  assert os.stat(results_json).st_mtime_ns == report_mtime
   # No claim outlives its run.
   assert not [name for name in os.listdir(os.path.join(workdir, "runs"))
               if os.path.exists(os.path.join(workdir, "runs", name, benchmark.CLAIM_FILE))]
@@ -219,6 +239,71 @@ def test_a_run_is_claimed_by_one_live_process_at_a_time(tmp_path):
   an_hour_ago = time.time() - 3600
   os.utime(claim, (an_hour_ago, an_hour_ago))
   assert benchmark.claim_run(run_dir) == (True, None)
+
+
+def test_a_stale_claim_is_taken_over_under_a_lock(tmp_path):
+  run_dir = str(tmp_path / "runs" / "ours_48b_s0")
+  claim = os.path.join(run_dir, benchmark.CLAIM_FILE)
+  lock = claim + ".takeover"
+  dead = subprocess.Popen(["true"])
+  dead.wait()
+  os.makedirs(run_dir)
+  with open(claim, "w") as f:
+    json.dump({"host": platform.node(), "pid": dead.pid, "since": "then"}, f)
+  # Another process is taking the stale claim over this instant: refused, both files left.
+  open(lock, "w").close()
+  claimed, holder = benchmark.claim_run(run_dir)
+  assert not claimed and holder["since"] == "being taken over" and holder["file"] == claim
+  assert json.load(open(claim))["pid"] == dead.pid and os.path.exists(lock)
+  # A takeover file a minute old was left by a process killed midway: removed, claim taken.
+  a_minute_ago = time.time() - 61
+  os.utime(lock, (a_minute_ago, a_minute_ago))
+  assert benchmark.claim_run(run_dir) == (True, None)
+  assert json.load(open(claim))["pid"] == os.getpid()
+  assert os.listdir(run_dir) == [benchmark.CLAIM_FILE]
+
+
+def _claim_at_once(run_dir, start, tried, answers):
+  # Widen the window between reading the stale claim and acting on it (this process only), so
+  # that the processes overlap there every time, not by chance.
+  read_json = benchmark._read_json   # pylint: disable=protected-access
+
+  def slow_read(path):
+    holder = read_json(path)
+    time.sleep(0.2)
+    return holder
+  benchmark._read_json = slow_read   # pylint: disable=protected-access
+  start.wait()
+  answers.put(benchmark.claim_run(run_dir)[0])
+  tried.wait()       # stay alive (a live claim) until every process has tried
+
+
+def test_of_processes_finding_one_stale_claim_at_once_exactly_one_claims_it(tmp_path):
+  # Without the takeover lock two processes could both remove the stale claim and both
+  # "claim" the run (the second removing the first one's new claim).
+  context = multiprocessing.get_context("fork")    # the children use os and json only
+  num_processes = 6
+  for attempt in range(3):
+    run_dir = str(tmp_path / f"run_{attempt}")
+    os.makedirs(run_dir)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    with open(os.path.join(run_dir, benchmark.CLAIM_FILE), "w") as f:
+      json.dump({"host": platform.node(), "pid": dead.pid, "since": "then"}, f)
+    start, tried = context.Barrier(num_processes), context.Barrier(num_processes)
+    answers = context.Queue()
+    children = [context.Process(target=_claim_at_once, args=(run_dir, start, tried, answers))
+                for _ in range(num_processes)]
+    for child in children:
+      child.start()
+    outcomes = [answers.get(timeout=60) for _ in children]
+    for child in children:
+      child.join(timeout=60)
+      assert child.exitcode == 0
+    assert sorted(outcomes) == [False] * (num_processes - 1) + [True], attempt
+    holder = json.load(open(os.path.join(run_dir, benchmark.CLAIM_FILE)))
+    assert holder["pid"] in [child.pid for child in children]
+    assert os.listdir(run_dir) == [benchmark.CLAIM_FILE]
 
 
 def test_untrained_runs_skips_runs_with_eval_results(tmp_path):
