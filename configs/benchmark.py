@@ -37,8 +37,8 @@ min a run each (configs/benchmark_48b.py): about 11 h for the whole plan. 29 of 
 run here: its whole 48-bit row (configs/benchmark_48b.py: 14 runs, seeds 0-2 of ours and DCH) and
 ours, DCH, HashNet, GreedyHash and OrthoHash at 16, 32 and 64 bits (15 runs, 3 h with two
 workers, 15 to 25 min a run); `--benchmark_report` wrote the tables (docs/benchmark/, README.md).
-The same plan at 1 epoch a run (configs/benchmark_sweep_1ep.py) has run in full. Other jobs on the machine stretch every figure;
-the log gives an ETA after each run.
+The same plan at 1 epoch a run (configs/benchmark_sweep_1ep.py) has run in full. Other jobs on
+the machine stretch every figure; the log gives an ETA after each run.
 
 Override any field on the command line, e.g.
 `--config.benchmark.methods="('ours','dch')" --config.benchmark.bits="(48,)"`.

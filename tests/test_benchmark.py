@@ -129,6 +129,21 @@ def test_benchmark_end_to_end_and_rerun_skips_finished_runs(tiny_config, tmp_pat
   assert fresh["pr_curve"]["precision"] == pytest.approx(stored["pr_curve"]["precision"])
 
 
+def _hold(claim, host, pid):
+  """Writes the claim file `claim` as process `pid` of `host` would."""
+  with open(claim, "w") as f:
+    json.dump({"host": host, "pid": pid, "since": "2026-11-30T00:00:00+00:00"}, f)
+
+
+def _stale_claim(run_dir) -> int:
+  """Leaves in `run_dir` the claim of a process of this host that has exited; its pid."""
+  dead = subprocess.Popen(["true"])
+  dead.wait()
+  os.makedirs(run_dir, exist_ok=True)
+  _hold(os.path.join(run_dir, benchmark.CLAIM_FILE), platform.node(), dead.pid)
+  return dead.pid
+
+
 def _no_training(*args, **kwargs):
   raise AssertionError("a finished run was retrained (or a report trained one)")
 
@@ -155,8 +170,7 @@ def test_workers_share_a_workdir_and_the_plain_command_aggregates(tiny_config, t
   other_dir = os.path.join(workdir, "runs", "ours_16b_s0")
   os.makedirs(other_dir)
   claim = os.path.join(other_dir, benchmark.CLAIM_FILE)
-  with open(claim, "w") as f:
-    json.dump({"host": platform.node(), "pid": os.getppid(), "since": "now"}, f)
+  _hold(claim, platform.node(), os.getppid())
   part = benchmark.run_benchmark(config, workdir, worker=(1, 2))
   assert trained == ["ours_32b_s0"] and part["status"]["done"] == 1
   assert part["references"] is None
@@ -204,11 +218,6 @@ def test_workers_share_a_workdir_and_the_plain_command_aggregates(tiny_config, t
 def test_a_run_is_claimed_by_one_live_process_at_a_time(tmp_path):
   run_dir = str(tmp_path / "runs" / "ours_48b_s0")
   claim = os.path.join(run_dir, benchmark.CLAIM_FILE)
-
-  def hold(host, pid):
-    with open(claim, "w") as f:
-      json.dump({"host": host, "pid": pid, "since": "2026-11-30T00:00:00+00:00"}, f)
-
   assert benchmark.claim_run(run_dir) == (True, None)      # creates the folder
   held = json.load(open(claim))
   assert (held["host"], held["pid"]) == (platform.node(), os.getpid())
@@ -216,18 +225,16 @@ def test_a_run_is_claimed_by_one_live_process_at_a_time(tmp_path):
   benchmark.release_run(run_dir)
   assert not os.path.exists(claim)
   # A live process of this host holds it: refused, and the answer says who and where.
-  hold(platform.node(), os.getppid())
+  _hold(claim, platform.node(), os.getppid())
   claimed, holder = benchmark.claim_run(run_dir)
   assert not claimed and holder["pid"] == os.getppid() and holder["file"] == claim
   benchmark.release_run(run_dir)                          # not ours: left alone
   assert json.load(open(claim))["pid"] == os.getppid()
   # Another host's claim cannot be checked from here: respected.
-  hold("another-host", os.getpid())
+  _hold(claim, "another-host", os.getpid())
   assert benchmark.claim_run(run_dir)[0] is False
   # A process of this host that has exited left a stale claim: taken over.
-  dead = subprocess.Popen(["true"])
-  dead.wait()
-  hold(platform.node(), dead.pid)
+  _stale_claim(run_dir)
   assert benchmark.claim_run(run_dir) == (True, None)
   assert json.load(open(claim))["pid"] == os.getpid()
   assert os.listdir(run_dir) == [benchmark.CLAIM_FILE]    # nothing else left behind
@@ -245,16 +252,12 @@ def test_a_stale_claim_is_taken_over_under_a_lock(tmp_path):
   run_dir = str(tmp_path / "runs" / "ours_48b_s0")
   claim = os.path.join(run_dir, benchmark.CLAIM_FILE)
   lock = claim + ".takeover"
-  dead = subprocess.Popen(["true"])
-  dead.wait()
-  os.makedirs(run_dir)
-  with open(claim, "w") as f:
-    json.dump({"host": platform.node(), "pid": dead.pid, "since": "then"}, f)
+  dead_pid = _stale_claim(run_dir)
   # Another process is taking the stale claim over this instant: refused, both files left.
   open(lock, "w").close()
   claimed, holder = benchmark.claim_run(run_dir)
   assert not claimed and holder["since"] == "being taken over" and holder["file"] == claim
-  assert json.load(open(claim))["pid"] == dead.pid and os.path.exists(lock)
+  assert json.load(open(claim))["pid"] == dead_pid and os.path.exists(lock)
   # A takeover file a minute old was left by a process killed midway: removed, claim taken.
   a_minute_ago = time.time() - 61
   os.utime(lock, (a_minute_ago, a_minute_ago))
@@ -285,11 +288,7 @@ def test_of_processes_finding_one_stale_claim_at_once_exactly_one_claims_it(tmp_
   num_processes = 6
   for attempt in range(3):
     run_dir = str(tmp_path / f"run_{attempt}")
-    os.makedirs(run_dir)
-    dead = subprocess.Popen(["true"])
-    dead.wait()
-    with open(os.path.join(run_dir, benchmark.CLAIM_FILE), "w") as f:
-      json.dump({"host": platform.node(), "pid": dead.pid, "since": "then"}, f)
+    _stale_claim(run_dir)
     start, tried = context.Barrier(num_processes), context.Barrier(num_processes)
     answers = context.Queue()
     children = [context.Process(target=_claim_at_once, args=(run_dir, start, tried, answers))
