@@ -1232,11 +1232,16 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str, *,
                                         eval_results, run_eval)
     refresh()
     record = results["runs"][name]
+    figures = (record["category"]["map_all"], record["closest_match"]["recall_at_1"])
+    if train_wall is None:     # trained earlier (or in another process): nothing ran just now
+      logging.info("[%d/%d] %s: recorded (trained earlier, in %s): category mAP@all %.4f, "
+                   "closest-match R@1 %.4f.", position, len(plan), name,
+                   _duration(_run_seconds(record)), *figures)
+      return True
     remaining = left_to_me()
     logging.info("[%d/%d] %s done in %s: category mAP@all %.4f, closest-match R@1 %.4f "
                  "(ETA of the %d runs left: %s).", position, len(plan), name,
-                 _duration(_run_seconds(record)), record["category"]["map_all"],
-                 record["closest_match"]["recall_at_1"], remaining, eta(remaining))
+                 _duration(_run_seconds(record)), *figures, remaining, eta(remaining))
     return True
 
   # In a single process every run is trained and evaluated under a claim (claim_run), so that

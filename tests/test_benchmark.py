@@ -1,6 +1,7 @@
 """The benchmark driver on the tiny config, and its reference searches against brute force."""
 
 import json
+import logging
 import multiprocessing
 import os
 import platform
@@ -149,7 +150,7 @@ def _no_training(*args, **kwargs):
 
 
 def test_workers_share_a_workdir_and_the_plain_command_aggregates(tiny_config, tmp_path,
-                                                                   monkeypatch):
+                                                                   monkeypatch, caplog):
   config = tiny_config.copy_and_resolve_references()
   config.benchmark.methods = ("ours",)
   workdir = str(tmp_path / "bench")
@@ -176,9 +177,13 @@ def test_workers_share_a_workdir_and_the_plain_command_aggregates(tiny_config, t
   assert part["references"] is None
   # A report halfway, while worker 0's run is still claimed: nothing trained, the tables show
   # the finished run and the other as not run yet, the claim is left alone.
-  with monkeypatch.context() as m:
+  caplog.clear()
+  with monkeypatch.context() as m, caplog.at_level(logging.INFO):
     m.setattr(train, "train_and_evaluate", _no_training)
     report = benchmark.run_benchmark(config, workdir, report_only=True)
+  # Its log says the finished run was trained earlier; no "done in" or ETA, as if it had run.
+  assert "[2/2] ours_32b_s0: recorded (trained earlier, in " in caplog.text
+  assert "done in" not in caplog.text and "ETA" not in caplog.text
   assert report["status"]["done"] == 1 and trained == ["ours_32b_s0"]
   assert report["runs"]["ours_16b_s0"]["status"] == "pending"
   assert report["runs"]["ours_32b_s0"]["category"] == part["runs"]["ours_32b_s0"]["category"]
