@@ -26,6 +26,8 @@ def get_config():
   config.train.num_epochs = 1
   config.train.warmup_steps = 100      # of 468 steps
   b = config.benchmark
+  # The plan as it ran: the 10 methods of configs/benchmark.py before its 16-bit variant.
+  b.methods = tuple(m for m in b.methods if m != "ours_item003_g5")
   # Spread where the 1-epoch table is closest: GreedyHash leads at 16 and 32 bits on seed 0.
   b.multi_seed.methods = ("ours", "dch", "greedyhash")
   b.multi_seed.bits = (48, 16)

@@ -110,14 +110,17 @@ def validate_benchmark(config) -> None:
             "integers in [4, 4096]")
   require(bench.reference_bits in bench.bits, "benchmark.reference_bits", bench.reference_bits,
           f"one of benchmark.bits {tuple(bench.bits)}")
-  for method in bench.get("lead_methods") or ():
-    require(method in bench.methods and method.startswith("ours"), "benchmark.lead_methods",
-            method, f"a variant of ours in benchmark.methods {tuple(bench.methods)}")
+  for method in bench.get("lead_methods") or ():   # (one not in `methods` gets no table)
+    require(method in variants and method.startswith("ours"), "benchmark.lead_methods",
+            method, f"a variant of ours in benchmark.variants {tuple(variants)}")
+  # A method_bits entry of a variant left out of `methods` plans nothing (so a config that
+  # names fewer methods keeps its parent's entries); one of no variant is a typo.
   for method, lengths in (bench.get("method_bits") or {}).items():
-    require(method in bench.methods, f"benchmark.method_bits.{method}", method,
-            f"one of benchmark.methods {tuple(bench.methods)}")
-    require(len(lengths) > 0 and all(b in bench.bits for b in lengths),
-            f"benchmark.method_bits.{method}", lengths,
+    require(method in variants, f"benchmark.method_bits.{method}", method,
+            f"a key of benchmark.variants {tuple(variants)}")
+    planned_lengths_ok = len(lengths) > 0 and all(b in bench.bits for b in lengths)
+    require(method not in bench.methods or planned_lengths_ok, f"benchmark.method_bits.{method}",
+            lengths,
             f"a non-empty subset of benchmark.bits {tuple(bench.bits)}")
   require(len(bench.seeds) > 0, "benchmark.seeds", bench.seeds, "at least one seed")
   require(bench.closest_match.num_queries >= 0, "benchmark.closest_match.num_queries",
@@ -601,9 +604,28 @@ def _write_atomic(path: str, data: bytes | str) -> None:
   os.replace(tmp, path)
 
 
-def _run_record(method, bits, seed, run_dir, category_names, eval_results, run_eval) -> dict:
+# Where the data lies on one machine, not what it is: left out of a run config's digest, so
+# that runs trained on another host (another TFDS dir) can be merged (`merge_recorded_runs`).
+_MACHINE_FIELDS = ("input.data_dir", "input.source_dir")
+
+
+def run_config_digest(run_cfg: ml_collections.ConfigDict) -> str:
+  """A short SHA-256 of a run's training config, less `_MACHINE_FIELDS`."""
+  tree = _json_round_trip(run_cfg.to_dict())
+  for field in _MACHINE_FIELDS:
+    node = tree
+    *parents, leaf = field.split(".")
+    for key in parents:
+      node = node.get(key, {})
+    node.pop(leaf, None)
+  return hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _run_record(method, bits, seed, run_dir, category_names, eval_results, run_eval, *,
+                config_sha256: str | None = None) -> dict:
   record = {"method": method, "bits": bits, "seed": seed,
             "workdir": os.path.join("runs", os.path.basename(run_dir)), "status": "done",
+            "config_sha256": config_sha256,
             "category": {k: eval_results.get(k) for k in category_names},
             "codes_collapsed": eval_results.get("codes_collapsed"),
             "codes_unique_codes": eval_results.get("codes_unique_codes"),
@@ -697,7 +719,7 @@ def _signed(x: float) -> str:
   return "+0.000" if abs(x) < 5e-4 else f"{x:+.3f}"   # no "-0.000"
 
 
-def _lead_section(agg, methods, bits_list, ref, lead_methods=("ours",)) -> list[str]:
+def _lead_section(agg, methods, bits_list, lead_methods=("ours",)) -> list[str]:
   lines = []
   for ours_method in lead_methods:
     table = leads(agg, methods, bits_list, ours_method)
@@ -713,19 +735,20 @@ def _lead_section(agg, methods, bits_list, ref, lead_methods=("ours",)) -> list[
       lines.append(f"| {bits} | " + " | ".join(
           f"{_signed(row[key][0])} ({row[key][1]})" if key in row else "…"
           for key, _ in _LEAD_METRICS) + " |")
-  ours = agg.get("ours", {}).get(str(ref))
-  ablations = [m for m in methods if m.startswith("ours_") and m not in lead_methods
-               and agg.get(m, {}).get(str(ref))]
-  if ours and ablations:
-    lines += ["", f"## Ablations at {ref} bits: what each term adds", "",
+  ours = agg.get("ours", {})
+  ablations = [m for m in methods if m.startswith("ours_") and m not in lead_methods]
+  cells = [(m, bits) for m in ablations for bits in bits_list
+           if ours.get(str(bits)) and agg.get(m, {}).get(str(bits))]
+  if cells:
+    lines += ["", "## Ablations: what each term adds, at each length", "",
               "ours − ours without the term (means over seeds); positive = the term helps.", "",
-              "| ablation | " + " | ".join(label for _, label in _LEAD_METRICS) + " |",
-              "|---|" + "---|" * len(_LEAD_METRICS)]
-    for m in ablations:
-      lines.append(f"| {m} | " + " | ".join(
-          _signed(ours[key]["mean"] - agg[m][str(ref)][key]["mean"])
-          if ours.get(key) and agg[m][str(ref)].get(key) else "…"
-          for key, _ in _LEAD_METRICS) + " |")
+              "| ablation | bits | " + " | ".join(label for _, label in _LEAD_METRICS) + " |",
+              "|---|---|" + "---|" * len(_LEAD_METRICS)]
+    for m, bits in cells:
+      mine, theirs = ours[str(bits)], agg[m][str(bits)]
+      lines.append(f"| {m} | {bits} | " + " | ".join(
+          _signed(mine[key]["mean"] - theirs[key]["mean"])
+          if mine.get(key) and theirs.get(key) else "…" for key, _ in _LEAD_METRICS) + " |")
   return lines
 
 
@@ -789,8 +812,7 @@ def format_markdown(results: dict) -> str:
   lines += method_by_bits("closest_match/recall_at_1")
   lines += ["", "## Closest match: mAP (= mean reciprocal rank), method × bits", ""]
   lines += method_by_bits("closest_match/map_all")
-  lines += _lead_section(agg, methods, bits_list, ref,
-                         tuple(bench.get("lead_methods") or ("ours",)))
+  lines += _lead_section(agg, methods, bits_list, tuple(bench.get("lead_methods") or ("ours",)))
   lines += ["", f"## All metrics at {ref} bits", ""]
   labels_cm = {**labels, "map_all": "mAP"}
   header = ([labels[n] for n in names] + [f"closest {labels_cm[n]}" for n in CLOSEST_MATCH_METRICS]
@@ -825,16 +847,18 @@ def format_markdown(results: dict) -> str:
       sad = references["sad"]
       lines.append(ref_row("pixels, sum of absolute differences (seed paper's simple approach)",
                            sad, f"{sad['queries_per_second']:.1f}"))
+    def merged_note(entry):
+      return f" (merged from {entry['merged_from']})" if "merged_from" in entry else ""
     if "float_cosine" in references:
       fc = references["float_cosine"]
-      lines.append(ref_row(f"continuous codes of {fc['run']} before binarisation, cosine", fc,
-                           "—"))
+      lines.append(ref_row(f"continuous codes of {fc['run']} before binarisation, cosine"
+                           + merged_note(fc), fc, "—"))
     ham = references.get("hamming_search")
     if ham and ham["run"] in runs and runs[ham["run"]]["status"] == "done":
       record = runs[ham["run"]]
       lines.append(ref_row(f"binary codes of {ham['run']}, Hamming ranking (category on all "
-                           f"{cat['num_queries']} queries; hamming.search timed)", record,
-                           f"{ham['queries_per_second']:.1f}"))
+                           f"{cat['num_queries']} queries; hamming.search timed)"
+                           + merged_note(ham), record, f"{ham['queries_per_second']:.1f}"))
 
   multi = [(m, b) for m, by_bits in agg.items() for b, e in by_bits.items() if len(e["seeds"]) > 1]
   if multi:
@@ -847,6 +871,18 @@ def format_markdown(results: dict) -> str:
                    f"{_fmt(entry['category/map_all'], 4)} | "
                    f"{_fmt(entry['closest_match/recall_at_1'], 4)} | "
                    f"{_fmt(entry['closest_match/map_all'], 4)} |")
+
+  merged = {}
+  for name, record in runs.items():
+    if record["status"] == "done" and "merged_from" in record:
+      merged.setdefault(record["merged_from"], []).append(name)
+  if merged:
+    lines += ["", "## Merged runs", "",
+              "Trained and evaluated earlier or elsewhere (same data, protocols, variant and "
+              "training steps; checked when merged), recorded in these files and not run again "
+              "here; their run folders are not in this workdir:", ""]
+    lines += [f"- {path}: {len(names)} runs ({', '.join(sorted(names))})"
+              for path, names in merged.items()]
 
   failed = [r for r in runs.values() if r["status"] == "failed"]
   if failed:
@@ -1086,9 +1122,81 @@ def untrained_runs(workdir: str, runs) -> list[tuple[str, int, int]]:
       os.path.join(workdir, "runs", run_name(*run), "eval_results.json"))]
 
 
+def _first_difference(ours, theirs, path: str = "") -> str:
+  """The dotted path of the first field where two JSON trees differ, with both values."""
+  if isinstance(ours, dict) and isinstance(theirs, dict):
+    for key in sorted(set(ours) | set(theirs), key=str):
+      if ours.get(key) != theirs.get(key):
+        return _first_difference(ours.get(key), theirs.get(key), f"{path}.{key}" if path else key)
+  return f"{path or '(top)'}: this benchmark {ours!r}, theirs {theirs!r}"
+
+
+def merge_recorded_runs(config, results: dict, paths: Sequence[str],
+                        is_here: Callable[[tuple[str, int, int]], bool]) -> dict[str, str]:
+  """Takes finished runs of this plan from other results.json files: {run name: file}.
+
+  For runs trained earlier in another workdir, on another host (e.g. one TPU VM per share of the
+  plan, without a shared file system), or in a workdir since lost: their records (every figure,
+  the PR curve, the times) enter `results["runs"]` with "merged_from", and the sweep neither
+  trains nor evaluates them again. A run finished in this workdir keeps its own record, and of
+  several files the first that has a run gives it. Nothing is merged that was measured otherwise
+  than this benchmark would measure it: the file's dataset and protocols (splits, closest-match
+  recipe, seed and the SHA-256 of its rendered queries) must equal this benchmark's, and each
+  merged run's variant overrides, training steps and (where recorded) config digest
+  (`run_config_digest`) the ones this benchmark would train it with; otherwise a ConfigError names
+  the file, the run and the field.
+  """
+  merged: dict[str, str] = {}
+  num_train = None
+  for path in paths:
+    data = _read_json(path)
+    if not isinstance(data, dict) or not isinstance(data.get("runs"), dict):
+      raise config_lib.ConfigError(f"benchmark merge {path}: not a benchmark results.json "
+                                   "(missing, unreadable, cut short or without 'runs')")
+    for field in ("dataset", "protocols"):
+      expected = _json_round_trip(results[field])
+      if data.get(field) != expected:
+        raise config_lib.ConfigError(
+            f"benchmark merge {path}: its runs were evaluated on other data or queries, "
+            f"{field}.{_first_difference(expected, data.get(field))}")
+    theirs = (data.get("benchmark") or {}).get("variants") or {}
+    for name, record in data["runs"].items():
+      if (name not in results["runs"] or name in merged or not isinstance(record, dict)
+          or record.get("status") != "done"):
+        continue
+      triple = (record.get("method"), record.get("bits"), record.get("seed"))
+      if name != run_name(*triple):
+        raise config_lib.ConfigError(f"benchmark merge {path}: run {name!r} records "
+                                     f"method/bits/seed {triple}")
+      if is_here(triple):
+        continue
+      method = triple[0]
+      run_cfg = run_config(config, *triple)
+      ours = _json_round_trip(config.benchmark.variants[method])
+      if theirs.get(method) != ours:
+        raise config_lib.ConfigError(
+            f"benchmark merge {path}: run {name} was trained with other overrides, "
+            f"benchmark.variants.{method}.{_first_difference(ours, theirs.get(method))}")
+      digest = record.get("config_sha256")
+      if digest is not None and digest != run_config_digest(run_cfg):
+        raise config_lib.ConfigError(
+            f"benchmark merge {path}: run {name} was trained with another config "
+            f"(config_sha256 {digest}, this benchmark's {run_config_digest(run_cfg)})")
+      if num_train is None:
+        num_train = len(input_pipeline.load_split(config.input, config.input.train_split))
+      steps = config_lib.total_steps(run_cfg, num_train)
+      if record.get("train_steps") != steps:
+        raise config_lib.ConfigError(
+            f"benchmark merge {path}: run {name} trained {record.get('train_steps')} steps "
+            f"(train_steps), this benchmark trains it {steps}")
+      results["runs"][name] = {**record, "merged_from": path}
+      merged[name] = path
+  return merged
+
+
 def run_benchmark(config: ml_collections.ConfigDict, workdir: str, *,
                   worker: tuple[int, int] = (0, 1),
-                  report_only: bool = False) -> dict[str, Any]:
+                  report_only: bool = False, merge_from: Sequence[str] = ()) -> dict[str, Any]:
   """Trains and evaluates every planned run (resuming), then the references; returns results.
 
   Writes results.json, results.md, mAP_vs_bits.png and pr_curves.png in `workdir` after every
@@ -1108,6 +1216,9 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str, *,
   first time), tables and plots of the runs finished so far, the others shown as not run yet.
   Safe while workers are training in the same `workdir` (it claims nothing and writes no run
   folder), e.g. to read a long sweep's table halfway through.
+
+  `merge_from`: results.json files of earlier or other sweeps of this plan whose finished runs
+  count as done here and are not trained again (`merge_recorded_runs`); also in workers.
   """
   validate_benchmark(config)
   worker_index, num_workers = worker
@@ -1164,20 +1275,25 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str, *,
     # Runs trained earlier (e.g. by another worker's plan, or before an interruption) are still
     # "pending" until the loop reaches them, but cost no training.
     return len([run for run in untrained_runs(workdir, mine | taken)
-                if results["runs"][run_name(*run)]["status"] == "pending"])
+                if results["runs"][run_name(*run)]["status"] == "pending"
+                and run_name(*run) not in merged])
 
   def eta(remaining):
     known = [s for s in (_run_seconds(r) for r in results["runs"].values()
                          if r["status"] == "done") if s]
     return _duration(np.mean(known) * remaining) if known else "unknown until a run ends"
 
-  refresh()   # the plan, all pending, before the first run
-
   def finished(triple) -> bool:
     run_dir = os.path.join(workdir, "runs", run_name(*triple))
     run_eval = _read_json(os.path.join(run_dir, RUN_EVAL_JSON))
     return (os.path.exists(os.path.join(run_dir, "eval_results.json")) and run_eval is not None
             and run_eval.get("protocol") == protocols.fingerprint)
+
+  merged = merge_recorded_runs(config, results, merge_from, finished)
+  if merged:
+    logging.info("Merged %d finished runs (not trained here): %s.", len(merged),
+                 ", ".join(f"{name} from {path}" for name, path in merged.items()))
+  refresh()   # the plan, all pending but the merged runs, before the first run
 
   def train_and_record(position, method, bits, seed) -> bool:
     """Trains (or resumes) and evaluates one run and records it; False if stopped by SIGTERM."""
@@ -1228,8 +1344,9 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str, *,
       run_eval["train_wall_seconds"] = train_wall or previous.get("train_wall_seconds")
       if jax.process_index() == 0:
         _write_atomic(eval_path, json.dumps(run_eval, indent=2, default=_json_default))
-    results["runs"][name] = _run_record(method, bits, seed, run_dir, category_names,
-                                        eval_results, run_eval)
+    results["runs"][name] = _run_record(
+        method, bits, seed, run_dir, category_names, eval_results, run_eval,
+        config_sha256=run_config_digest(run_config(config, method, bits, seed)))
     refresh()
     record = results["runs"][name]
     figures = (record["category"]["map_all"], record["closest_match"]["recall_at_1"])
@@ -1257,6 +1374,8 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str, *,
     triple = (method, bits, seed)
     position = plan.index(triple) + 1
     run_dir = os.path.join(workdir, "runs", run_name(*triple))
+    if run_name(*triple) in merged:
+      continue                 # recorded in a merged results.json
     done = finished(triple)
     if report_only and not done:
       continue                 # left "pending"
@@ -1292,18 +1411,23 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str, *,
                  len(taken), results["status"]["failed"])
     return results
 
-  float_run = None
   float_method = bench.references.float_method
   candidates = sorted((r for r in results["runs"].values()
                        if r["method"] == float_method and r["bits"] == bench.reference_bits
                        and r["status"] == "done"), key=lambda r: r["seed"])
-  if candidates:
-    float_run = os.path.join(workdir, candidates[0]["workdir"])
+  # A run trained here first: its model is on disk. A merged run's model is elsewhere: its
+  # float reference comes from its own results.json, where that has it.
+  candidates.sort(key=lambda r: "merged_from" in r)
+  float_record = candidates[0] if candidates else None
+  float_run = None
+  if float_record is not None and "merged_from" not in float_record:
+    float_run = os.path.join(workdir, float_record["workdir"])
   # The float run's metrics stand for its model: a retrained model changes them.
   references_fingerprint = _json_round_trip(dict(
       protocol=protocols.fingerprint, references=bench.references.to_dict(),
-      float_run={k: candidates[0].get(k) for k in ("workdir", "category", "closest_match")}
-      if candidates else None))
+      float_run={k: float_record.get(k)
+                 for k in ("workdir", "category", "closest_match", "merged_from")}
+      if float_record else None))
   cache_path = os.path.join(workdir, REFERENCES_JSON)
   cached = _read_json(cache_path)
   if cached and cached.get("fingerprint") == references_fingerprint:
@@ -1313,6 +1437,13 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str, *,
     started = time.time()
     references = compute_references(config, protocols, float_run)
     references["seconds"] = time.time() - started
+    if float_record is not None and float_run is None:
+      source = float_record["merged_from"]
+      theirs = (_read_json(source) or {}).get("references") or {}
+      name = run_name(float_record["method"], float_record["bits"], float_record["seed"])
+      for key in ("float_cosine", "hamming_search"):
+        if (theirs.get(key) or {}).get("run") == name:
+          references[key] = {**theirs[key], "merged_from": source}
     if jax.process_index() == 0:
       _write_atomic(cache_path, json.dumps({"fingerprint": references_fingerprint,
                                             "references": references}, indent=2,

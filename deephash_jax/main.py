@@ -72,6 +72,10 @@ flags.DEFINE_string("benchmark_worker", None,
 flags.DEFINE_bool("benchmark_report", False,
                   "benchmark: train nothing; write the references, tables and plots of the runs "
                   "finished so far (the others shown as not run yet). Safe while workers run.")
+flags.DEFINE_list("benchmark_merge", [],
+                  "benchmark: results.json files (comma-separated) of earlier or other sweeps "
+                  "of this plan: their finished runs count as done and are not trained again, "
+                  "once checked to have been trained and measured as this benchmark would.")
 
 
 def _print_results(results: dict) -> None:
@@ -155,8 +159,13 @@ def main(argv):
       raise app.UsageError(str(e)) from e
     if FLAGS.benchmark_report and worker[1] > 1:
       raise app.UsageError("--benchmark_report covers the whole plan: drop --benchmark_worker")
-    results = benchmark.run_benchmark(FLAGS.config, FLAGS.workdir, worker=worker,
-                                      report_only=FLAGS.benchmark_report)
+    from deephash_jax import config_lib  # pylint: disable=g-import-not-at-top
+    try:
+      results = benchmark.run_benchmark(FLAGS.config, FLAGS.workdir, worker=worker,
+                                        report_only=FLAGS.benchmark_report,
+                                        merge_from=FLAGS.benchmark_merge)
+    except config_lib.ConfigError as e:
+      sys.exit(f"deephash benchmark: {e}")
     if worker[1] > 1:
       return
     print(json.dumps(results, sort_keys=True, default=str) if FLAGS.json

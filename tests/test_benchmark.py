@@ -6,6 +6,7 @@ import multiprocessing
 import os
 import platform
 import re
+import shutil
 import subprocess
 import time
 
@@ -220,6 +221,102 @@ def test_workers_share_a_workdir_and_the_plain_command_aggregates(tiny_config, t
       benchmark.parse_worker(bad)
 
 
+def _edited(source, path, edit):
+  """Writes to `path` the results.json `source`, changed by `edit(data)`; returns `path`."""
+  data = json.load(open(source))
+  edit(data)
+  with open(path, "w") as f:
+    json.dump(data, f)
+  return str(path)
+
+
+def test_runs_of_another_sweep_are_merged_not_retrained(tiny_config, tmp_path, monkeypatch):
+  config = tiny_config.copy_and_resolve_references()
+  config.benchmark.bits = (16,)
+  first_config = config.copy_and_resolve_references()
+  first_config.benchmark.methods = ("ours",)
+  first = str(tmp_path / "first")
+  done = benchmark.run_benchmark(first_config, first)
+  assert done["status"]["done"] == 1
+  record = done["runs"]["ours_16b_s0"]
+  assert record["config_sha256"] == benchmark.run_config_digest(
+      benchmark.run_config(config, "ours", 16, 0))
+  source = os.path.join(first, "results.json")
+
+  # The whole plan elsewhere: ours is merged (neither trained nor evaluated again), dch trained.
+  trained = []
+  real_train = train.train_and_evaluate
+
+  def recording_train(run_cfg, run_dir, **kwargs):
+    trained.append(os.path.basename(run_dir))
+    return real_train(run_cfg, run_dir, **kwargs)
+  monkeypatch.setattr(train, "train_and_evaluate", recording_train)
+  second = str(tmp_path / "second")
+  results = benchmark.run_benchmark(config, second, merge_from=[source])
+  assert trained == ["dch_16b_s0"]
+  assert results["status"] == {"planned": 2, "done": 2, "failed": 0, "interrupted": False}
+  assert results["runs"]["ours_16b_s0"] == {**json.loads(json.dumps(record)),
+                                            "merged_from": source}
+  assert "merged_from" not in results["runs"]["dch_16b_s0"]
+  assert not os.path.exists(os.path.join(second, "runs", "ours_16b_s0"))
+  assert results["aggregate"]["ours"]["16"]["category/map_all"]["values"] == [
+      record["category"]["map_all"]]
+  # ours' model is not here: its float reference and timed Hamming search come from its file;
+  # the pixel reference is measured here.
+  refs, theirs = results["references"], done["references"]
+  for key in ("float_cosine", "hamming_search"):
+    assert refs[key] == {**json.loads(json.dumps(theirs[key])), "merged_from": source}
+  assert refs["sad"]["category"] == pytest.approx(theirs["sad"]["category"])
+  md = open(os.path.join(second, "results.md")).read()
+  assert f"- {source}: 1 runs (ours_16b_s0)" in md
+  assert f"before binarisation, cosine (merged from {source})" in md
+  # Workers skip the merged run too (dch is done here).
+  monkeypatch.setattr(train, "train_and_evaluate", _no_training)
+  for worker in ((0, 2), (1, 2)):
+    part = benchmark.run_benchmark(config, second, worker=worker, merge_from=[source])
+    assert part["runs"]["ours_16b_s0"]["merged_from"] == source
+  assert not os.path.exists(os.path.join(second, "runs", "ours_16b_s0"))
+
+  # A run finished in the workdir keeps its own record (and its own float reference).
+  third = str(tmp_path / "third")
+  shutil.copytree(os.path.join(first, "runs"), os.path.join(third, "runs"))
+  other = _edited(source, tmp_path / "other.json",
+                  lambda d: d["runs"]["ours_16b_s0"]["category"].update(map_all=0.5))
+  here = benchmark.run_benchmark(config, third, report_only=True, merge_from=[other])
+  assert "merged_from" not in here["runs"]["ours_16b_s0"]
+  assert here["runs"]["ours_16b_s0"]["category"] == record["category"]
+  assert "merged_from" not in here["references"]["float_cosine"]
+
+  # Nothing measured otherwise is merged: the error names the file, the run and the field.
+  def fails(path, match):
+    with pytest.raises(config_lib.ConfigError, match=match):
+      benchmark.run_benchmark(config, str(tmp_path / "bad"), report_only=True,
+                              merge_from=[str(path)])
+  cut = tmp_path / "cut.json"
+  cut.write_text(open(source).read()[:200])
+  fails(cut, re.escape(f"benchmark merge {cut}: not a benchmark results.json"))
+  fails(tmp_path / "missing.json", "missing, unreadable")
+  fails(_edited(source, tmp_path / "seed.json",
+                lambda d: d["protocols"]["closest_match"].update(seed=1)),
+        r"other data or queries, protocols\.closest_match\.seed: this benchmark .*, theirs 1")
+  fails(_edited(source, tmp_path / "variant.json",
+                lambda d: d["benchmark"]["variants"].update(ours={"loss": {"hamming_weight": 2}})),
+        r"run ours_16b_s0 was trained with other overrides, benchmark\.variants\.ours\.loss")
+  fails(_edited(source, tmp_path / "steps.json",
+                lambda d: d["runs"]["ours_16b_s0"].update(train_steps=1)),
+        r"run ours_16b_s0 trained 1 steps \(train_steps\), this benchmark trains it \d+")
+  fails(_edited(source, tmp_path / "digest.json",
+                lambda d: d["runs"]["ours_16b_s0"].update(config_sha256="0" * 16)),
+        "run ours_16b_s0 was trained with another config")
+  # The digest leaves out where the data lies on a machine, not what changes a run.
+  moved = config.copy_and_resolve_references()
+  moved.input.data_dir, moved.input.source_dir = "/elsewhere/tfds", "/elsewhere/idx"
+  digest = benchmark.run_config_digest(benchmark.run_config(config, "ours", 16, 0))
+  assert benchmark.run_config_digest(benchmark.run_config(moved, "ours", 16, 0)) == digest
+  assert benchmark.run_config_digest(benchmark.run_config(config, "ours", 16, 1)) != digest
+  assert benchmark.run_config_digest(benchmark.run_config(config, "dch", 16, 0)) != digest
+
+
 def test_a_run_is_claimed_by_one_live_process_at_a_time(tmp_path):
   run_dir = str(tmp_path / "runs" / "ours_48b_s0")
   claim = os.path.join(run_dir, benchmark.CLAIM_FILE)
@@ -326,8 +423,13 @@ def test_run_configs_of_the_variants():
   assert "benchmark" in main.COMMANDS   # deephash benchmark --config=... --workdir=...
   config = config_lib.base_config("benchmark")
   plan = benchmark.planned_runs(config.benchmark)
-  assert len(plan) == 10 * 4 + 4 and len(set(plan)) == len(plan)
-  assert plan[:10] == [(m, 48, 0) for m in config.benchmark.methods]  # the main table first
+  # 10 methods at every length, the short-code variant of ours at 16 bits only, extra seeds.
+  assert len(plan) == 10 * 4 + 1 + 4 and len(set(plan)) == len(plan)
+  assert [m for m, b, s in plan if b == 16] == list(config.benchmark.methods)
+  at_48 = [m for m in config.benchmark.methods if m != "ours_item003_g5"]
+  assert plan[:10] == [(m, 48, 0) for m in at_48]  # the main table first
+  item = benchmark.run_config(config, "ours_item003_g5", 16, 0)
+  assert (item.loss.hamming_item_weight, item.loss.gamma) == (0.03, 5.0)
   assert sorted(s for m, b, s in plan if m == "ours" and b == 48) == [0, 1, 2]
   assert sorted(s for m, b, s in plan if m == "csq" and b == 48) == [0]
 
@@ -352,13 +454,16 @@ def test_run_configs_of_the_variants():
   sweep = config_lib.base_config("benchmark_sweep_1ep")   # the full plan, 1 epoch a run
   benchmark.validate_benchmark(sweep)
   sweep_plan = benchmark.planned_runs(sweep.benchmark)
-  assert sweep_plan[:len(plan)] == plan and sweep.train.num_epochs == 1   # the full plan first,
-  assert sorted(sweep_plan[len(plan):]) == sorted(                          # then 8 more seeds
+  # The full plan as it ran (before the short-code variant) first, then 8 more seeds.
+  as_run = [t for t in plan if t[0] != "ours_item003_g5"]
+  assert sweep_plan[:len(as_run)] == as_run and sweep.train.num_epochs == 1
+  assert sorted(sweep_plan[len(as_run):]) == sorted(
       (m, b, s) for m in ("ours", "dch", "greedyhash") for b in (16, 48) for s in (1, 2)
       if (m, b) not in (("ours", 48), ("dch", 48)))
 
   # benchmark.method_bits: a method at some lengths only; the others at every length.
-  config.benchmark.method_bits = {"ours_no_classifier": (48,), "dpsh": (16, 64)}
+  config.benchmark.method_bits = {"ours_no_classifier": (48,), "dpsh": (16, 64),
+                                  "ours_item003_g5": (16,)}
   benchmark.validate_benchmark(config)
   only = benchmark.planned_runs(config.benchmark)
   assert len(only) == len(plan) - 3 - 2 and set(only) <= set(plan)
@@ -538,7 +643,8 @@ def test_leads_and_ablation_rows_from_the_aggregate():
   runs = [run("ours", 16, 0, 0.80, 0.02, 0.05), run("ours", 16, 1, 0.84, 0.04, 0.07),
           run("dch", 16, 0, 0.81, 0.05, 0.04), run("hashnet", 16, 0, 0.79, 0.01, 0.02),
           run("ours_no_hamming", 16, 0, 0.70, 0.03, 0.06),
-          run("ours", 32, 0, 0.85, 0.01, 0.03), run("dch", 32, 0, 0.86, 0.00, 0.01)]
+          run("ours", 32, 0, 0.85, 0.01, 0.03), run("dch", 32, 0, 0.86, 0.00, 0.01),
+          run("ours_no_hamming", 32, 0, 0.80, 0.01, 0.05)]
   agg = benchmark.aggregate({f"r{i}": r for i, r in enumerate(runs)}, ("map_all",))
   methods = ("ours", "ours_no_hamming", "dch", "hashnet")
   table = benchmark.leads(agg, methods, (16, 32, 64))
@@ -548,18 +654,21 @@ def test_leads_and_ablation_rows_from_the_aggregate():
   assert table["16"]["closest_match/recall_at_1"] == (pytest.approx(-0.02), "dch")
   assert table["16"]["closest_match/map_all"] == (pytest.approx(0.02), "dch")
   assert table["32"]["category/map_all"] == (pytest.approx(-0.01), "dch")
-  lines = "\n".join(benchmark._lead_section(agg, methods, (16, 32, 64), 16))
+  lines = "\n".join(benchmark._lead_section(agg, methods, (16, 32, 64)))
   assert "| 16 | +0.010 (dch) | -0.020 (dch) | +0.020 (dch) |" in lines
-  assert "| ours_no_hamming | +0.120 | +0.000 | +0.000 |" in lines
+  # Each ablation at every length both it and ours have run (none at 64 bits).
+  assert re.findall(r"^\| ours_no_hamming \|.*$", lines, re.MULTILINE) == [
+      "| ours_no_hamming | 16 | +0.120 | +0.000 | +0.000 |",
+      "| ours_no_hamming | 32 | +0.050 | +0.000 | -0.020 |"]
   # A second variant of ours gets its own table and leaves the ablation table.
   agg["ours_tanh"] = {"16": agg["ours_no_hamming"]["16"]}
   table = benchmark.leads(agg, methods + ("ours_tanh",), (16,), "ours_tanh")
   assert table["16"]["category/map_all"] == (pytest.approx(-0.11), "dch")
-  lines = "\n".join(benchmark._lead_section(agg, methods + ("ours_tanh",), (16,), 16,
+  lines = "\n".join(benchmark._lead_section(agg, methods + ("ours_tanh",), (16,),
                                             ("ours", "ours_tanh")))
   assert "## ours_tanh against the best baseline" in lines
   assert "| 16 | -0.110 (dch) | -0.020 (dch) | +0.020 (dch) |" in lines
-  assert "| ours_tanh |" not in lines and "| ours_no_hamming | +0.120 |" in lines
+  assert "| ours_tanh |" not in lines and "| ours_no_hamming | 16 | +0.120 |" in lines
 
 
 def test_plot_styles_tell_methods_apart():
