@@ -1290,9 +1290,10 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str, *,
             and run_eval.get("protocol") == protocols.fingerprint)
 
   merged = merge_recorded_runs(config, results, merge_from, finished)
-  if merged:
-    logging.info("Merged %d finished runs (not trained here): %s.", len(merged),
-                 ", ".join(f"{name} from {path}" for name, path in merged.items()))
+  for path in dict.fromkeys(merged.values()):
+    names = [name for name, source in merged.items() if source == path]
+    logging.info("Merged %d finished runs from %s (not trained here): %s.", len(names), path,
+                 ", ".join(names))
   refresh()   # the plan, all pending but the merged runs, before the first run
 
   def train_and_record(position, method, bits, seed) -> bool:
@@ -1433,7 +1434,9 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str, *,
   if cached and cached.get("fingerprint") == references_fingerprint:
     references = cached["references"]
   else:
-    logging.info("References: pixel SAD and float codes (%s).", float_run or "no float run")
+    logging.info("References: pixel SAD and float codes (%s).", float_run or (
+        f"of {float_record['workdir']}, merged from {float_record['merged_from']}"
+        if float_record else "no float run"))
     started = time.time()
     references = compute_references(config, protocols, float_run)
     references["seconds"] = time.time() - started
