@@ -34,10 +34,13 @@ Wall time on the 2-core CPU machine, uncontended: about 14 min per run (`make ru
 training and category evaluation, measured 13.1 min; ~1.3 min closest-match evaluation: embedding
 80,000 images, ranking 10,000 queries against 70,000), ~7 min for the references: about 10 h in
 all. On a slower machine of the same kind (6.2 training steps/s alone), two workers took 28 to 30
-min a run each (configs/benchmark_48b.py): about 11 h for the whole plan. 29 of its 44 runs have
-run here: its whole 48-bit row (configs/benchmark_48b.py: 14 runs, seeds 0-2 of ours and DCH) and
-ours, DCH, HashNet, GreedyHash and OrthoHash at 16, 32 and 64 bits (15 runs, 3 h with two
-workers, 15 to 25 min a run); `--benchmark_report` wrote the tables (docs/benchmark/, README.md).
+min a run each (configs/benchmark_48b.py): about 11 h for the whole plan. All 45 runs have run
+here: 29 in earlier sessions (the whole 48-bit row, configs/benchmark_48b.py, and ours, DCH,
+HashNet, GreedyHash and OrthoHash at 16, 32 and 64 bits), whose records are merged from
+docs/benchmark/earlier_runs.json (`--benchmark_merge`; their workdir went with a replaced
+machine), and the other 16 in one session (13.5 to 17 min a run with two workers);
+`--benchmark_report --benchmark_merge=docs/benchmark/earlier_runs.json` wrote the tables
+(docs/benchmark/, README.md).
 The same plan at 1 epoch a run (configs/benchmark_sweep_1ep.py) has run in full. Other jobs on
 the machine stretch every figure; the log gives an ETA after each run.
 
