@@ -38,7 +38,7 @@ min a run each (configs/benchmark_48b.py): about 11 h for the whole plan. All 45
 here: 29 in earlier sessions (the whole 48-bit row, configs/benchmark_48b.py, and ours, DCH,
 HashNet, GreedyHash and OrthoHash at 16, 32 and 64 bits), whose records are merged from
 docs/benchmark/earlier_runs.json (`--benchmark_merge`; their workdir went with a replaced
-machine), and the other 16 in one session (13.5 to 17 min a run with two workers);
+machine), and the other 16 in one session (12.7 to 17.3 min a run with two workers);
 `--benchmark_report --benchmark_merge=docs/benchmark/earlier_runs.json` wrote the tables
 (docs/benchmark/, README.md).
 The same plan at 1 epoch a run (configs/benchmark_sweep_1ep.py) has run in full. Other jobs on
