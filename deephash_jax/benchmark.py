@@ -1132,7 +1132,8 @@ def _first_difference(ours, theirs, path: str = "") -> str:
 
 
 def merge_recorded_runs(config, results: dict, paths: Sequence[str],
-                        is_here: Callable[[tuple[str, int, int]], bool]) -> dict[str, str]:
+                        is_here: Callable[[tuple[str, int, int]], bool],
+                        protocols: Protocols) -> dict[str, str]:
   """Takes finished runs of this plan from other results.json files: {run name: file}.
 
   For runs trained earlier in another workdir, on another host (e.g. one TPU VM per share of the
@@ -1182,8 +1183,10 @@ def merge_recorded_runs(config, results: dict, paths: Sequence[str],
         raise config_lib.ConfigError(
             f"benchmark merge {path}: run {name} was trained with another config "
             f"(config_sha256 {digest}, this benchmark's {run_config_digest(run_cfg)})")
-      if num_train is None:
-        num_train = len(input_pipeline.load_split(config.input, config.input.train_split))
+      if num_train is None:   # the training split is the database split, loaded already
+        num_train = (len(protocols.database)
+                     if config.input.train_split == config.input.database_split else
+                     len(input_pipeline.load_split(config.input, config.input.train_split)))
       steps = config_lib.total_steps(run_cfg, num_train)
       if record.get("train_steps") != steps:
         raise config_lib.ConfigError(
@@ -1289,7 +1292,7 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str, *,
     return (os.path.exists(os.path.join(run_dir, "eval_results.json")) and run_eval is not None
             and run_eval.get("protocol") == protocols.fingerprint)
 
-  merged = merge_recorded_runs(config, results, merge_from, finished)
+  merged = merge_recorded_runs(config, results, merge_from, finished, protocols)
   for path in dict.fromkeys(merged.values()):
     names = [name for name, source in merged.items() if source == path]
     logging.info("Merged %d finished runs from %s (not trained here): %s.", len(names), path,
@@ -1307,8 +1310,7 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str, *,
       remaining = left_to_me()
       logging.info("[%d/%d] %s: training (ETA of the %d runs left: %s).", position, len(plan),
                    name, remaining, eta(remaining))
-      if os.path.exists(eval_path):
-        os.remove(eval_path)     # evaluated an older model of this run
+      _remove_if_present(eval_path)     # evaluated an older model of this run
       started = time.time()
       try:
         outcome, codes = train_lib.train_and_evaluate(run_config(config, method, bits, seed),

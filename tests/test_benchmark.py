@@ -150,6 +150,18 @@ def _no_training(*args, **kwargs):
   raise AssertionError("a finished run was retrained (or a report trained one)")
 
 
+def _recording_training(monkeypatch) -> list[str]:
+  """Patches train.train_and_evaluate to run as usual and note each run it trains; the list."""
+  trained = []
+  real_train = train.train_and_evaluate
+
+  def recording_train(run_cfg, run_dir, **kwargs):
+    trained.append(os.path.basename(run_dir))
+    return real_train(run_cfg, run_dir, **kwargs)
+  monkeypatch.setattr(train, "train_and_evaluate", recording_train)
+  return trained
+
+
 def test_workers_share_a_workdir_and_the_plain_command_aggregates(tiny_config, tmp_path,
                                                                    monkeypatch, caplog):
   config = tiny_config.copy_and_resolve_references()
@@ -160,13 +172,7 @@ def test_workers_share_a_workdir_and_the_plain_command_aggregates(tiny_config, t
   assert benchmark.worker_runs(plan, (0, 2)) == plan[:1]
   assert benchmark.worker_runs(plan, (1, 2)) == plan[1:]
   assert benchmark.worker_runs(plan, (0, 1)) == plan
-  trained = []
-  real_train = train.train_and_evaluate
-
-  def recording_train(run_cfg, run_dir, **kwargs):
-    trained.append(os.path.basename(run_dir))
-    return real_train(run_cfg, run_dir, **kwargs)
-  monkeypatch.setattr(train, "train_and_evaluate", recording_train)
+  trained = _recording_training(monkeypatch)
   # Worker 0's run is being trained by another live process (this one's parent, as far as the
   # claim can tell): worker 1 trains its own run and leaves that one alone.
   other_dir = os.path.join(workdir, "runs", "ours_16b_s0")
@@ -244,13 +250,7 @@ def test_runs_of_another_sweep_are_merged_not_retrained(tiny_config, tmp_path, m
   source = os.path.join(first, "results.json")
 
   # The whole plan elsewhere: ours is merged (neither trained nor evaluated again), dch trained.
-  trained = []
-  real_train = train.train_and_evaluate
-
-  def recording_train(run_cfg, run_dir, **kwargs):
-    trained.append(os.path.basename(run_dir))
-    return real_train(run_cfg, run_dir, **kwargs)
-  monkeypatch.setattr(train, "train_and_evaluate", recording_train)
+  trained = _recording_training(monkeypatch)
   second = str(tmp_path / "second")
   results = benchmark.run_benchmark(config, second, merge_from=[source])
   assert trained == ["dch_16b_s0"]
