@@ -1,6 +1,7 @@
 # Set-up and the two commands the README promises, on a fresh Debian machine with Python 3.11:
-#   make run    creates .venv, installs the dataset, trains the default config, prints the evaluation
-#   make test   creates .venv, installs the dataset, runs the tests on 8 forced CPU devices
+#   make run         creates .venv, installs the dataset, trains the default config, prints the evaluation
+#   make test        creates .venv, installs the dataset, runs every test on 8 forced CPU devices
+#   make test-quick  the same without the slow end-to-end tests (for development)
 PYTHON ?= python3.11
 VENV ?= .venv
 WORKDIR ?= workdirs/fashion_mnist
@@ -9,7 +10,7 @@ FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: venv data browser run test clean
+.PHONY: venv data browser run test test-quick clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +38,9 @@ run: venv data
 
 test: venv data browser
 	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(VENV)/bin/pytest -q $(PYTEST_ARGS)
+
+test-quick: venv data
+	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(VENV)/bin/pytest -q -m "not slow" $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) workdirs

@@ -14,7 +14,8 @@ Each of `--concurrency` threads keeps one HTTP/1.1 keep-alive connection and sen
 multipart upload until `--requests` have been sent in all, after an uncounted warm-up of
 10 x `--concurrency` requests. A request counts as an error unless it returns 200 with a JSON
 body holding `k` results. Prints one JSON object: p50/p90/p99/max latency in ms, requests per
-second over the whole run, the error count and the first errors.
+second over the whole run, the error count and the first errors, and how many distinct answers
+the identical requests got (1 unless concurrency corrupts a search).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def run_load(url: str, image: bytes, *, num_requests: int = 500, concurrency: in
   body, content_type = multipart_body(image, filename)
   headers = {"Content-Type": content_type, "Content-Length": str(len(body))}
   path = f"/api/search?k={k}"
-  latencies, errors, lock = [], [], threading.Lock()
+  latencies, errors, answers, lock = [], [], set(), threading.Lock()
   remaining = [num_requests]
 
   def take() -> bool:
@@ -74,10 +75,12 @@ def run_load(url: str, image: bytes, *, num_requests: int = 500, concurrency: in
         elapsed = time.perf_counter() - start
         if response.status != 200:
           raise RuntimeError(f"HTTP {response.status}: {payload[:200]!r}")
-        if len(json.loads(payload)["results"]) != k:
+        results = json.loads(payload)["results"]
+        if len(results) != k:
           raise RuntimeError(f"expected {k} results: {payload[:200]!r}")
         with lock:
           latencies.append(elapsed)
+          answers.add(tuple((r["id"], r["distance"]) for r in results))
       except Exception as e:  # pylint: disable=broad-except
         with lock:
           errors.append(f"{type(e).__name__}: {e}")
@@ -108,6 +111,8 @@ def run_load(url: str, image: bytes, *, num_requests: int = 500, concurrency: in
       "max_ms": percentile(100),
       "mean_ms": round(1e3 * sum(ordered) / len(ordered), 2) if ordered else None,
       "requests_per_s": round(len(latencies) / wall, 1), "seconds": round(wall, 2),
+      # The same query under load must always get the same answer.
+      "distinct_answers": len(answers),
   }
 
 

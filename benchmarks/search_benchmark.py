@@ -1,4 +1,4 @@
-"""Exact Hamming k-NN: deephash_jax.hamming vs faiss IndexBinaryFlat, same process, same codes.
+"""Exact Hamming k-NN: deephash_jax.search vs faiss IndexBinaryFlat, same process, same codes.
 
 Example (the figures in benchmarks/SEARCH_RESULTS.md):
 
@@ -7,7 +7,7 @@ Example (the figures in benchmarks/SEARCH_RESULTS.md):
       --scaling_sizes=10000,100000,1000000,10000000 --markdown=benchmarks/SEARCH_RESULTS.md
 
 Table 1 times one ``search`` of all queries against a database already added
-(faiss ``IndexBinaryFlat.add``; ours ``hamming.prepare_database``, which is what
+(faiss ``IndexBinaryFlat.add``; ours ``layout.prepare_database``, which is what
 ``HammingIndex`` keeps), after a warm-up call (compilation excluded), best of
 ``--repeats`` interleaved runs, and checks the results: the distance arrays must
 be identical, and the ids too (both break ties by lower index). faiss runs with
@@ -47,6 +47,8 @@ def _parse_args(argv=None):
   parser.add_argument("--query_batch_size", type=int, default=None)
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--markdown", default=None, help="also write the tables to this file")
+  parser.add_argument("--json", default=None, help="also write the rows (and the devices) to "
+                      "this JSON file")
   parser.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
   return parser.parse_args(argv)
 
@@ -91,7 +93,7 @@ def run_speed(args):
   import faiss
   import jax
   import numpy as np
-  from deephash_jax import hamming
+  from deephash_jax.search import hamming, layout
 
   faiss.omp_set_num_threads(args.threads)
   rows = []
@@ -103,7 +105,7 @@ def run_speed(args):
       index = faiss.IndexBinaryFlat(num_bits)
       index.add(xb)
       start = time.perf_counter()
-      database = hamming.prepare_database(xb, num_bits=num_bits, **_engine_kwargs(args))
+      database = layout.prepare_database(xb, num_bits=num_bits, **_engine_kwargs(args))
       jax.block_until_ready(database.chunks)
       prepare_s = time.perf_counter() - start
       ours = lambda: hamming.search_prepared(xq, database, args.k, **_query_kwargs(args))
@@ -178,10 +180,10 @@ def run_worker(args):
       runs[1] = run_one_thread
   else:
     import jax
-    from deephash_jax import hamming
+    from deephash_jax.search import hamming, layout
     jax.numpy.zeros(1).block_until_ready()  # runtime start-up is not search memory
     baseline = psutil.Process().memory_info().rss
-    database = hamming.prepare_database(xb, num_bits=num_bits, **_engine_kwargs(args))
+    database = layout.prepare_database(xb, num_bits=num_bits, **_engine_kwargs(args))
     runs = {0: lambda: hamming.search_prepared(xq, database, args.k, **_query_kwargs(args))}
     batch = min(args.query_batch_size or hamming.DEFAULT_QUERY_BATCH_SIZE, args.num_queries)
     compiled = hamming._search_jit.lower(
@@ -300,6 +302,13 @@ def main(argv=None):
   if args.markdown:
     with open(args.markdown, "w") as f:
       f.write(text)
+  if args.json:
+    import jax  # pylint: disable=g-import-not-at-top  (after the thread pinning)
+    with open(args.json, "w") as f:
+      json.dump({"command": command, "platform": jax.default_backend(),
+                 "device_kind": jax.devices()[0].device_kind, "num_queries": args.num_queries,
+                 "k": args.k, "faiss_threads": args.threads, "speed": speed_rows,
+                 "scaling": scaling_rows}, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -2,25 +2,23 @@ r"""Tiny benchmark for tests: ours and DCH at 16 and 32 bits, a few steps on syn
 
     deephash benchmark --config=configs/benchmark_tiny.py --workdir=/tmp/bench_tiny \
         --config.input.source_dir=/path/to/idx --config.input.data_dir=/tmp/tfds
-
-The tiny training config (configs/tiny.py) with the benchmark section of configs/benchmark.py,
-cut down to 2 methods x 2 lengths x 1 seed and small query sets.
 """
 
 from deephash_jax import config_lib
+from deephash_jax.bench import plan
 
 
-def get_config():
+def get_config(run=None):
   config = config_lib.base_config("tiny")
-  config.benchmark = b = config_lib.base_config("benchmark").benchmark
+  config.benchmark = config_lib.config_module("benchmark").benchmark_section()
+  b = config.benchmark
   b.methods = ("ours", "dch")
   b.bits = (16, 32)
   b.reference_bits = 16
-  b.seeds = (0,)
   b.multi_seed.methods = ()
-  b.closest_match.num_queries = 20
+  b.ablations = {}
   b.references.num_category_queries = 40
   b.references.timing_queries = 16
   b.references.query_batch_size = 16
   b.references.sad_chunk_size = 64
-  return config
+  return plan.select(config, run)

@@ -15,7 +15,7 @@ def get_config():
   config = ml_collections.ConfigDict()
   config.seed = 0
   # "ours" (the adversarial semantic hashing network) or a baseline from
-  # deephash_jax/baselines.py ("dch", "hashnet", "dpsh", "csq", "greedyhash", "orthohash") trained
+  # deephash_jax/losses/baselines.py ("dch", "hashnet", "dpsh", "csq", "greedyhash", "orthohash") trained
   # by the same loop on the same encoder; see configs/benchmark.py.
   config.method = "ours"
 
@@ -43,11 +43,7 @@ def get_config():
   config.model.num_bits = 48
   config.model.classifier_input = "code"      # or "features"
   # "tanh" (with the quantization term) or "sign_ste": +-1 codes in the forward pass, identity
-  # gradient (GreedyHash's sign layer; set loss.quantization_weight = 0 with it, see
-  # config_lib.SIGN_CODES). Measured (README, Results), sign against tanh: category mAP@all
-  # +0.017 at 16 bits and -0.002 at 48 bits (4 epochs), +0.001 at 48 bits (15 epochs); closest-
-  # match mAP -0.016 at 16 bits and -0.011 at 48 bits (4 epochs). Tanh stays the default: at the
-  # default 48 bits sign codes gain nothing on categories and lose a third of the same-item search.
+  # gradient (GreedyHash's sign layer; set loss.quantization_weight = 0 with it).
   config.model.code_activation = "tanh"
   config.model.discriminator_hidden = (256, 256)
 
@@ -77,12 +73,34 @@ def get_config():
   config.train.log_every_steps = 100
   config.train.checkpoint_every_steps = 1000
   config.train.keep_checkpoints = 3
+  # No step, metrics read or checkpoint save may take longer: a stuck collective ends the run
+  # with an error naming where (train/stopping.py), never a silent hang.
+  config.train.hang_timeout_seconds = 600
+  # "bfloat16": the encoder's activations and matmuls in bfloat16, parameters, optimizer states,
+  # codes and losses in float32 (models.py). What accelerators are built for; slower on XLA:CPU.
+  config.train.compute_dtype = "float32"
 
   config.eval = ml_collections.ConfigDict()
   config.eval.batch_size = 2000
   config.eval.map_at = (1000,)
   config.eval.radius = 2
   config.eval.num_queries = 0                 # > 0: evaluate on the first N queries only
+  # How tied Hamming distances are ranked (evaluators/ranking.py): "expected" over every order
+  # of the tied items, or "index" (lower database index first, what `search` returns).
+  config.eval.ties = "index"
+  # The closest-match protocol (evaluators/closest_match.py): the first N test images re-rendered
+  # as shoppers' photos by the seeded recipe below, searched among the 10,000 originals plus the
+  # 60,000 training images; relevant = the original. num_queries = 0 leaves it out.
+  config.eval.closest_match = ml_collections.ConfigDict()
+  config.eval.closest_match.num_queries = 10000
+  config.eval.closest_match.seed = 20240611     # query i is rendered with fold_in(key(seed), i)
+  # Every query gets all three nuisances, stronger than training's query view: a new textured
+  # background (level up to 0.5), rotation up to 15 degrees, scale 0.85-1.15, shift up to 3 px,
+  # mirror with p = 0.5, brightness +-0.25, contrast 0.6-1.4, gamma 0.6-1.6.
+  config.eval.closest_match.recipe = dict(
+      background_prob=1.0, background_max_level=0.5,
+      max_rotation_deg=15.0, scale_range=(0.85, 1.15), max_shift=3.0, flip=True,
+      max_brightness=0.25, contrast_range=(0.6, 1.4), gamma_range=(0.6, 1.6))
 
   config.mesh = [("data", -1)]
   return config

@@ -19,6 +19,7 @@ def shrink(config):
   config.train.checkpoint_every_steps = 3
   config.eval.batch_size = 64
   config.eval.map_at = (10,)
+  config.eval.closest_match.num_queries = 20
   return config
 
 

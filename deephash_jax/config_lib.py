@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 
 from etils import epath
 import ml_collections
+
+from deephash_jax.evaluators import ranking
+from deephash_jax.losses import baselines
 
 CONFIG_FILE = "config.json"
 
@@ -45,7 +49,6 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   activation = m.get("code_activation", "tanh")
   _require(activation in ("tanh", "sign_ste"), "model.code_activation", activation,
            "'tanh' or 'sign_ste'")
-  from deephash_jax import baselines  # pylint: disable=g-import-not-at-top
   methods = ("ours", *sorted(baselines.BASELINES))
   method = config.get("method", "ours")
   _require(method in methods, "method", method, f"one of {methods}")
@@ -55,23 +58,24 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
            "loss.quantization_weight", l.quantization_weight,
            "0 with model.code_activation='sign_ste' (the codes are +-1 already, so the term and "
            "its gradient are 0); it pulls tanh codes to +-1")
+  compute_dtype = t.get("compute_dtype", "float32")
+  _require(compute_dtype in ("float32", "bfloat16"), "train.compute_dtype", compute_dtype,
+           "'float32' or 'bfloat16'")
   _require(t.log_every_steps > 0, "train.log_every_steps", t.log_every_steps, "positive")
   _require(t.checkpoint_every_steps > 0, "train.checkpoint_every_steps",
            t.checkpoint_every_steps, "positive")
+  _validate_eval(config.eval)
 
 
-# Ours with sign + straight-through codes instead of the default tanh: +-1 codes in the forward
-# pass, and no quantization term (it is 0 on +-1 codes; validate_config refuses a weight there).
-SIGN_CODES = {"model": {"code_activation": "sign_ste"}, "loss": {"quantization_weight": 0.0}}
-
-
-def with_sign_codes(overrides) -> dict:
-  """A benchmark variant's overrides (nested dicts) with SIGN_CODES merged in."""
-  out = {key: dict(value) if hasattr(value, "items") else value
-         for key, value in dict(overrides).items()}
-  for section, fields in SIGN_CODES.items():
-    out[section] = {**out.get(section, {}), **fields}
-  return out
+def _validate_eval(e) -> None:
+  ties = e.get("ties", "expected")
+  _require(ties in ranking.TIES, "eval.ties", ties, f"one of {ranking.TIES}")
+  _require(e.batch_size > 0, "eval.batch_size", e.batch_size, "positive")
+  cm = e.get("closest_match")
+  if cm:
+    _require(isinstance(cm.num_queries, int) and cm.num_queries >= 0,
+             "eval.closest_match.num_queries", cm.num_queries,
+             "a non-negative integer (0: no closest-match protocol)")
 
 
 def total_steps(config, num_train_examples: int) -> int:
@@ -120,7 +124,6 @@ def flatten_for_hparams(config) -> dict:
 def config_module(name: str):
   """The module `configs/<name>.py`, loaded by path (works whether or not the repo root is on
   sys.path)."""
-  import importlib.util  # pylint: disable=g-import-not-at-top
   path = os.path.join(CONFIGS_DIR, f"{name}.py")
   spec = importlib.util.spec_from_file_location(f"deephash_configs_{name}", path)
   if spec is None or not os.path.exists(path):
@@ -137,9 +140,3 @@ def base_config(name: str) -> ml_collections.ConfigDict:
 
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
-
-def image_shape(config) -> tuple[int, int, int]:
-  """(H, W, C) of the model's input images."""
-  if config.input.dataset == "fashion_mnist":
-    return (28, 28, 1)
-  return (config.input.image_size, config.input.image_size, config.input.channels)

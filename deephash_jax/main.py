@@ -1,4 +1,4 @@
-r"""The `deephash` command. Kept short: flags, then a call into the library.
+r"""The `deephash` command: a thin dispatcher. Each command owns its flags, then calls the library.
 
     deephash train --config=configs/fashion_mnist.py --workdir=workdirs/fm [--config.model.num_bits=64]
     deephash evaluate --workdir=workdirs/fm [--json]
@@ -9,27 +9,30 @@ r"""The `deephash` command. Kept short: flags, then a call into the library.
     deephash predict --workdir=workdirs/fm --image=query.png [--index=fm.dhidx] [--k=10] \
         [--json] [--grid=matches.png]
     deephash benchmark --config=configs/benchmark.py --workdir=workdirs/benchmark \
-        [--benchmark_worker=0/2 | --benchmark_report]
+        [--print_plan | --worker=0/2 | --report [--output=docs/benchmark]]
 
 Your own catalogue, step by step: docs/CATALOGUE.md. Prediction: docs/PREDICT.md.
 """
 
+from __future__ import annotations
+
+import dataclasses
 import json
 import os
 import sys
+from typing import Callable
 
 from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-COMMANDS = ("train", "evaluate", "index", "demo", "predict", "dataset create", "benchmark")
-
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the config.")
 flags.DEFINE_bool("json", False, "Print results as one JSON object.")
+# Multi-process runs (train, evaluate, benchmark).
 flags.DEFINE_bool("multihost", None,
                   "Start JAX's multi-controller runtime (jax.distributed.initialize). Default: on "
                   "when --coordinator_address or DEEPHASH_COORDINATOR_ADDRESS is set; on TPU "
@@ -40,60 +43,63 @@ flags.DEFINE_integer("num_processes", int(os.environ.get("DEEPHASH_NUM_PROCESSES
                      "Number of processes of a multi-process run.")
 flags.DEFINE_integer("process_id", int(os.environ.get("DEEPHASH_PROCESS_ID", "-1")),
                      "This process's index in a multi-process run.")
-# dataset create / index / demo (docs/CATALOGUE.md).
-flags.DEFINE_string("images_dir", None,
-                    "dataset create: folder of the photos named in --labels_csv.")
-flags.DEFINE_string("labels_csv", None, "dataset create: CSV with columns path,clothing_type"
-                    "[,item_id]; path relative to --images_dir.")
-flags.DEFINE_string("fashion_mnist_dir", None, "dataset create: export Fashion-MNIST from these "
-                    "IDX files (e.g. /usr/share/datasets/fashion-mnist) instead of a CSV.")
-flags.DEFINE_list("split_ratios", ["0.8", "0.1", "0.1"],
-                  "dataset create: train,gallery,query shares of the items.")
-flags.DEFINE_integer("split_seed", 0, "dataset create: seed of the split by item.")
-flags.DEFINE_integer("per_class_limit", 0, "dataset create --fashion_mnist_dir: at most this many "
-                     "images per class and source split (0: all).")
-flags.DEFINE_string("output", None, "dataset create: the new tree's folder; index: the index file.")
-flags.DEFINE_string("split", "gallery", "index: the split to encode.")
-flags.DEFINE_string("image_root", None, "index: read --split from this tree instead of the "
-                    "workdir's dataset (images resized to the model's input).")
-flags.DEFINE_string("index", None, "demo, predict: the index file built by `deephash index` "
-                    "(predict without it encodes the workdir's database split on the fly).")
-flags.DEFINE_integer("port", 8000, "demo: port on 127.0.0.1.")
-# predict (docs/PREDICT.md).
-flags.DEFINE_multi_string("image", [], "predict: a query image file; repeat for several.")
-flags.DEFINE_integer("k", 10, "predict: matches per query.")
-flags.DEFINE_string("grid", None, "predict: also write the queries and their matches to this PNG.")
+# dataset create (docs/CATALOGUE.md).
+flags.DEFINE_string("images_dir", None, "Folder of the photos named in --labels_csv.")
+flags.DEFINE_string("labels_csv", None, "CSV with columns path,clothing_type[,item_id]; path "
+                    "relative to --images_dir.")
+flags.DEFINE_string("fashion_mnist_dir", None, "Export Fashion-MNIST from these IDX files "
+                    "(e.g. /usr/share/datasets/fashion-mnist) instead of a CSV.")
+flags.DEFINE_list("split_ratios", ["0.8", "0.1", "0.1"], "train,gallery,query shares of the items.")
+flags.DEFINE_integer("split_seed", 0, "Seed of the split by item.")
+flags.DEFINE_integer("per_class_limit", 0, "--fashion_mnist_dir: at most this many images per "
+                     "class and source split (0: all).")
+flags.DEFINE_string("output", None, "dataset create: the new tree's folder; index: the index "
+                    "file; benchmark --report: the folder of the report (default: --workdir).")
+# index, demo, predict.
+flags.DEFINE_string("split", "gallery", "The split to encode.")
+flags.DEFINE_string("image_root", None, "Read --split from this tree instead of the workdir's "
+                    "dataset (images resized to the model's input).")
+flags.DEFINE_string("index", None, "The index file built by `deephash index` (predict without "
+                    "it encodes the workdir's database split on the fly).")
+flags.DEFINE_integer("port", 8000, "Port on 127.0.0.1.")
+flags.DEFINE_multi_string("image", [], "A query image file; repeat for several.")
+flags.DEFINE_integer("k", 10, "Matches per query.")
+flags.DEFINE_string("grid", None, "Also write the queries and their matches to this PNG.")
 # benchmark.
-flags.DEFINE_string("benchmark_worker", None,
-                    "benchmark: 'i/n' trains every n-th run from the i-th, then any run no "
-                    "other process has started, so that n processes or hosts share one "
-                    "--workdir; afterwards the command without this flag writes the references, "
-                    "tables and plots.")
-flags.DEFINE_bool("benchmark_report", False,
-                  "benchmark: train nothing; write the references, tables and plots of the runs "
-                  "finished so far (the others shown as not run yet). Safe while workers run.")
-flags.DEFINE_list("benchmark_merge", [],
-                  "benchmark: results.json files (comma-separated) of earlier or other sweeps "
-                  "of this plan: their finished runs count as done and are not trained again, "
-                  "once checked to have been trained and measured as this benchmark would.")
+flags.DEFINE_bool("print_plan", False, "Print the `deephash train` command of every planned run "
+                  "not finished yet, one per line (for xargs -P, GNU parallel or a scheduler).")
+flags.DEFINE_string("worker", None, "'i/n': train every n-th run of the plan from the i-th (runs "
+                    "another process holds are left to it); no report.")
+flags.DEFINE_bool("report", False, "Train nothing: write the report of the runs finished so far.")
+
+_MULTIHOST = ("multihost", "coordinator_address", "num_processes", "process_id")
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+  run: Callable[[], object]
+  flags: tuple[str, ...]          # the flags it reads, beside --json
+  required: tuple[str, ...] = ()
 
 
 def _print_results(results: dict) -> None:
   if FLAGS.json:
     print(json.dumps(results, sort_keys=True))
-  else:
-    for key in sorted(results):
-      value = results[key]
-      print(f"{key:32s} {value:.4f}" if isinstance(value, float) else f"{key:32s} {value}")
+    return
+  for key in sorted(results):
+    value = results[key]
+    if isinstance(value, (dict, list)):
+      continue     # curves and nested records: --json has them
+    print(f"{key:32s} {value:.4f}" if isinstance(value, float) else f"{key:32s} {value}")
 
 
-def _maybe_initialize_distributed() -> None:
+def _initialize_distributed() -> None:
   multihost = FLAGS.multihost
   if multihost is None:
     multihost = bool(FLAGS.coordinator_address)
   if not multihost:
     return
-  import jax  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top  (TF env first; see main)
   kwargs = {}
   if FLAGS.coordinator_address:
     kwargs = dict(coordinator_address=FLAGS.coordinator_address,
@@ -103,84 +109,110 @@ def _maybe_initialize_distributed() -> None:
                jax.process_count(), jax.local_device_count(), jax.device_count())
 
 
-def _dataset_create() -> None:
-  from deephash_jax import dataset_tree  # pylint: disable=g-import-not-at-top
-  try:
-    report = dataset_tree.create(
-        FLAGS.output, images_dir=FLAGS.images_dir, labels_csv=FLAGS.labels_csv,
-        fashion_mnist_dir=FLAGS.fashion_mnist_dir, split_ratios=FLAGS.split_ratios,
-        seed=FLAGS.split_seed, per_class_limit=FLAGS.per_class_limit)
-  except dataset_tree.DataError as e:
-    sys.exit(f"deephash dataset create: {e}")
-  print(dataset_tree.format_report(report))
+def _train():
+  from deephash_jax.train import trainer  # pylint: disable=g-import-not-at-top
+  _print_results(trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir))
 
 
-def _predict() -> None:
-  from deephash_jax import predict  # pylint: disable=g-import-not-at-top
+def _evaluate():
+  from deephash_jax.evaluators import evaluate  # pylint: disable=g-import-not-at-top
+  _print_results(evaluate.evaluate_workdir(FLAGS.workdir))
+
+
+def _index():
+  from deephash_jax.serve import catalogue  # pylint: disable=g-import-not-at-top
+  _print_results(catalogue.build_index(FLAGS.workdir, FLAGS.split, FLAGS.output,
+                                       image_root=FLAGS.image_root))
+
+
+def _demo():
+  from deephash_jax.serve import app as demo_app  # pylint: disable=g-import-not-at-top
+  demo_app.serve(FLAGS.workdir, FLAGS.index, port=FLAGS.port)
+
+
+def _predict():
+  from deephash_jax.serve import catalogue, predict  # pylint: disable=g-import-not-at-top
   try:
     results = predict.predict(FLAGS.workdir, FLAGS.image, index_path=FLAGS.index, k=FLAGS.k,
                               grid=FLAGS.grid)
-  except (predict.PredictError, FileNotFoundError) as e:
+  except (catalogue.CatalogueError, FileNotFoundError) as e:
     sys.exit(f"deephash predict: {e}")
   print(json.dumps({"queries": results}) if FLAGS.json else predict.render_table(results))
 
 
-def main(argv):
-  command = " ".join(argv[1:])
-  if command not in COMMANDS:
-    raise app.UsageError(f"usage: deephash {{{','.join(COMMANDS)}}} [flags]; got {argv[1:]}")
-  if command == "dataset create":
-    return _dataset_create()
-  if not FLAGS.workdir:
-    raise app.UsageError("--workdir is required")
-  # TF (used by TFDS only) must not take accelerator memory from JAX.
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  _maybe_initialize_distributed()
-  if command == "predict":
-    return _predict()
-  if command == "index":
-    from deephash_jax import indexing  # pylint: disable=g-import-not-at-top
-    if not FLAGS.output:
-      raise app.UsageError("--output (the index file) is required for index")
-    results = indexing.build_index(FLAGS.workdir, FLAGS.split, FLAGS.output,
-                                   image_root=FLAGS.image_root)
-  elif command == "demo":
-    from deephash_jax import demo  # pylint: disable=g-import-not-at-top
-    if not FLAGS.index:
-      raise app.UsageError("--index is required for demo (build one with `deephash index`)")
-    return demo.serve(FLAGS.workdir, FLAGS.index, port=FLAGS.port)
-  elif command == "benchmark":
-    if FLAGS.config is None:
-      raise app.UsageError("--config is required for benchmark (configs/benchmark.py)")
-    from deephash_jax import benchmark  # pylint: disable=g-import-not-at-top
-    try:
-      worker = benchmark.parse_worker(FLAGS.benchmark_worker)
-    except ValueError as e:
-      raise app.UsageError(str(e)) from e
-    if FLAGS.benchmark_report and worker[1] > 1:
-      raise app.UsageError("--benchmark_report covers the whole plan: drop --benchmark_worker")
-    from deephash_jax import config_lib  # pylint: disable=g-import-not-at-top
-    try:
-      results = benchmark.run_benchmark(FLAGS.config, FLAGS.workdir, worker=worker,
-                                        report_only=FLAGS.benchmark_report,
-                                        merge_from=FLAGS.benchmark_merge)
-    except config_lib.ConfigError as e:
-      sys.exit(f"deephash benchmark: {e}")
-    if worker[1] > 1:
+def _dataset_create():
+  from deephash_jax.data import base, tree_create  # pylint: disable=g-import-not-at-top
+  try:
+    report = tree_create.create(
+        FLAGS.output, images_dir=FLAGS.images_dir, labels_csv=FLAGS.labels_csv,
+        fashion_mnist_dir=FLAGS.fashion_mnist_dir, split_ratios=FLAGS.split_ratios,
+        seed=FLAGS.split_seed, per_class_limit=FLAGS.per_class_limit)
+  except base.DataError as e:
+    sys.exit(f"deephash dataset create: {e}")
+  print(tree_create.format_report(report))
+
+
+def _benchmark():
+  from deephash_jax import config_lib  # pylint: disable=g-import-not-at-top
+  from deephash_jax.bench import plan, report, runner  # pylint: disable=g-import-not-at-top
+  if sum(bool(x) for x in (FLAGS.print_plan, FLAGS.worker, FLAGS.report)) > 1:
+    raise app.UsageError("--print_plan, --worker and --report exclude each other")
+  overrides = config_flags.get_override_values(FLAGS["config"])
+  try:
+    if FLAGS.print_plan:
+      config_file = config_flags.get_config_filename(FLAGS["config"]).split(":")[0]
+      print("\n".join(runner.pending_commands(FLAGS.config, FLAGS.workdir, config_file,
+                                              overrides)))
       return
-    print(json.dumps(results, sort_keys=True, default=str) if FLAGS.json
-          else benchmark.format_markdown(results))
-    return
-  elif command == "train":
-    if FLAGS.config is None:
-      raise app.UsageError("--config is required for train")
-    from deephash_jax import train  # pylint: disable=g-import-not-at-top
-    results = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  else:
-    from deephash_jax import evaluate  # pylint: disable=g-import-not-at-top
-    results = evaluate.evaluate_workdir(FLAGS.workdir)
-  logging.info("Results: %s", results)
-  _print_results(results)
+    if not FLAGS.report:
+      runner.run_plan(FLAGS.config, FLAGS.workdir, worker=plan.parse_worker(FLAGS.worker),
+                      overrides=overrides)
+    if FLAGS.report or not FLAGS.worker:
+      results = report.write_report(FLAGS.config, FLAGS.workdir, FLAGS.output)
+      if FLAGS.json:
+        print(json.dumps(results, sort_keys=True, default=str))
+  except config_lib.ConfigError as e:
+    sys.exit(f"deephash benchmark: {e}")
+
+
+COMMANDS = {
+    "train": Command(_train, ("config", "workdir", *_MULTIHOST), ("config", "workdir")),
+    "evaluate": Command(_evaluate, ("workdir", *_MULTIHOST), ("workdir",)),
+    "index": Command(_index, ("workdir", "split", "output", "image_root"), ("workdir", "output")),
+    "demo": Command(_demo, ("workdir", "index", "port"), ("workdir", "index")),
+    "predict": Command(_predict, ("workdir", "image", "index", "k", "grid"), ("workdir",)),
+    "dataset create": Command(_dataset_create, (
+        "output", "images_dir", "labels_csv", "fashion_mnist_dir", "split_ratios", "split_seed",
+        "per_class_limit")),
+    "benchmark": Command(_benchmark, ("config", "workdir", "print_plan", "worker", "report",
+                                      "output", *_MULTIHOST), ("config", "workdir")),
+}
+_ALL_COMMAND_FLAGS = {name for command in COMMANDS.values() for name in command.flags}
+
+
+def check_flags(name: str, command: Command) -> None:
+  """Refuses a flag of another command, and names a missing required one."""
+  for flag in sorted(_ALL_COMMAND_FLAGS - set(command.flags)):
+    if FLAGS[flag].present:
+      owners = [n for n, c in COMMANDS.items() if flag in c.flags]
+      raise app.UsageError(f"--{flag} is not a flag of `deephash {name}` (it belongs to "
+                           f"{', '.join(owners)})")
+  for flag in command.required:
+    if FLAGS[flag].value is None:
+      raise app.UsageError(f"--{flag} is required for `deephash {name}`")
+
+
+def main(argv):
+  name = " ".join(argv[1:])
+  if name not in COMMANDS:
+    raise app.UsageError(f"usage: deephash {{{', '.join(COMMANDS)}}} [flags]; got {argv[1:]}")
+  command = COMMANDS[name]
+  check_flags(name, command)
+  # TF (used by TFDS only) must not take accelerator memory from JAX, nor fill the log.
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  if "multihost" in command.flags:
+    _initialize_distributed()
+  command.run()
 
 
 def run():

@@ -3,6 +3,11 @@
 Every module returns `(output, intermediates)` so that features, continuous codes and logits are
 all reachable. BatchNorm layers take `axis_name`, so inside the sharded train step their batch
 statistics are those of the global batch (identical on 1 or N devices).
+
+Mixed precision (`config.train.compute_dtype = "bfloat16"`): the encoder's convolutions, dense
+layers and activations, and the hash layer's matmul, run in `dtype`; parameters stay float32
+(`param_dtype`), BatchNorm statistics are float32 (flax computes them at least in float32), and the
+code pre-activation, codes and logits are float32, so every loss is float32.
 """
 
 from __future__ import annotations
@@ -11,9 +16,31 @@ import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
-from deephash_jax.baselines import sign_straight_through
+
+@jax.custom_vjp
+def sign_straight_through(x):
+  """``sign(x)`` forward (0 at 0, as ``jnp.sign``), identity gradient backward.
+
+  The straight-through estimator of GreedyHash (Su et al., NeurIPS 2018): the backward pass
+  copies the gradient w.r.t. the codes onto ``x`` unchanged. A ``custom_vjp`` rather than
+  ``x + stop_gradient(sign(x) - x)``, whose forward value is not exactly ``sign(x)`` once
+  ``|x|`` is large (float rounding of ``x + (sign(x) - x)``).
+  """
+  return jnp.sign(x)
+
+
+def _sign_st_fwd(x):
+  return jnp.sign(x), None
+
+
+def _sign_st_bwd(_, g):
+  return (g,)
+
+
+sign_straight_through.defvjp(_sign_st_fwd, _sign_st_bwd)
 
 
 def space_to_depth(x, block: int = 2):
@@ -39,17 +66,18 @@ class ConvEncoder(nn.Module):
   layers: Sequence[tuple[int, int]] = ((32, 1), (64, 2), (64, 1), (128, 2), (128, 1))
   feature_dim: int = 256
   axis_name: str | None = None
+  dtype: Any = None    # computation dtype (None: float32, as the parameters)
 
   @nn.compact
   def __call__(self, x, *, train: bool):
     norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
-                             axis_name=self.axis_name if train else None)
+                             axis_name=self.axis_name if train else None, dtype=self.dtype)
     x = space_to_depth(x)
     for width, stride in self.layers:
-      x = nn.Conv(width, (3, 3), strides=(stride, stride), use_bias=False)(x)
+      x = nn.Conv(width, (3, 3), strides=(stride, stride), use_bias=False, dtype=self.dtype)(x)
       x = nn.relu(norm()(x))
     x = jnp.mean(x, axis=(1, 2))
-    x = nn.relu(norm()(nn.Dense(self.feature_dim, use_bias=False)(x)))
+    x = nn.relu(norm()(nn.Dense(self.feature_dim, use_bias=False, dtype=self.dtype)(x)))
     return x
 
 
@@ -58,22 +86,24 @@ class AlexNetEncoder(nn.Module):
   feature_dim: int = 4096
   axis_name: str | None = None
   dropout_rate: float = 0.5
+  dtype: Any = None    # computation dtype (None: float32, as the parameters)
 
   @nn.compact
   def __call__(self, x, *, train: bool):
     norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
-                             axis_name=self.axis_name if train else None)
+                             axis_name=self.axis_name if train else None, dtype=self.dtype)
     layers = ((96, 11, 4, True), (256, 5, 1, True), (384, 3, 1, False), (384, 3, 1, False),
               (256, 3, 1, True))
     for width, kernel, stride, pool in layers:
-      x = nn.Conv(width, (kernel, kernel), strides=(stride, stride), use_bias=False)(x)
+      x = nn.Conv(width, (kernel, kernel), strides=(stride, stride), use_bias=False,
+                  dtype=self.dtype)(x)
       x = nn.relu(norm()(x))
       if pool:
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
     x = x.reshape(x.shape[0], -1)
     for _ in range(2):
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-      x = nn.relu(norm()(nn.Dense(self.feature_dim, use_bias=False)(x)))
+      x = nn.relu(norm()(nn.Dense(self.feature_dim, use_bias=False, dtype=self.dtype)(x)))
     return x
 
 
@@ -88,7 +118,7 @@ class HashNetwork(nn.Module):
   """Encoder -> code h with `num_bits` dims; classifier on h or features.
 
   h = tanh(pre) (`code_activation="tanh"`, the default here and in configs/fashion_mnist.py) or
-  sign(pre) with the identity as its gradient (`"sign_ste"`, config_lib.SIGN_CODES). The
+  sign(pre) with the identity as its gradient (`"sign_ste"`, with no quantization term). The
   pre-activation goes through BatchNorm (no learnt scale at init beyond 1) before the activation:
   every bit starts centred over the batch, so no initialisation or bit length starts with all
   codes equal (the collapse that caps DCH's cosine), and bits start balanced.
@@ -100,6 +130,7 @@ class HashNetwork(nn.Module):
   classifier_input: str = "code"   # "code" or "features"
   code_activation: str = "tanh"    # or "sign_ste": sign forward, identity backward (GreedyHash)
   axis_name: str | None = None
+  dtype: Any = None                # computation dtype of the encoder and the hash matmul
 
   @nn.compact
   def __call__(self, images, *, train: bool):
@@ -107,9 +138,11 @@ class HashNetwork(nn.Module):
       raise ValueError(f"config.model.encoder={self.encoder!r}: expected one of "
                        f"{sorted(ENCODERS)}")
     encoder = ENCODERS[self.encoder](axis_name=self.axis_name, **(self.encoder_kwargs or {}),
-                                     name="encoder")
+                                     dtype=self.dtype, name="encoder")
     features = encoder(images, train=train)
-    pre = nn.Dense(self.num_bits, use_bias=False, name="hash")(features)  # BN follows.
+    pre = nn.Dense(self.num_bits, use_bias=False, dtype=self.dtype, name="hash")(features)
+    if self.dtype is not None:   # BN, codes and logits in float32: the losses see float32
+      features, pre = features.astype(jnp.float32), pre.astype(jnp.float32)
     pre = nn.BatchNorm(use_running_average=not train, momentum=0.9,
                        axis_name=self.axis_name if train else None, name="hash_norm")(pre)
     if self.code_activation == "tanh":
@@ -145,13 +178,21 @@ class Discriminator(nn.Module):
     return logit, {}
 
 
-def create_models(model_config, num_classes: int, axis_name: str | None = None):
-  """(hash network, discriminator) from `config.model`."""
+COMPUTE_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
+
+
+def create_models(model_config, num_classes: int, axis_name: str | None = None, *,
+                  compute_dtype: str = "float32"):
+  """(hash network, discriminator) from `config.model`; `compute_dtype` is
+  `config.train.compute_dtype` ("float32" or "bfloat16", see the module docstring)."""
+  if compute_dtype not in COMPUTE_DTYPES:
+    raise ValueError(f"config.train.compute_dtype={compute_dtype!r}: expected one of "
+                     f"{tuple(COMPUTE_DTYPES)}")
   net = HashNetwork(num_bits=model_config.num_bits, num_classes=num_classes,
                     encoder=model_config.encoder,
                     encoder_kwargs=dict(model_config.get("encoder_kwargs", {}) or {}),
                     classifier_input=model_config.classifier_input,
                     code_activation=model_config.get("code_activation", "tanh"),
-                    axis_name=axis_name)
+                    axis_name=axis_name, dtype=COMPUTE_DTYPES[compute_dtype])
   disc = Discriminator(hidden_dims=tuple(model_config.discriminator_hidden))
   return net, disc

@@ -8,13 +8,13 @@ set -euo pipefail
 
 DRY_RUN="${DRY_RUN:-0}"
 # Sourced without arguments, this file sees (and shifts) the calling script's own arguments.
-if [[ "${1:-}" == "--dry-run" ]]; then DRY_RUN=1; shift; fi
+if [[ "${1:-}" == "--dry-run" || "${1:-}" == "--dry_run" ]]; then DRY_RUN=1; shift; fi
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 [[ "$REPO_ROOT" == "$PWD" ]] && REPO_ROOT=.
 # Builds the TFDS dataset once: python -c "$PREPARE_PY" DATA_DIR SOURCE_DIR; an empty DATA_DIR is
 # TFDS's default, an empty or missing SOURCE_DIR downloads the upstream files.
-PREPARE_PY='import sys; from deephash_jax import input_pipeline as ip; '\
-'ip.fashion_mnist_builder(sys.argv[1] or None, sys.argv[2] or None).download_and_prepare()'
+PREPARE_PY='import sys; from deephash_jax.data import fashion_mnist as fm; '\
+'fm.fashion_mnist_builder(sys.argv[1] or None, sys.argv[2] or None).download_and_prepare()'
 
 # quote ARGS...: one shell line that reproduces ARGS; `--flag=value` keeps its flag unquoted.
 quote() {
@@ -42,6 +42,15 @@ run() {
   if (( DRY_RUN )); then quote "$@"; return; fi
   echo "+ $(quote "$@")" >&2
   "$@"
+}
+
+# run_to FILE CMD...: runs CMD with its standard output written to FILE (or prints `CMD > FILE`).
+run_to() {
+  local file="$1"
+  shift
+  if (( DRY_RUN )); then echo "$(quote "$@") > $(quote "$file")"; return; fi
+  echo "+ $(quote "$@") > $(quote "$file")" >&2
+  "$@" > "$file"
 }
 
 # run_unless CHECK... -- CMD...: CMD unless CHECK succeeds (create what is missing).

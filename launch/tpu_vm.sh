@@ -63,7 +63,7 @@ LOCAL_TFDS_DIR="${LOCAL_TFDS_DIR:-${TMPDIR:-/tmp}/deephash-tfds}"
 RESULTS_DIR="${RESULTS_DIR:-workdirs/$RUN_NAME}"
 COPY_CHECKPOINTS="${COPY_CHECKPOINTS:-0}"
 
-DATASET=fashion_mnist_local   # input_pipeline.FashionMnistLocal: name and VERSION
+DATASET=fashion_mnist_local   # data/fashion_mnist.py FashionMnistLocal: name and VERSION
 DATASET_INFO="$DATASET/1.0.0/dataset_info.json"
 TPU=(gcloud compute tpus tpu-vm)
 WHERE=(--zone="$ZONE" ${PROJECT:+--project="$PROJECT"})

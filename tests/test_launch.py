@@ -1,12 +1,12 @@
 """launch/: the commands each script prints in its dry run, its idempotency guards, and a real
 multi-process run (2 processes x 4 CPU devices) that must end with the parameters of 1 x 8."""
 
+import json
 import os
 import shlex
 import signal
 import subprocess
 import sys
-import time
 from unittest import mock
 
 import jax
@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 from deephash_jax import config_lib
-from deephash_jax import inference
-from deephash_jax import train
+from deephash_jax import encoder
+from deephash_jax.train import state as state_lib
+from deephash_jax.train import trainer
 from tests import fake_data
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -145,7 +146,7 @@ def test_tpu_vm_options():
 
 
 def test_tpu_vm_dataset_path_is_the_builders():
-  source = open(os.path.join(REPO, "deephash_jax", "input_pipeline.py")).read()
+  source = open(os.path.join(REPO, "deephash_jax", "data", "fashion_mnist.py")).read()
   script = open(os.path.join(LAUNCH, "tpu_vm.sh")).read()
   assert 'name = "fashion_mnist_local"' in source and 'Version("1.0.0")' in source
   assert "DATASET=fashion_mnist_local" in script and "$DATASET/1.0.0/" in script
@@ -221,13 +222,19 @@ def test_local_multiprocess_dry_run():
 
 def test_local_multiprocess_stops_the_others_when_one_fails(tmp_path):
   fake = tmp_path / "deephash"
-  fake.write_text('#!/bin/sh\necho "$@"\ncase "$*" in *--process_id=1*) exit 3;; esac\n'
-                  "exec sleep 60\n")
+  pid_file = tmp_path / "process_0.pid"
+  # Process 1 fails once process 0 is up; process 0 would wait (in a collective, for real) for
+  # ten minutes.
+  fake.write_text(f'#!/bin/sh\necho "$@"\ncase "$*" in *--process_id=1*)\n'
+                  f'  until [ -s {pid_file} ]; do sleep 0.01; done; exit 3;; esac\n'
+                  f'echo $$ > {pid_file}.tmp && mv {pid_file}.tmp {pid_file}\nexec sleep 600\n')
   fake.chmod(0o755)
-  start = time.time()
   result = _run("local_multiprocess.sh", env=dict(DEEPHASH=fake, WORKDIR=tmp_path / "w",
-                                                  PYTHON=sys.executable), check=False)
-  assert result.returncode == 3 and time.time() - start < 30
+                                                  PYTHON=sys.executable), check=False,
+                timeout=300)
+  assert result.returncode == 3
+  with pytest.raises(ProcessLookupError):     # process 0 was stopped, not waited for
+    os.kill(int(pid_file.read_text()), 0)
   assert "process_1.log" in result.stderr
   assert "--process_id=0" in (tmp_path / "w" / "logs" / "process_0.log").read_text()
 
@@ -277,48 +284,6 @@ def test_sweep_bits_tpu_one_vm_per_length_in_parallel(fake_tools):
     assert _flags(remote)["--config.model.num_bits"] == bits
 
 
-# --- benchmark_workers.sh ------------------------------------------------------------------------
-
-def test_benchmark_workers_dry_run_prepares_once_then_workers_then_aggregates():
-  prepare, *workers, wait, aggregate = _dry_run(
-      "benchmark_workers.sh", "--config.train.num_epochs=1", WORKERS=3, DATA_DIR="/tmp/tfds",
-      CONFIG="configs/benchmark_sweep_4ep.py", WORKDIR="w")
-  (python, flag, _, data_dir, source_dir), = prepare
-  assert (python, flag, data_dir, source_dir) == (
-      "python3", "-c", "/tmp/tfds", "/usr/share/datasets/fashion-mnist")
-  assert wait == [["wait"]] and len(workers) == 3
-  for i, (cmd,) in enumerate(workers):
-    assert cmd[:2] == ["deephash", "benchmark"]
-    assert _flags(cmd) == {"--config": "configs/benchmark_sweep_4ep.py", "--workdir": "w",
-                           "--benchmark_worker": f"{i}/3", "--config.input.data_dir": "/tmp/tfds",
-                           "--config.train.num_epochs": "1"}
-  (cmd,) = aggregate
-  assert cmd[:2] == ["deephash", "benchmark"] and "--benchmark_worker" not in _flags(cmd)
-  assert _flags(cmd)["--config.train.num_epochs"] == "1"
-
-
-def test_benchmark_workers_aggregate_only_after_every_worker_and_not_after_a_failure(tmp_path):
-  calls = tmp_path / "calls.log"
-  fake = tmp_path / "deephash"
-  # Worker 0 finishes last; FAIL_WORKER makes one worker fail.
-  fake.write_text(f"""#!/bin/sh
-case "$*" in *--benchmark_worker=0/2*) sleep 0.5;; esac
-case "$*" in *--benchmark_worker=$FAIL_WORKER*) exit 3;; esac
-echo "$*" >> {calls}
-""")
-  fake.chmod(0o755)
-  env = dict(DEEPHASH=fake, PYTHON="true", WORKDIR=tmp_path / "w", FAIL_WORKER="none")
-  _run("benchmark_workers.sh", env=env)
-  lines = calls.read_text().splitlines()
-  assert len(lines) == 3 and "--benchmark_worker=0/2" in lines[1]   # worker 0 was slower
-  assert "--benchmark_worker" not in lines[2]                        # the aggregate, last
-  calls.unlink()
-  failed = _run("benchmark_workers.sh", env={**env, "FAIL_WORKER": "1/2"}, check=False)
-  assert failed.returncode == 3 and "worker_1.log" in failed.stderr
-  assert not calls.exists()    # worker 0 stopped, and no tables from a partial sweep
-  assert _run("benchmark_workers.sh", env={**env, "WORKERS": "0"}, check=False).returncode == 2
-
-
 # --- A real multi-process run ------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -355,7 +320,7 @@ def test_two_processes_train_like_one(prepared_data, tmp_path):
     config = config_lib.base_config("tiny")
     config.input.source_dir, config.input.data_dir = source, tfds_dir
     single = str(tmp_path / "one_process")
-    train.train_and_evaluate(config, single)
+    trainer.train_and_evaluate(config, single)
     output, _ = launched.communicate(timeout=240)
   finally:
     if launched.poll() is None:  # The script and the processes it started: its own group.
@@ -369,8 +334,8 @@ def test_two_processes_train_like_one(prepared_data, tmp_path):
   files = os.listdir(multi)
   assert len([f for f in files if f.startswith("events.out.tfevents")]) == 1, files
   assert "eval_results.json" in files and "config.json" in files
-  a = inference.HashEncoder.from_workdir(single)
-  b = inference.HashEncoder.from_workdir(multi)
+  a = encoder.HashEncoder.from_workdir(single)
+  b = encoder.HashEncoder.from_workdir(multi)
   assert a.step == b.step == config.train.num_steps
   flat_a = jax.tree.leaves_with_path(a.variables)
   flat_b = jax.tree.leaves(b.variables)
@@ -381,7 +346,7 @@ def test_two_processes_train_like_one(prepared_data, tmp_path):
     np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=RTOL, atol=ATOL,
                                err_msg=jax.tree_util.keystr(path))
   # Not vacuous: training moved the parameters far more than the tolerance.
-  init = train.create_train_state(config, jax.random.key(config.seed), 1, (28, 28, 1))
+  init = state_lib.create_train_state(config, jax.random.key(config.seed), 1, (28, 28, 1))
   moved = max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
               for x, y in zip(jax.tree.leaves(init.params), jax.tree.leaves(a.variables["params"])))
   assert moved > 100 * max(max_diff, ATOL)
@@ -399,3 +364,47 @@ def test_readme_shows_the_current_dry_runs():
                             env={"PATH": os.environ["PATH"], "HOME": os.environ["HOME"],
                                  "TMPDIR": "/tmp"}, capture_output=True, text=True).stdout
     assert actual == expected, command
+
+
+# --- device_check.sh ---------------------------------------------------------------------------
+
+def test_device_check_dry_run_prints_the_plan():
+  lines = _dry_run("device_check.sh", OUT_DIR="w", VENV="v", JAX_PACKAGE="jax[cuda12]")
+  commands = [cmd for line in lines for cmd in line]
+  assert ["python3", "-m", "venv", "v"] in commands
+  assert any(cmd[:4] == ["v/bin/python", "-m", "pip", "install"] and "jax[cuda12]" in cmd
+             for cmd in commands)
+  throughput = [cmd for cmd in commands if "benchmarks/train_throughput.py" in cmd]
+  assert len(throughput) == 4
+  assert {(_flags(c)["--config"], _flags(c)["--config.train.compute_dtype"]) for c in throughput} == {
+      (config, dtype) for config in ("configs/fashion_mnist.py", "configs/image_folder_224.py")
+      for dtype in ("float32", "bfloat16")}
+  assert any(cmd[1:4] == ["-m", "deephash_jax.main", "train"] for cmd in commands)
+  assert any("benchmarks/search_benchmark.py" in cmd for cmd in commands)
+  offline = _dry_run("device_check.sh", VENV="v", WHEELS="/wheels")
+  assert any("--no-index" in cmd and "--find-links=/wheels" in cmd for line in offline
+             for cmd in line)
+
+
+@pytest.mark.slow
+def test_device_check_runs_end_to_end_on_the_cpu(tmp_path):
+  source = fake_data.write_fake_fashion_mnist(str(tmp_path / "idx"))
+  out = tmp_path / "check"
+  env = dict(OUT_DIR=out, VENV=os.path.dirname(os.path.dirname(sys.executable)),
+             JAX_PACKAGE="jax", THROUGHPUT_CONFIGS="configs/tiny.py", STEPS=2,
+             TRAIN_CONFIG="configs/tiny.py", XLA_FLAGS="",
+             TRAIN_ARGS=f"--config.input.source_dir={source} "
+                        f"--config.input.data_dir={tmp_path / 'tfds'}",
+             SEARCH_ARGS="--database_sizes=3000 --bits=32 --num_queries=16 --k=10 "
+                         "--scaling_sizes= --repeats=1 --threads=1")
+  _run("device_check.sh", env=env, timeout=900)
+  report = json.loads((out / "device_check.json").read_text())
+  assert report["devices"]["platform"] == "cpu"
+  assert set(report["throughput"]) == {"tiny_float32", "tiny_bfloat16"}
+  for name, figures in report["throughput"].items():
+    assert figures["steps_per_second"] > 0 and figures["finite"], name
+    assert figures["compute_dtype"] == name.split("_")[1]
+  assert 0.0 < report["train"]["map_all"] <= 1.0
+  assert "closest_match_recall_at_1" in report["train"]
+  (row,) = report["search"]["speed"]
+  assert row["same_d"] and row["same_i"] and row["n"] == 3000

@@ -51,3 +51,34 @@ def test_create_models_from_config():
                                        classifier_input="code", discriminator_hidden=(4,)))
   net, disc = models.create_models(cfg, num_classes=3)
   assert net.num_bits == 12 and disc.hidden_dims == (4,)
+
+
+def test_sign_straight_through_forward_is_exact_sign():
+  x = jnp.array([-1e8, -2.5, -1e-30, 0.0, 1e-30, 0.3, 7.0, 1e8], jnp.float32)
+  np.testing.assert_array_equal(models.sign_straight_through(x), jnp.sign(x))
+  np.testing.assert_array_equal(jax.jit(models.sign_straight_through)(x), jnp.sign(x))
+
+
+def test_sign_straight_through_has_identity_gradient():
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(4, 16)), jnp.float32)
+  cotangent = jnp.asarray(rng.normal(size=(4, 16)), jnp.float32)
+  grad = jax.grad(lambda v: jnp.sum(models.sign_straight_through(v) * cotangent))(x)
+  np.testing.assert_array_equal(grad, cotangent)
+  _, vjp = jax.vjp(models.sign_straight_through, jnp.zeros(3))
+  np.testing.assert_array_equal(vjp(jnp.array([1.0, -2.0, 3.0]))[0], [1.0, -2.0, 3.0])
+
+
+def test_bfloat16_runs_the_encoder_in_bfloat16_and_returns_float32():
+  cfg = ml_collections.ConfigDict(dict(num_bits=16, encoder="cnn_tiny", classifier_input="code",
+                                       discriminator_hidden=(8,)))
+  net, _ = models.create_models(cfg, num_classes=3, compute_dtype="bfloat16")
+  images = jnp.zeros((2, 28, 28, 1), jnp.float32)
+  variables = net.init(jax.random.key(0), images, train=False)
+  assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(variables))
+  jaxpr = str(jax.make_jaxpr(lambda v: net.apply(v, images, train=False))(variables))
+  assert "conv_general_dilated" in jaxpr and "bf16[" in jaxpr
+  codes, inter = net.apply(variables, images, train=False)
+  assert codes.dtype == inter["logits"].dtype == inter["pre_codes"].dtype == jnp.float32
+  with pytest.raises(ValueError, match="compute_dtype='float16'"):
+    models.create_models(cfg, num_classes=3, compute_dtype="float16")

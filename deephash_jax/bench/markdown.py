@@ -1,0 +1,182 @@
+"""results.md: the benchmark's tables, from the dict report.collect builds."""
+
+from __future__ import annotations
+
+import datetime
+import json
+
+_LEAD_METRICS = (("category/map_all", "mAP@all"), ("closest_match/recall_at_1", "closest R@1"),
+                 ("closest_match/map_all", "closest mAP"))
+_CM_LABELS = {"recall_at_1": "R@1", "recall_at_10": "R@10", "map_all": "mAP"}
+
+
+def _fmt(stat, digits=4) -> str:
+  if not stat:
+    return "…"
+  text = f"{stat['mean']:.{digits}f}"
+  if stat.get("std") is not None:
+    text += f" ± {stat['std']:.{digits}f}"
+  return text
+
+
+def _duration(seconds) -> str:
+  return "…" if seconds is None else str(datetime.timedelta(seconds=int(round(seconds))))
+
+
+def _signed(x: float) -> str:
+  return "+0.0000" if abs(x) < 5e-5 else f"{x:+.4f}"   # no "-0.0000"
+
+
+def category_label(name: str) -> str:
+  if name == "map_all":
+    return "mAP@all"
+  if name.startswith("map_at_"):
+    return f"mAP@{name[len('map_at_'):]}"
+  return f"P@H≤{name[len('precision_at_hamming_'):]}"
+
+
+def _cell(results, method, bits, key) -> str:
+  entry = results["aggregate"].get(method, {}).get(str(bits))
+  if entry is None:
+    planned = [r for r in results["runs"].values() if r["method"] == method and r["bits"] == bits]
+    if not planned:
+      return "—"      # not in the plan (benchmark.method_bits)
+    return "failed" if any(r["status"] == "failed" for r in planned) else "…"
+  return _fmt(entry.get(key)) + (" †" if entry.get("codes_collapsed") else "")
+
+
+def leads(agg: dict, methods, bits_list, ours_method: str) -> dict:
+  """{bits: {metric: (ours - best peer, best peer)}}: peers = the methods that are not variants
+  of ours (`ours*`, `singh2019*`). Means over seeds; cells not run yet are left out."""
+  peers = [m for m in methods if not m.startswith(("ours", "singh2019"))]
+  out = {}
+  for bits in bits_list:
+    ours = agg.get(ours_method, {}).get(str(bits))
+    if not ours:
+      continue
+    for key, _ in _LEAD_METRICS:
+      scores = [(agg[m][str(bits)][key]["mean"], m) for m in peers
+                if agg.get(m, {}).get(str(bits), {}).get(key)]
+      if scores and ours.get(key):
+        best, name = max(scores)
+        out.setdefault(str(bits), {})[key] = (ours[key]["mean"] - best, name)
+  return out
+
+
+def _lead_section(results) -> list[str]:
+  bench, agg = results["benchmark"], results["aggregate"]
+  lines = []
+  for ours_method in bench.get("lead_methods") or ():
+    table = leads(agg, bench["methods"], bench["bits"], ours_method)
+    if not table:
+      continue
+    lines += ["", f"## {ours_method} against the best peer", "",
+              f"{ours_method} − the best peer method in that cell (which one in brackets); "
+              "positive = it leads.", "",
+              "| bits | " + " | ".join(label for _, label in _LEAD_METRICS) + " |",
+              "|---|" + "---|" * len(_LEAD_METRICS)]
+    for bits, row in table.items():
+      lines.append(f"| {bits} | " + " | ".join(
+          f"{_signed(row[key][0])} ({row[key][1]})" if key in row else "…"
+          for key, _ in _LEAD_METRICS) + " |")
+  return lines
+
+
+def _ablation_section(results) -> list[str]:
+  bench, agg = results["benchmark"], results["aggregate"]
+  lines = []
+  for base, ablations in (bench.get("ablations") or {}).items():
+    cells = [(m, b) for m in ablations for b in bench["bits"]
+             if agg.get(base, {}).get(str(b)) and agg.get(m, {}).get(str(b))]
+    if not cells:
+      continue
+    lines += ["", f"## Ablations of {base}: what each term adds", "",
+              f"{base} − {base} without the term (means over seeds); positive = the term helps.",
+              "", "| ablation | bits | " + " | ".join(l for _, l in _LEAD_METRICS) + " |",
+              "|---|---|" + "---|" * len(_LEAD_METRICS)]
+    for m, bits in cells:
+      mine, theirs = agg[base][str(bits)], agg[m][str(bits)]
+      lines.append(f"| {m} | {bits} | " + " | ".join(
+          _signed(mine[key]["mean"] - theirs[key]["mean"])
+          if mine.get(key) and theirs.get(key) else "…" for key, _ in _LEAD_METRICS) + " |")
+  return lines
+
+
+def _reference_rows(results, names) -> list[str]:
+  refs = results.get("references") or {}
+  rows = []
+  for key, label, qps in (("sad", "pixel SAD (exact)", "queries_per_second"),
+                          ("float_codes", "float codes of {run}, cosine", None)):
+    if key not in refs:
+      continue
+    entry = refs[key]
+    values = [f"{entry['category'].get(n, float('nan')):.4f}" if n in entry["category"] else "—"
+              for n in names]
+    values += [f"{entry['closest_match'][m]:.4f}" for m in ("recall_at_1", "recall_at_10",
+                                                              "map_all")]
+    speed = f"{entry[qps]:.0f} q/s" if qps else "—"
+    rows.append(f"| {label.format(run=entry.get('run'))} | 1 | " + " | ".join(values)
+                + f" | {speed} |")
+  return rows
+
+
+def main_table(results) -> list[str]:
+  """Every method at the reference length, both protocols, with the references."""
+  bench, agg = results["benchmark"], results["aggregate"]
+  ref, names = bench["reference_bits"], results["protocols"]["category"]["metrics"]
+  header = ([category_label(n) for n in names] + [f"closest {_CM_LABELS[m]}" for m in
+                                                  ("recall_at_1", "recall_at_10", "map_all")]
+            + ["train time"])
+  lines = ["| method | seeds | " + " | ".join(header) + " |",
+           "|---|---:|" + "---:|" * len(header)]
+  for method in bench["methods"]:
+    entry = agg.get(method, {}).get(str(ref)) or {}
+    values = [_cell(results, method, ref, f"category/{n}") for n in names]
+    values += [_cell(results, method, ref, f"closest_match/{m}")
+               for m in ("recall_at_1", "recall_at_10", "map_all")]
+    values.append(_duration((entry.get("train_seconds") or {}).get("mean")))
+    lines.append(f"| {method} | {len(entry.get('seeds', []))} | " + " | ".join(values) + " |")
+  return lines + _reference_rows(results, names)
+
+
+def _method_by_bits(results, key) -> list[str]:
+  bench = results["benchmark"]
+  rows = ["| method | " + " | ".join(f"{b} bits" for b in bench["bits"]) + " |",
+          "|---|" + "---:|" * len(bench["bits"])]
+  rows += [f"| {m} | " + " | ".join(_cell(results, m, b, key) for b in bench["bits"]) + " |"
+           for m in bench["methods"]]
+  return rows
+
+
+def format_markdown(results: dict) -> str:
+  """results.md: the tables of the comparison."""
+  bench, status, machine = results["benchmark"], results["status"], results["machine"]
+  cat, cm = results["protocols"]["category"], results["protocols"]["closest_match"]
+  ties = ("every order of tied items equally likely (the expectation)"
+          if results["ties"] == "expected" else "ties broken by the lower database index")
+  lines = [f"# Benchmark: {results['dataset']}", "",
+           f"Runs: {status['done']} of {status['planned']} done"
+           + (f", {status['failed']} failed" if status["failed"] else "") + ". "
+           f"Hardware: {machine['cpu']} ({machine['cpu_count']} CPUs), {machine['devices']}, "
+           f"JAX {machine['jax']} ({machine['backend']}). Means over seeds ± sample standard "
+           "deviation; † = the codes collapsed; … = not run yet; — = not in the plan. Ranking: "
+           f"Hamming distance, {ties}.", "",
+           f"## Both protocols at {bench['reference_bits']} bits", "",
+           f"Category: the '{cat['query_split']}' split against '{cat['database_split']}', "
+           "relevant = same clothing type. Closest match: the first "
+           f"{cm['num_queries']} '{cat['query_split']}' images re-rendered by the recipe "
+           f"below, against all '{cat['query_split']}' originals + the "
+           f"'{cat['database_split']}' split as distractors, relevant = the original.", ""]
+  lines += main_table(results)
+  for key, title in (("category/map_all", "Category mAP@all"),
+                     ("closest_match/recall_at_1", "Closest-match R@1"),
+                     ("closest_match/map_all", "Closest-match mAP (mean reciprocal rank)")):
+    lines += ["", f"## {title}, method × bits", ""] + _method_by_bits(results, key)
+  lines += _lead_section(results) + _ablation_section(results)
+  failed = [(name, r) for name, r in results["runs"].items() if r["status"] == "failed"]
+  if failed:
+    lines += ["", "## Failed runs", ""] + [f"- {name}: {r['error']}" for name, r in failed]
+  lines += ["", "## Closest-match recipe", "",
+            f"Query i = augment.query_view(test image i, fold_in(key({cm['seed']}), i), recipe), "
+            "rounded to uint8:", "", "```", json.dumps(cm["recipe"], sort_keys=True), "```", ""]
+  return "\n".join(lines)

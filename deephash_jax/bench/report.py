@@ -1,0 +1,199 @@
+"""`deephash benchmark --report`: the tables and plots of whatever planned runs have finished.
+
+Each finished run's figures come from its own `eval_results.json` (written by `deephash train`:
+both protocols, plan.py); the two non-learned references (pixel SAD and the float codes of
+`benchmark.references.float_method`, evaluators/references.py) are computed once and cached in
+`<workdir>/references.json` (keyed by what they were computed from). Writes results.json,
+results.md, mAP_vs_bits.png and pr_curves.png to the output folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+
+from absl import logging
+import jax
+import ml_collections
+import numpy as np
+
+from deephash_jax.bench import markdown
+from deephash_jax.bench import plan as plan_lib
+from deephash_jax.bench import plots
+from deephash_jax.evaluators import closest_match
+from deephash_jax.evaluators import references as references_lib
+
+RESULTS_JSON = "results.json"
+RESULTS_MD = "results.md"
+REFERENCES_JSON = "references.json"
+
+
+def machine_info() -> dict:
+  """The hardware the figures were measured on."""
+  cpu = platform.processor() or None
+  try:
+    with open("/proc/cpuinfo") as f:
+      cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")),
+                 cpu)
+  except OSError:
+    pass
+  devices = jax.devices()
+  return {"platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(),
+          "python": platform.python_version(), "jax": jax.__version__,
+          "backend": jax.default_backend(), "devices": f"{len(devices)} x {devices[0].device_kind}"}
+
+
+def category_metric_names(config) -> tuple[str, ...]:
+  radius = config.eval.radius
+  radius = radius if isinstance(radius, int) else tuple(radius)[0]
+  return ("map_all", f"map_at_{tuple(config.eval.map_at)[0]}", f"precision_at_hamming_{radius}")
+
+
+def _read_json(path):
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (FileNotFoundError, json.JSONDecodeError):
+    return None
+
+
+def _write_atomic(path: str, data: str) -> None:
+  tmp = f"{path}.tmp"
+  with open(tmp, "w") as f:
+    f.write(data)
+  os.replace(tmp, path)
+
+
+def _to_json(obj):
+  if isinstance(obj, ml_collections.ConfigDict):
+    return obj.to_dict()
+  if isinstance(obj, (np.integer, np.floating, np.bool_)):
+    return obj.item()
+  if isinstance(obj, (tuple, np.ndarray)):
+    return list(obj)
+  raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def run_record(workdir: str, run: plan_lib.Run, category_names) -> dict:
+  """A planned run as the report shows it: its figures once finished, else its state."""
+  directory = plan_lib.run_dir(workdir, run)
+  record = {"method": run.method, "bits": run.bits, "seed": run.seed,
+            "workdir": os.path.relpath(directory, workdir)}
+  results = _read_json(os.path.join(directory, plan_lib.RESULTS_FILE))
+  if results is None:
+    error = os.path.join(directory, "error.txt")
+    if os.path.exists(error):
+      with open(error) as f:
+        return {**record, "status": "failed", "error": f.readline().strip()}
+    return {**record, "status": "running" if plan_lib.is_locked(directory) else "pending"}
+  record.update(
+      status="done", category={k: results.get(k) for k in category_names},
+      closest_match={m: results.get(f"closest_match_{'map' if m == 'map_all' else m}")
+                     for m in closest_match.METRICS},
+      **{k: results.get(k) for k in ("codes_collapsed", "codes_unique_codes", "train_steps",
+                                     "train_seconds", "eval_seconds", "pr_curve")})
+  return record
+
+
+def _mean_std(values):
+  values = [float(v) for v in values if v is not None]
+  if not values:
+    return None
+  return {"mean": float(np.mean(values)),
+          "std": float(np.std(values, ddof=1)) if len(values) > 1 else None,
+          "n": len(values), "values": values}
+
+
+def aggregate(runs: dict, category_names) -> dict:
+  """{method: {bits: {"category/<m>" | "closest_match/<m>": {mean, std (ddof=1), n, values}}}}."""
+  cells: dict = {}
+  for record in runs.values():
+    if record["status"] == "done":
+      cells.setdefault(record["method"], {}).setdefault(str(record["bits"]), []).append(record)
+  out = {}
+  for method, by_bits in cells.items():
+    for bits, records in by_bits.items():
+      cell = {"seeds": sorted(r["seed"] for r in records)}
+      for name in category_names:
+        cell[f"category/{name}"] = _mean_std(r["category"].get(name) for r in records)
+      for name in closest_match.METRICS:
+        cell[f"closest_match/{name}"] = _mean_std(r["closest_match"].get(name) for r in records)
+      cell["codes_collapsed"] = any(r.get("codes_collapsed") for r in records)
+      cell["train_seconds"] = _mean_std(r.get("train_seconds") for r in records)
+      out.setdefault(method, {})[bits] = cell
+  return out
+
+
+def references(config, workdir: str, runs: dict) -> dict:
+  """Pixel SAD and the float codes of the reference run (cached in references.json)."""
+  refs, bench = config.benchmark.references, config.benchmark
+  float_run = plan_lib.Run(refs.float_method, bench.reference_bits, 0)
+  float_done = runs.get(float_run.name, {}).get("status") == "done"
+  key = json.loads(json.dumps(dict(
+      eval=config.eval.to_dict(), input=config.input.to_dict(), references=refs.to_dict(),
+      float_run=runs[float_run.name] if float_done else None), default=_to_json))
+  path = os.path.join(workdir, REFERENCES_JSON)
+  cached = _read_json(path) or {}
+  if cached.get("key") == key:
+    return cached["references"]
+  logging.info("References: pixel SAD%s.", f" and the float codes of {float_run.name}"
+               if float_done else "")
+  out = {"sad": references_lib.pixel_sad(
+      config, num_category_queries=refs.num_category_queries,
+      timing_queries=refs.timing_queries, chunk_size=refs.sad_chunk_size,
+      batch=refs.query_batch_size)}
+  if float_done:
+    out["float_codes"] = references_lib.float_codes(
+        plan_lib.run_dir(workdir, float_run), num_category_queries=refs.num_category_queries,
+        timing_queries=refs.timing_queries, batch=refs.query_batch_size)
+    out["float_codes"]["run"] = float_run.name
+  if jax.process_index() == 0:
+    _write_atomic(path, json.dumps({"key": key, "references": out}, indent=2, default=_to_json))
+  return out
+
+
+def collect(config, workdir: str, *, with_references: bool = True) -> dict:
+  """Everything the report shows, as one JSON-serialisable dict."""
+  bench = config.benchmark
+  category_names = category_metric_names(config)
+  plan = plan_lib.planned_runs(bench)
+  runs = {run.name: run_record(workdir, run, category_names) for run in plan}
+  cm = config.eval.closest_match
+  results = {
+      "dataset": config.input.dataset, "benchmark": json.loads(json.dumps(
+          bench.to_dict(), default=_to_json)),
+      "machine": machine_info(), "ties": config.eval.get("ties", "expected"),
+      "protocols": {
+          "category": {"query_split": config.input.query_split,
+                       "database_split": config.input.database_split,
+                       "metrics": category_names},
+          "closest_match": {"num_queries": cm.num_queries, "seed": cm.seed,
+                            "recipe": json.loads(json.dumps(dict(cm.recipe),
+                                                            default=_to_json))}},
+      "runs": runs,
+      "status": {s: sum(r["status"] == s for r in runs.values())
+                 for s in ("done", "running", "pending", "failed")},
+      "aggregate": aggregate(runs, category_names),
+  }
+  results["status"]["planned"] = len(plan)
+  results["references"] = references(config, workdir, runs) if with_references else None
+  return results
+
+
+def write_report(config, workdir: str, output: str | None = None, *,
+                 with_references: bool = True) -> dict:
+  """Collects the finished runs and writes the report's four files to `output` (or workdir)."""
+  plan_lib.validate_benchmark(config)
+  results = collect(config, workdir, with_references=with_references)
+  output = output or workdir
+  os.makedirs(output, exist_ok=True)
+  if jax.process_index() == 0:
+    _write_atomic(os.path.join(output, RESULTS_JSON),
+                  json.dumps(results, indent=2, default=_to_json))
+    _write_atomic(os.path.join(output, RESULTS_MD), markdown.format_markdown(results))
+    plots.plot_map_vs_bits(results, os.path.join(output, plots.MAP_VS_BITS_PNG))
+    plots.plot_pr_curves(results, os.path.join(output, plots.PR_CURVES_PNG))
+  logging.info("Benchmark report: %d of %d runs done; %s.", results["status"]["done"],
+               results["status"]["planned"], os.path.join(output, RESULTS_MD))
+  return results

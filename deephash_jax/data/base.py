@@ -1,0 +1,34 @@
+"""What every dataset module shares: the in-memory `Split`, `DataError`, and TF kept off
+accelerators (TFDS reads files with TF; JAX owns the GPU/TPU)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+
+class DataError(ValueError):
+  """Bad input data; the message names the file and what is wrong with it."""
+
+
+def hide_tf_from_accelerators():
+  """TF only reads files here; it must never take GPU/TPU memory from JAX."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  try:
+    tf.config.set_visible_devices([], "GPU")
+  except RuntimeError:  # Already initialised: devices were hidden earlier.
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  """A dataset split held in host memory."""
+  images: np.ndarray   # (N, H, W, C) uint8
+  labels: np.ndarray   # (N,) int32 clothing type
+  items: np.ndarray    # (N,) int32 catalogue item id (same item = same garment)
+  class_names: tuple[str, ...]
+  paths: np.ndarray | None = None  # (N,) str, relative to the tree root (image_folder only)
+
+  def __len__(self):
+    return len(self.labels)

@@ -1,0 +1,324 @@
+"""HammingIndex: the persistent index of packed codes that users keep and search.
+
+File format (version 2), little-endian, written atomically (temp file + rename)::
+
+  magic          8 bytes   b"DHHIDX\\x00\\x01"
+  format_version uint32    read before anything else, so newer files fail clearly
+  header_nbytes  uint64
+  header_sha256  32 bytes  sha256 of the header bytes
+  header         JSON: format_version, num_bits, model_id, count, custom_ids, metadata
+                 (a JSON object: what the catalogue says about its entries, e.g. class
+                 names, the split and the model's workdir), array table (name, dtype,
+                 shape, offset, nbytes), payload_nbytes, payload_sha256
+  payload        the arrays back to back: codes uint8 (count, ceil(num_bits/8)),
+                 ids int64 (count,), then optional labels int64 (count,) and
+                 paths (UTF-8 JSON list)
+
+Every byte is covered by a check: the magic, the version, the header checksum,
+the payload size and the payload checksum. A truncated or altered file raises
+``IndexFileError`` naming the file; it never loads. Version 1 files (no metadata in
+the header; it lay in a ``<index>.json`` file beside them) still load.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+from typing import Sequence
+
+import numpy as np
+
+from deephash_jax.search import hamming
+from deephash_jax.search import layout
+from deephash_jax.search import packing
+from deephash_jax.search import radius as radius_lib
+
+__all__ = ["FORMAT_VERSION", "HammingIndex", "IndexFileError"]
+
+FORMAT_VERSION = 2
+_MAGIC = b"DHHIDX\x00\x01"
+_PREFIX = struct.Struct("<8sIQ32s")  # magic, format_version, header_nbytes, header_sha256
+
+
+class IndexFileError(ValueError):
+  """An index file is missing, truncated, corrupted, or from a newer version."""
+
+
+class HammingIndex:
+  """Exact Hamming index over packed codes, with optional ids, labels and paths.
+
+  ``search`` and ``range_search`` follow ``deephash_jax.hamming`` (faiss
+  contracts, ties broken by insertion order) but return the item *ids*: the ids
+  given to ``add``, or the insertion positions 0, 1, ... when none were given.
+  Missing neighbours have id -1, so ids must be non-negative.
+
+  Args:
+    num_bits: code length in bits.
+    model_id: identifies the encoder that produced the codes (e.g. the checkpoint
+      name and step); saved with the index and checked by ``load`` on request,
+      since codes of different models are not comparable.
+    metadata: a JSON-serialisable dict saved with the index (e.g. class names,
+      the split, the workdir of the model); ``HammingIndex.load`` returns it.
+    chunk_size, block_rows: search layout knobs (see ``hamming.search``).
+  """
+
+  def __init__(self, num_bits: int, model_id: str = "", *, metadata: dict | None = None,
+               chunk_size: int = layout.DEFAULT_CHUNK_SIZE,
+               block_rows: int | None = None):
+    self.num_bits = packing.check_num_bits(num_bits)
+    if not isinstance(model_id, str):
+      raise TypeError(f"model_id must be a str, got {type(model_id).__name__}")
+    self.model_id = model_id
+    metadata = dict(metadata or {})
+    try:
+      json.dumps(metadata)
+    except (TypeError, ValueError) as e:
+      raise TypeError(f"metadata must be JSON-serialisable: {e}") from e
+    self.metadata = metadata
+    self.chunk_size = chunk_size
+    self.block_rows = block_rows
+    self._codes = np.zeros((0, packing.num_bytes(self.num_bits)), np.uint8)
+    self._ids = np.zeros(0, np.int64)
+    self._labels: np.ndarray | None = None
+    self._paths: list[str] | None = None
+    self._custom_ids = False
+    self._prepared: layout.PreparedDatabase | None = None
+
+  # ----------------------------------------------------------------------- contents
+
+  def __len__(self) -> int:
+    return self._codes.shape[0]
+
+  @property
+  def ntotal(self) -> int:
+    """Number of items (faiss name)."""
+    return len(self)
+
+  @property
+  def codes(self) -> np.ndarray:
+    """uint8 (ntotal, ceil(num_bits/8)) packed codes, in insertion order."""
+    return self._codes
+
+  @property
+  def ids(self) -> np.ndarray:
+    """int64 (ntotal,) item ids, in insertion order."""
+    return self._ids
+
+  @property
+  def labels(self) -> np.ndarray | None:
+    """int64 (ntotal,) labels, or None when added without labels."""
+    return self._labels
+
+  @property
+  def paths(self) -> list[str] | None:
+    """Item paths (e.g. image files), or None when added without paths."""
+    return self._paths
+
+  def __repr__(self):
+    return (f"HammingIndex(num_bits={self.num_bits}, model_id={self.model_id!r}, "
+            f"ntotal={self.ntotal})")
+
+  def add(self, codes_packed, ids=None, labels=None, paths: Sequence[str] | None = None):
+    """Appends packed codes (uint8 (n, ceil(num_bits/8))) and their metadata.
+
+    ids, labels and paths are given for all items or for none: the first call
+    decides (an empty index accepts either), later calls must match.
+    """
+    codes = packing.check_packed("codes_packed", codes_packed, self.num_bits)
+    n = codes.shape[0]
+    fresh = len(self) == 0
+    if ids is None:
+      if self._custom_ids and not fresh:
+        raise ValueError("ids must be given: earlier items were added with ids")
+      new_ids = np.arange(len(self), len(self) + n, dtype=np.int64)
+    else:
+      if not (self._custom_ids or fresh):
+        raise ValueError("ids=... given but earlier items were added without ids")
+      new_ids = self._check_column("ids", ids, n)
+      if new_ids.size and new_ids.min() < 0:
+        raise ValueError(f"ids must be non-negative (-1 marks a missing result), "
+                         f"got {int(new_ids.min())}")
+    new_labels = None
+    if labels is not None:
+      if self._labels is None and not fresh:
+        raise ValueError("labels=... given but earlier items were added without labels")
+      new_labels = self._check_column("labels", labels, n)
+    elif self._labels is not None and not fresh:
+      raise ValueError("labels must be given: earlier items were added with labels")
+    new_paths = None
+    if paths is not None:
+      if self._paths is None and not fresh:
+        raise ValueError("paths=... given but earlier items were added without paths")
+      new_paths = [str(p) for p in paths]
+      if len(new_paths) != n:
+        raise ValueError(f"paths has {len(new_paths)} entries for {n} codes")
+    elif self._paths is not None and not fresh:
+      raise ValueError("paths must be given: earlier items were added with paths")
+
+    self._codes = np.concatenate([self._codes, codes])
+    self._ids = np.concatenate([self._ids, new_ids])
+    if fresh:
+      self._custom_ids = ids is not None
+      self._labels = None if new_labels is None else np.zeros(0, np.int64)
+      self._paths = None if new_paths is None else []
+    if new_labels is not None:
+      self._labels = np.concatenate([self._labels, new_labels])
+    if new_paths is not None:
+      self._paths = self._paths + new_paths
+    self._prepared = None  # re-laid out on the next search
+
+  @staticmethod
+  def _check_column(name, values, n):
+    values = np.asarray(values)
+    if values.shape != (n,):
+      raise ValueError(f"{name} must have shape ({n},) to match codes_packed, got {values.shape}")
+    if not np.issubdtype(values.dtype, np.integer):
+      raise TypeError(f"{name} must be integers, got dtype {values.dtype}")
+    return values.astype(np.int64)
+
+  # ------------------------------------------------------------------------- search
+
+  def _database(self) -> layout.PreparedDatabase:
+    if self._prepared is None:
+      self._prepared = layout.prepare_database(
+          self._codes, num_bits=self.num_bits, chunk_size=self.chunk_size,
+          block_rows=self.block_rows)
+    return self._prepared
+
+  def _to_ids(self, positions):
+    return np.where(positions >= 0, self._ids[np.maximum(positions, 0)], -1) \
+        if self._ids.size else positions
+
+  def search(self, xq_packed, k: int):
+    """Exact k-NN: (D int32 (nq, k), I int64 (nq, k) item ids), ties by insertion order."""
+    dist, positions = hamming.search_prepared(xq_packed, self._database(), k)
+    return dist, self._to_ids(positions)
+
+  def range_search(self, xq_packed, radius: int):
+    """Items within Hamming ``radius``: (lims, D, I ids), faiss contract (see hamming)."""
+    lims, dist, positions = radius_lib.range_search_prepared(xq_packed, self._database(), radius)
+    return lims, dist, self._to_ids(positions)
+
+  def to_faiss(self):
+    """A ``faiss.IndexBinaryFlat`` holding the same codes.
+
+    faiss needs a multiple of 8 bits: the index has ``8 * ceil(num_bits/8)`` bits
+    whose padding bits are zero in every code, so distances are unchanged. faiss
+    returns insertion positions; map them to ids with ``self.ids[I]``.
+    """
+    try:
+      import faiss  # pylint: disable=g-import-not-at-top
+    except ImportError as e:
+      raise ImportError("HammingIndex.to_faiss needs faiss: pip install faiss-cpu") from e
+    index = faiss.IndexBinaryFlat(8 * packing.num_bytes(self.num_bits))
+    if len(self):
+      index.add(np.ascontiguousarray(self._codes))
+    return index
+
+  # ---------------------------------------------------------------------- save/load
+
+  def _arrays(self):
+    arrays = [("codes", self._codes), ("ids", self._ids)]
+    if self._labels is not None:
+      arrays.append(("labels", self._labels))
+    if self._paths is not None:
+      arrays.append(("paths", np.frombuffer(json.dumps(self._paths).encode(), np.uint8)))
+    return arrays
+
+  def save(self, path: str | os.PathLike):
+    """Writes the index to ``path`` (exactly that name), atomically."""
+    path = os.fspath(path)
+    table, blobs, offset = [], [], 0
+    for name, array in self._arrays():
+      array = np.ascontiguousarray(array)
+      little = array.astype(array.dtype.newbyteorder("<"))
+      blob = little.tobytes()
+      table.append(dict(name=name, dtype=little.dtype.str, shape=list(array.shape),
+                        offset=offset, nbytes=len(blob)))
+      blobs.append(blob)
+      offset += len(blob)
+    payload = b"".join(blobs)
+    header = json.dumps(dict(
+        format_version=FORMAT_VERSION, num_bits=self.num_bits, model_id=self.model_id,
+        count=len(self), custom_ids=self._custom_ids, metadata=self.metadata, arrays=table,
+        payload_nbytes=len(payload), payload_sha256=hashlib.sha256(payload).hexdigest(),
+    ), sort_keys=True).encode()
+    prefix = _PREFIX.pack(_MAGIC, FORMAT_VERSION, len(header), hashlib.sha256(header).digest())
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+      f.write(prefix + header)
+      f.write(payload)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+  @classmethod
+  def load(cls, path: str | os.PathLike, *, expected_model_id: str | None = None,
+           **kwargs) -> "HammingIndex":
+    """Reads an index written by ``save``; every corruption raises ``IndexFileError``.
+
+    Args:
+      path: the file.
+      expected_model_id: when given, the file's model_id must equal it.
+      **kwargs: search layout knobs for the new index (chunk_size, block_rows).
+    """
+    path = os.fspath(path)
+    with open(path, "rb") as f:
+      data = f.read()
+    def fail(why):
+      return IndexFileError(f"{path}: {why}")
+    if len(data) < len(_MAGIC) or data[:len(_MAGIC)] != _MAGIC:
+      raise fail("not a HammingIndex file (bad magic bytes)" if len(data) >= len(_MAGIC)
+                 else f"truncated: {len(data)} bytes, not even the magic bytes")
+    if len(data) < _PREFIX.size:
+      raise fail(f"truncated: {len(data)} bytes, shorter than the {_PREFIX.size}-byte prefix")
+    _, version, header_nbytes, header_sha = _PREFIX.unpack_from(data)
+    if version > FORMAT_VERSION:
+      raise fail(f"format version {version} was written by a newer deephash-jax; this "
+                 f"version reads format versions up to {FORMAT_VERSION}: upgrade to load it")
+    if version < 1:
+      raise fail(f"invalid format version {version}")
+    header_end = _PREFIX.size + header_nbytes
+    if len(data) < header_end:
+      raise fail(f"truncated: {len(data)} bytes, the header alone needs {header_end}")
+    header_bytes = data[_PREFIX.size:header_end]
+    if hashlib.sha256(header_bytes).digest() != header_sha:
+      raise fail("header checksum mismatch: the file is corrupted")
+    header = json.loads(header_bytes)
+    payload = data[header_end:]
+    if len(payload) != header["payload_nbytes"]:
+      state = "truncated" if len(payload) < header["payload_nbytes"] else "has trailing bytes"
+      raise fail(f"{state}: payload is {len(payload)} bytes, header says "
+                 f"{header['payload_nbytes']}")
+    if hashlib.sha256(payload).hexdigest() != header["payload_sha256"]:
+      raise fail("payload checksum (sha256) mismatch: the file is corrupted")
+    if expected_model_id is not None and header["model_id"] != expected_model_id:
+      raise fail(f"model_id {header['model_id']!r} != expected_model_id "
+                 f"{expected_model_id!r}: codes of another model")
+
+    arrays = {}
+    for entry in header["arrays"]:
+      blob = payload[entry["offset"]:entry["offset"] + entry["nbytes"]]
+      arrays[entry["name"]] = np.frombuffer(blob, np.dtype(entry["dtype"])).reshape(
+          entry["shape"])
+    metadata = header.get("metadata", {}) if version >= 2 else _legacy_metadata(path)
+    index = cls(header["num_bits"], header["model_id"], metadata=metadata, **kwargs)
+    count = header["count"]
+    codes = arrays["codes"]
+    if codes.shape != (count, packing.num_bytes(index.num_bits)):
+      raise fail(f"codes shape {codes.shape} does not match count={count}, "
+                 f"num_bits={index.num_bits}")
+    paths = json.loads(arrays["paths"].tobytes()) if "paths" in arrays else None
+    index.add(codes.copy(), ids=arrays["ids"].copy() if header["custom_ids"] else None,
+              labels=arrays["labels"].copy() if "labels" in arrays else None, paths=paths)
+    return index
+
+
+def _legacy_metadata(path: str) -> dict:
+  """The ``<index>.json`` file that held a version 1 index's metadata, or {}."""
+  try:
+    with open(f"{path}.json") as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return {}

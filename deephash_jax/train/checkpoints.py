@@ -1,0 +1,57 @@
+"""Orbax checkpoints of the train state: resumable, and robust to a truncated or altered save."""
+
+from __future__ import annotations
+
+from absl import logging
+from etils import epath
+import jax
+from jax.experimental import multihost_utils
+import orbax.checkpoint as ocp
+
+from deephash_jax import config_lib
+from deephash_jax.train import state as state_lib
+
+
+def checkpoint_manager(workdir: str, train_config, *, read_only: bool = False):
+  return ocp.CheckpointManager(
+      config_lib.workdir_path(workdir) / "checkpoints",
+      options=ocp.CheckpointManagerOptions(
+          max_to_keep=train_config.get("keep_checkpoints", 3), create=not read_only,
+          read_only=read_only))
+
+
+def restore_latest(manager, config, mesh, image_shape, total_steps, *, set_aside=False):
+  """The latest restorable checkpoint as (state, step), or (None, None).
+
+  A checkpoint that fails to restore (truncated or altered files) is logged and the previous one
+  is tried. With `set_aside` (training), the bad one is renamed `corrupt-<step>` rather than
+  deleted, so that nothing is lost and the run can save that step again.
+  """
+  target = state_lib.abstract_state(config, mesh, image_shape, total_steps)
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      state = manager.restore(step, args=ocp.args.StandardRestore(target))
+      return state, step
+    except Exception as e:  # pylint: disable=broad-except
+      logging.warning("Checkpoint at step %d in %s cannot be restored (%s: %s); falling back to "
+                      "the previous one.", step, manager.directory, type(e).__name__, e)
+      if set_aside:
+        _set_aside(manager, step)
+  return None, None
+
+
+def restore_step(manager, config, mesh, image_shape, step: int):
+  """The checkpoint of exactly `step` (an error if it cannot be restored)."""
+  target = state_lib.abstract_state(config, mesh, image_shape, total_steps=1)
+  return manager.restore(step, args=ocp.args.StandardRestore(target))
+
+
+def _set_aside(manager, step: int) -> None:
+  directory = epath.Path(manager.directory)
+  if jax.process_index() == 0:
+    aside = directory / f"corrupt-{step}"
+    (directory / str(step)).rename(aside)
+    logging.warning("Moved the unrestorable checkpoint to %s.", aside)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(f"set_aside_{step}")
+  manager.reload()

@@ -1,0 +1,246 @@
+"""The compiled train step: `train_step(state, batch, rng) -> (state, metrics)`.
+
+Written as a per-device body, as one would write a `pmap` body: it sees this device's slice of the
+batch, and every cross-device exchange is an explicit collective over the mesh axis `data` (`psum`
+of gradients and counts, `all_gather` of codes for the pairwise loss, BatchNorm statistics via
+`axis_name`). It runs under `jax.shard_map` inside one `jax.jit` that donates the state.
+
+One step does, in order (each stage a module-level function, testable alone):
+ 1. `render_views`: the two views of each catalogue item (data/augment.py), one PRNG key per
+    example, so the views do not depend on how the batch is split over devices;
+ 2. one forward pass of the hash network (kept as a VJP closure);
+ 3. `discriminator_update`: the discriminator's step on the codes of same-item pairs (gradients
+    stopped at the codes);
+ 4. the encoder + classifier update on `ours_loss` (classification + two-level Cauchy Hamming
+    loss + scramble loss against the *updated* discriminator + quantization, each
+    config-weighted) or on `baseline_loss` (a peer method's loss, losses/baselines.py);
+ 5. `step_metrics`: every loss term and the collapse watch, summed over devices.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import jax
+from jax import lax
+import jax.numpy as jnp
+import optax
+from jax.sharding import PartitionSpec as P
+
+from deephash_jax import models
+from deephash_jax.data import augment
+from deephash_jax.losses import baselines
+from deephash_jax.losses import ours
+from deephash_jax.mesh import AXIS
+
+DROPOUT_STREAM = 1 << 20   # fold_in offset of the dropout keys, apart from the views' keys
+
+
+class Views(NamedTuple):
+  """This device's 2N views: the N gallery views, then the N query views of the same items."""
+  images: jax.Array       # (2N, H, W, C) float32 in [0, 1]
+  labels: jax.Array       # (2N,) clothing type
+  items: jax.Array        # (2N,) catalogue item id
+  index: jax.Array        # (2N,) global view index (unique over devices)
+  query_first: jax.Array  # (N,) per pair, whether the discriminator sees the query view first
+
+
+class PairMasks(NamedTuple):
+  """This device's views (rows) against the global batch (columns)."""
+  valid: jax.Array              # not the same view
+  category_similar: jax.Array   # same clothing type (items included)
+  item_valid: jax.Array         # valid pairs of one clothing type
+  item_similar: jax.Array       # the same catalogue item
+
+
+def _global_size(n_local):
+  return n_local * lax.axis_size(AXIS)
+
+
+def render_views(batch, rng, step, augment_config) -> Views:
+  """The gallery and query view of each of this device's catalogue items."""
+  n_local = batch["label"].shape[0]
+  example_index = lax.axis_index(AXIS) * n_local + jnp.arange(n_local)
+  k_aug, k_order = jax.random.split(jax.random.fold_in(rng, step))
+  keys = jax.vmap(lambda i: jax.random.fold_in(k_aug, i))(example_index)
+  gallery, query = augment.two_views(batch["image"], keys, augment_config)
+  query_first = jax.vmap(lambda i: jax.random.bernoulli(jax.random.fold_in(k_order, i)))(
+      example_index)
+  return Views(images=jnp.concatenate([gallery, query]),
+               labels=jnp.concatenate([batch["label"], batch["label"]]),
+               items=jnp.concatenate([batch["item"], batch["item"]]),
+               index=jnp.concatenate([example_index, _global_size(n_local) + example_index]),
+               query_first=query_first)
+
+
+def discriminator_pairs(gallery_codes, query_codes, query_first):
+  """(first, second) codes of each pair, the query first where `query_first`."""
+  first = jnp.where(query_first[:, None], query_codes, gallery_codes)
+  second = jnp.where(query_first[:, None], gallery_codes, query_codes)
+  return first, second
+
+
+def discriminator_update(state, disc, codes, query_first):
+  """One step of the discriminator on fixed codes: (params, opt_state, loss, logits)."""
+  n_local = query_first.shape[0]
+
+  def loss_fn(disc_params):
+    frozen = lax.stop_gradient(codes)
+    first, second = discriminator_pairs(frozen[:n_local], frozen[n_local:], query_first)
+    d_logits, _ = disc.apply({"params": disc_params}, first, second)
+    loss = ours.discriminator_loss(d_logits, query_first, normaliser=_global_size(n_local))
+    return loss, d_logits
+
+  (loss, d_logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.disc_params)
+  grads = lax.psum(grads, AXIS)
+  updates, opt_state = state.disc_tx.update(grads, state.disc_opt_state, state.disc_params)
+  return optax.apply_updates(state.disc_params, updates), opt_state, loss, d_logits
+
+
+def pair_masks(views: Views) -> PairMasks:
+  """Which (this device's view, global view) pairs count, and at which level they are similar."""
+  kinds = ours.pair_kinds(views.labels, views.items, lax.all_gather(views.labels, AXIS, tiled=True),
+                          lax.all_gather(views.items, AXIS, tiled=True))
+  valid = views.index[:, None] != lax.all_gather(views.index, AXIS, tiled=True)[None, :]
+  category_similar = kinds <= ours.PAIR_SAME_TYPE
+  return PairMasks(valid=valid, category_similar=category_similar,
+                   item_valid=valid & category_similar, item_similar=kinds == ours.PAIR_SAME_ITEM)
+
+
+def count(mask):
+  """The number of True entries over all devices."""
+  return lax.psum(jnp.sum(mask), AXIS)
+
+
+def ours_loss(codes, logits, *, views: Views, masks: PairMasks, disc, disc_params, loss_config,
+              num_bits: int):
+  """(total, terms) of the paper's objective on this device's codes and logits."""
+  gamma, gamma_item = ours.cauchy_gammas(loss_config, num_bits)
+  n_global = _global_size(views.query_first.shape[0])
+  n_local = views.query_first.shape[0]
+  all_codes = lax.all_gather(codes, AXIS, tiled=True)
+  distances = ours.relaxed_hamming(codes, all_codes, num_bits=num_bits)
+  first, second = discriminator_pairs(codes[:n_local], codes[n_local:], views.query_first)
+  adv_logits, _ = disc.apply({"params": disc_params}, first, second)
+  m = masks
+  terms = {
+      "classification": ours.classification_loss(logits, views.labels,
+                                                 normaliser=2 * n_global),
+      "hamming": ours.cauchy_cross_entropy(
+          distances, m.category_similar, m.valid, gamma=gamma,
+          num_similar=count(m.category_similar & m.valid),
+          num_dissimilar=count(~m.category_similar & m.valid)),
+      "hamming_item": ours.cauchy_cross_entropy(
+          distances, m.item_similar, m.item_valid, gamma=gamma_item,
+          num_similar=count(m.item_similar & m.item_valid),
+          num_dissimilar=count(~m.item_similar & m.item_valid)),
+      "adversarial": ours.scramble_loss(adv_logits, views.query_first,
+                                        mode=loss_config.adversarial_mode, normaliser=n_global),
+      "quantization": ours.quantization_loss(codes, normaliser=2 * n_global * num_bits),
+  }
+  total = sum(loss_config[f"{name}_weight"] * value for name, value in terms.items())
+  return total, terms
+
+
+def baseline_loss(pre_codes, logits, *, views: Views, method: str, hyper: dict, loss_config,
+                  num_classes: int, step):
+  """(total, terms) of a peer method's loss (plus the weighted classification term).
+
+  A baseline's loss is defined on the whole batch: every device evaluates it on the gathered
+  pre-codes; the gather's transpose sums the devices' cotangents, hence the division by the
+  number of devices.
+  """
+  n_global = _global_size(views.query_first.shape[0])
+  all_pre = lax.all_gather(pre_codes, AXIS, tiled=True)
+  all_labels = lax.all_gather(views.labels, AXIS, tiled=True)
+  value, aux = baselines.BASELINES[method](all_pre, all_labels, num_classes=num_classes,
+                                           step=step, **hyper)
+  devices = lax.axis_size(AXIS)
+  terms = {
+      "classification": ours.classification_loss(logits, views.labels, normaliser=2 * n_global),
+      "baseline": value / devices,
+      **{f"baseline_{k}": lax.stop_gradient(v) / devices for k, v in aux.items()},
+  }
+  return loss_config.classification_weight * terms["classification"] + terms["baseline"], terms
+
+
+def step_metrics(*, total, terms, disc_loss, d_logits, logits, codes, views: Views, grads,
+                 num_bits: int) -> dict:
+  """Every loss term, the accuracies and the collapse watch, summed over devices."""
+  n_global = _global_size(views.query_first.shape[0])
+  binary = codes > 0
+  return {
+      "loss": lax.psum(total, AXIS),
+      **{f"loss_{k}": lax.psum(v, AXIS) for k, v in terms.items()},
+      "loss_discriminator": lax.psum(disc_loss, AXIS),
+      "accuracy": count(jnp.argmax(logits, -1) == views.labels) / (2 * n_global),
+      "discriminator_accuracy": count((d_logits > 0) == views.query_first) / n_global,
+      # Collapse watch: |mean of each bit over the batch|, 0 = balanced, 1 = constant bit.
+      "bit_imbalance": jnp.mean(jnp.abs(
+          lax.psum(jnp.sum(2.0 * binary - 1.0, axis=0), AXIS) / (2 * n_global))),
+      "code_saturation": count(jnp.abs(codes) > 0.9) / (2 * n_global * num_bits),
+      "grad_norm": optax.tree.norm(grads),
+      "grad_norm_encoder": optax.tree.norm(grads["encoder"]),
+  }
+
+
+def make_train_step(config, mesh) -> Callable:
+  """Returns the jitted `train_step(state, batch, rng) -> (state, metrics)`.
+
+  `batch` is a global batch of catalogue items sharded on `data`: uint8 "image" (N, H, W, C),
+  int32 "label" (N,) and "item" (N,); the step renders 2N views.
+  """
+  net, disc = models.create_models(config.model, config.input.num_classes, axis_name=AXIS,
+                                    compute_dtype=config.train.get("compute_dtype", "float32"))
+  num_bits = config.model.num_bits
+  method = config.get("method", "ours")
+  if method != "ours":
+    hyper = {**baselines.default_hyper(method, num_bits),
+             **dict(config.loss.get("baseline_hyper", {}) or {})}
+
+  def body(state, batch, rng):
+    views = render_views(batch, rng, state.step, config.input.augment)
+
+    # Dropout (the AlexNet encoder) differs per device and step; the lean CNN has none.
+    dropout_key = jax.random.fold_in(jax.random.fold_in(rng, state.step),
+                                     DROPOUT_STREAM + lax.axis_index(AXIS))
+
+    def forward(params):
+      (codes, inter), updates = net.apply(
+          {"params": params, "batch_stats": state.batch_stats}, views.images, train=True,
+          mutable=["batch_stats"], rngs={"dropout": dropout_key})
+      return (codes, inter["pre_codes"], inter["logits"]), updates["batch_stats"]
+
+    (codes, pre_codes, logits), backward, batch_stats = jax.vjp(forward, state.params,
+                                                                has_aux=True)
+    disc_params, disc_opt_state, disc_loss, d_logits = discriminator_update(
+        state, disc, codes, views.query_first)
+    if method == "ours":
+      loss_fn = lambda c, l: ours_loss(c, l, views=views, masks=pair_masks(views), disc=disc,
+                                       disc_params=disc_params, loss_config=config.loss,
+                                       num_bits=num_bits)
+      (total, terms), (d_codes, d_logits_cls) = jax.value_and_grad(
+          loss_fn, argnums=(0, 1), has_aux=True)(codes, logits)
+      d_pre = jnp.zeros_like(pre_codes)
+    else:
+      loss_fn = lambda p, l: baseline_loss(p, l, views=views, method=method, hyper=hyper,
+                                           loss_config=config.loss,
+                                           num_classes=config.input.num_classes, step=state.step)
+      (total, terms), (d_pre, d_logits_cls) = jax.value_and_grad(
+          loss_fn, argnums=(0, 1), has_aux=True)(pre_codes, logits)
+      d_codes = jnp.zeros_like(codes)
+    (grads,) = backward((d_codes, d_pre, d_logits_cls))
+    grads = lax.psum(grads, AXIS)
+    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+    metrics = step_metrics(total=total, terms=terms, disc_loss=disc_loss, d_logits=d_logits,
+                           logits=logits, codes=codes, views=views, grads=grads,
+                           num_bits=num_bits)
+    new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params,
+                                                                              updates),
+                              batch_stats=batch_stats, opt_state=opt_state,
+                              disc_params=disc_params, disc_opt_state=disc_opt_state)
+    return new_state, metrics
+
+  sharded = jax.shard_map(body, mesh=mesh, in_specs=(P(), P(AXIS), P()),
+                          out_specs=(P(), P()), check_vma=False)
+  return jax.jit(sharded, donate_argnums=0)

@@ -1,0 +1,165 @@
+"""`train_and_evaluate(config, workdir)`: the training loop, resumable, then the evaluation.
+
+On start the latest restorable checkpoint in `workdir` is restored (a corrupt one is set aside);
+the batch of step s depends on (seed, s) only (data/sampler.py), so a resumed run sees exactly
+the batches an uninterrupted one sees. Metrics go to TensorBoard and the log (CLU writers), with
+progress and an ETA (CLU `ReportProgress`); a non-finite metric stops the run with an error.
+SIGTERM (what a preempted VM receives) saves a checkpoint and stops cleanly, at the same step on
+every process of a multi-host run, and a stuck collective ends the run with an error instead of
+hanging (stopping.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+
+from absl import logging
+from clu import metric_writers
+from clu import periodic_actions
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from deephash_jax import config_lib
+from deephash_jax import mesh as mesh_lib
+from deephash_jax.data import registry
+from deephash_jax.data import sampler as sampler_lib
+from deephash_jax.evaluators import evaluate
+from deephash_jax.train import checkpoints
+from deephash_jax.train import state as state_lib
+from deephash_jax.train import step as step_lib
+from deephash_jax.train import stopping
+
+
+@dataclasses.dataclass
+class _Run:
+  """What the loop needs: the data order, the compiled step and where to save."""
+  config: object
+  workdir: str
+  mesh: object
+  sampler: sampler_lib.TwoViewSampler
+  total_steps: int
+  manager: object
+  state: object
+  start_step: int
+
+
+def _prepare(config, workdir: str) -> _Run:
+  """Validates, saves the config, builds the mesh and the sampler, restores or initialises."""
+  config_lib.validate_config(config)
+  config_lib.workdir_path(workdir).mkdir(parents=True, exist_ok=True)
+  if jax.process_index() == 0:
+    config_lib.save_config(config, workdir)
+  mesh = mesh_lib.create_mesh(config.mesh)
+  train_split = registry.load_split(config.input, config.input.train_split)
+  sampler = sampler_lib.TwoViewSampler(
+      train_split, num_items=config.train.batch_size // 2, seed=config.seed,
+      process_index=jax.process_index(), process_count=jax.process_count())
+  total_steps = config_lib.total_steps(config, len(train_split))
+  image_shape = train_split.images.shape[1:]
+  manager = checkpoints.checkpoint_manager(workdir, config.train)
+  state, restored_step = checkpoints.restore_latest(manager, config, mesh, image_shape,
+                                                    total_steps, set_aside=True)
+  if state is None:
+    state = state_lib.create_train_state(config, jax.random.key(config.seed), total_steps,
+                                         image_shape)
+    state = jax.device_put(state, mesh_lib.replicated(mesh))
+    start_step = 0
+  else:
+    start_step = int(restored_step)
+    logging.info("Resumed from step %d in %s.", start_step, workdir)
+  return _Run(config, workdir, mesh, sampler, total_steps, manager, state, start_step)
+
+
+def _log_metrics(run: _Run, writer, done: int, metrics) -> None:
+  metrics = jax.device_get(metrics)
+  if not all(np.isfinite(v) for v in metrics.values()):
+    raise FloatingPointError(
+        f"non-finite training metrics at step {done} in {run.workdir}: {metrics}; "
+        "lower config.train.learning_rate or check the input data")
+  writer.write_scalars(done, {f"train/{k}": v for k, v in metrics.items()})
+  if jax.process_index() == 0:
+    logging.info("step %d/%d: %s", done, run.total_steps,
+                 " ".join(f"{k}={float(v):.4g}" for k, v in sorted(metrics.items())))
+
+
+def _train_loop(run: _Run, writer) -> tuple[int, bool]:
+  """Runs the steps from `run.start_step`; (the last step done, whether a preemption stopped it).
+
+  The first step (which compiles) runs alone; from then on the watchdog (stopping.py) ends the
+  process if a step, a metrics read or a checkpoint save does not finish in time.
+  """
+  config = run.config
+  train_step = step_lib.make_train_step(config, run.mesh)
+  rng = jax.random.key(config.seed + 1)
+  progress = periodic_actions.ReportProgress(num_train_steps=run.total_steps, writer=writer,
+                                             every_steps=config.train.log_every_steps)
+  preemption = stopping.Preemption()
+  watchdog = stopping.Watchdog(config.train.get("hang_timeout_seconds", 600))
+  logging.info("Training %d steps (%d per epoch), global batch %d views = %d items on %d "
+               "devices.", run.total_steps, run.sampler.steps_per_epoch,
+               config.train.batch_size, config.train.batch_size // 2, jax.device_count())
+  done, stopped = run.start_step, False
+  try:
+    with metric_writers.ensure_flushes(writer):
+      for step in range(run.start_step, run.total_steps):
+        watchdog.beat(f"step {step + 1}")
+        batch = mesh_lib.global_batch(run.mesh, run.sampler.local_batch(step))
+        run.state, metrics = train_step(run.state, batch, rng)
+        done = step + 1
+        if step == run.start_step:
+          jax.block_until_ready(metrics)   # compiled and ran once: now time every stage
+          watchdog.start()
+        progress(done)
+        if done % config.train.log_every_steps == 0 or done == run.total_steps:
+          watchdog.beat(f"the metrics of step {done}")
+          _log_metrics(run, writer, done, metrics)
+        stopped = preemption.reached(done)
+        if (done % config.train.checkpoint_every_steps == 0 or done == run.total_steps
+            or stopped):
+          watchdog.beat(f"the checkpoint of step {done}")
+          run.manager.save(done, args=ocp.args.StandardSave(run.state), force=stopped)
+        if stopped:
+          break
+    watchdog.beat("the last checkpoint's write")
+    run.manager.wait_until_finished()
+  finally:
+    watchdog.stop()
+    preemption.close()
+  return done, stopped
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains (resuming from the latest checkpoint in `workdir`), then evaluates.
+
+  Returns the final evaluation metrics (`evaluators.evaluate.evaluate_variables`, also written
+  to `workdir/eval_results.json`), or `{"stopped_at_step": N}` when SIGTERM stopped the run.
+  """
+  run = _prepare(config, workdir)
+  writer = metric_writers.create_default_writer(workdir,
+                                                just_logging=jax.process_index() != 0)
+  if run.start_step == 0 and jax.process_index() == 0:
+    writer.write_hparams(config_lib.flatten_for_hparams(config))
+  train_start = time.time()
+  done, stopped = _train_loop(run, writer)
+  train_seconds = time.time() - train_start
+  if stopped:
+    run.manager.close()
+    logging.warning("Stopped at step %d on a preemption notice; rerun with the same --workdir "
+                    "to resume.", done)
+    return {"stopped_at_step": done}
+  variables = {"params": run.state.params, "batch_stats": run.state.batch_stats}
+  eval_start = time.time()
+  results = evaluate.evaluate_variables(config, variables, mesh=run.mesh)
+  results["eval_seconds"] = time.time() - eval_start
+  results["train_seconds"] = train_seconds
+  results["train_steps"] = run.total_steps
+  writer.write_scalars(run.total_steps, {f"eval/{k}": v for k, v in results.items()
+                                         if isinstance(v, (int, float))})
+  if jax.process_index() == 0:
+    (config_lib.workdir_path(workdir) / "eval_results.json").write_text(
+        json.dumps(results, indent=2))
+  run.manager.close()
+  return results

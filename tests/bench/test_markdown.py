@@ -1,0 +1,67 @@
+"""bench/markdown.py and bench/report.aggregate: the tables from finished runs' records."""
+import re
+
+import pytest
+
+from deephash_jax.bench import markdown
+from deephash_jax.bench import report
+
+
+def _run(method, bits, seed, map_all, r1, cm_map):
+  return {"method": method, "bits": bits, "seed": seed, "status": "done",
+          "category": {"map_all": map_all},
+          "closest_match": {"recall_at_1": r1, "recall_at_10": r1, "map_all": cm_map}}
+
+
+_RUNS = [_run("ours", 16, 0, 0.80, 0.02, 0.05), _run("ours", 16, 1, 0.84, 0.04, 0.07),
+         _run("dch", 16, 0, 0.81, 0.05, 0.04), _run("hashnet", 16, 0, 0.79, 0.01, 0.02),
+         _run("ours_no_hamming", 16, 0, 0.70, 0.03, 0.06),
+         _run("ours", 32, 0, 0.85, 0.01, 0.03), _run("dch", 32, 0, 0.86, 0.00, 0.01),
+         _run("ours_no_hamming", 32, 0, 0.80, 0.01, 0.05)]
+
+
+def _results():
+  runs = {f"r{i}": r for i, r in enumerate(_RUNS)}
+  bench = {"methods": ["ours", "ours_no_hamming", "dch", "hashnet"], "bits": [16, 32, 64],
+           "reference_bits": 16, "lead_methods": ["ours"],
+           "ablations": {"ours": ["ours_no_hamming"]}}
+  return {"aggregate": report.aggregate(runs, ("map_all",)), "benchmark": bench, "runs": runs}
+
+
+def test_means_and_sample_deviations_over_seeds():
+  cell = report.aggregate({f"r{i}": r for i, r in enumerate(_RUNS)}, ("map_all",))["ours"]["16"]
+  assert cell["seeds"] == [0, 1]
+  assert cell["category/map_all"]["mean"] == pytest.approx(0.82)
+  assert cell["category/map_all"]["std"] == pytest.approx(0.04 / 2 ** 0.5)   # ddof = 1
+  single = report.aggregate({"a": _RUNS[2]}, ("map_all",))["dch"]["16"]["category/map_all"]
+  assert single["std"] is None and single["n"] == 1
+
+
+def test_leads_are_against_the_best_peer_and_leave_the_variants_of_ours_out():
+  results = _results()
+  table = markdown.leads(results["aggregate"], results["benchmark"]["methods"], (16, 32, 64),
+                         "ours")
+  assert set(table) == {"16", "32"}                       # nothing at 64 bits yet
+  # 16 bits: ours' mean over seeds 0.82 against dch's 0.81; R@1 0.03 against dch's 0.05.
+  assert table["16"]["category/map_all"] == (pytest.approx(0.01), "dch")
+  assert table["16"]["closest_match/recall_at_1"] == (pytest.approx(-0.02), "dch")
+  assert table["16"]["closest_match/map_all"] == (pytest.approx(0.02), "dch")
+  assert table["32"]["category/map_all"] == (pytest.approx(-0.01), "dch")
+  lines = "\n".join(markdown._lead_section(results) + markdown._ablation_section(results))  # pylint: disable=protected-access
+  assert "| 16 | +0.0100 (dch) | -0.0200 (dch) | +0.0200 (dch) |" in lines
+  # The ablation at every length both it and ours have run (none at 64 bits).
+  assert re.findall(r"^\| ours_no_hamming \|.*$", lines, re.MULTILINE) == [
+      "| ours_no_hamming | 16 | +0.1200 | +0.0000 | +0.0000 |",
+      "| ours_no_hamming | 32 | +0.0500 | +0.0000 | -0.0200 |"]
+
+
+def test_a_cell_says_whether_it_is_pending_failed_or_not_planned():
+  results = _results()
+  results["runs"]["p"] = {"method": "hashnet", "bits": 32, "seed": 0, "status": "pending"}
+  results["runs"]["f"] = {"method": "ours_no_hamming", "bits": 64, "seed": 0,
+                          "status": "failed", "error": "x"}
+  cell = markdown._cell   # pylint: disable=protected-access
+  assert cell(results, "hashnet", 32, "category/map_all") == "…"
+  assert cell(results, "ours_no_hamming", 64, "category/map_all") == "failed"
+  assert cell(results, "dch", 64, "category/map_all") == "—"
+  assert cell(results, "ours", 16, "category/map_all") == "0.8200 ± 0.0283"

@@ -1,0 +1,161 @@
+"""Each loss against a plain NumPy reference, including edge cases."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from deephash_jax import config_lib
+from deephash_jax.losses import ours
+from deephash_jax.losses import ours as losses
+
+
+def np_relaxed_hamming(a, b, num_bits):
+  a = a / np.sqrt((a * a).sum(-1, keepdims=True) + 1e-6)
+  b = b / np.sqrt((b * b).sum(-1, keepdims=True) + 1e-6)
+  return 0.5 * num_bits * (1 - a @ b.T)
+
+
+def np_cauchy(d, similar, valid, gamma):
+  pos, neg = [], []
+  for i in range(d.shape[0]):
+    for j in range(d.shape[1]):
+      if not valid[i, j]:
+        continue
+      sigma = gamma / (gamma + d[i, j])
+      if similar[i, j]:
+        pos.append(-np.log(sigma))
+      else:
+        neg.append(-np.log(max(1 - sigma, 1e-300)))
+  mean = lambda v: np.mean(v) if v else 0.0
+  return 0.5 * (mean(pos) + mean(neg))
+
+
+@pytest.mark.parametrize("num_bits", [8, 16, 48, 64])
+def test_relaxed_hamming_matches_numpy_and_is_exact_on_binary_codes(num_bits):
+  rng = np.random.default_rng(num_bits)
+  a = rng.normal(size=(5, num_bits)).astype(np.float32)
+  b = rng.normal(size=(7, num_bits)).astype(np.float32)
+  np.testing.assert_allclose(losses.relaxed_hamming(a, b, num_bits=num_bits),
+                             np_relaxed_hamming(a, b, num_bits), rtol=1e-4, atol=1e-4)
+  bits_a, bits_b = np.sign(a), np.sign(b)
+  hamming = (bits_a[:, None, :] != bits_b[None, :, :]).sum(-1)
+  np.testing.assert_allclose(losses.relaxed_hamming(bits_a, bits_b, num_bits=num_bits), hamming,
+                             atol=1e-3)
+
+
+def test_cauchy_cross_entropy_matches_numpy():
+  rng = np.random.default_rng(0)
+  d = rng.uniform(0, 48, size=(6, 9)).astype(np.float32)
+  d[0, 0] = 0.0  # A similar pair at distance 0: loss exactly 0, no NaN.
+  similar = rng.uniform(size=(6, 9)) < 0.3
+  similar[0, 0] = True
+  valid = rng.uniform(size=(6, 9)) < 0.8
+  valid[0, 0] = True
+  for gamma in (1.0, 10.0, 20.0):
+    got = losses.cauchy_cross_entropy(jnp.asarray(d), similar, valid, gamma=gamma)
+    np.testing.assert_allclose(got, np_cauchy(d, similar, valid, gamma), rtol=1e-5)
+
+
+def test_cauchy_cross_entropy_edge_cases():
+  d = np.array([[0.0, 3.0], [5.0, 0.0]], np.float32)
+  valid = np.ones((2, 2), bool)
+  # No similar pair: only the dissimilar mean counts (halved); all similar: likewise.
+  none_similar = np.zeros((2, 2), bool)
+  got = losses.cauchy_cross_entropy(d, none_similar, ~np.eye(2, dtype=bool), gamma=2.0)
+  np.testing.assert_allclose(got, np_cauchy(d, none_similar, ~np.eye(2, dtype=bool), 2.0),
+                             rtol=1e-6)
+  got = losses.cauchy_cross_entropy(d, valid, valid, gamma=2.0)
+  np.testing.assert_allclose(got, np_cauchy(d, valid, valid, 2.0), rtol=1e-6)
+  # Nothing valid: zero, finite.
+  assert float(losses.cauchy_cross_entropy(d, valid, np.zeros((2, 2), bool), gamma=2.0)) == 0.0
+  # Ties (equal distances) give equal per-pair terms: the loss is invariant to swapping them.
+  d_tie = np.full((2, 2), 4.0, np.float32)
+  a = losses.cauchy_cross_entropy(d_tie, np.eye(2, dtype=bool), valid, gamma=2.0)
+  b = losses.cauchy_cross_entropy(d_tie, ~np.eye(2, dtype=bool), valid, gamma=2.0)
+  np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_cauchy_block_sums_equal_whole_batch():
+  """The sharded step's decomposition: rows split in blocks with global counts sum to the whole."""
+  rng = np.random.default_rng(1)
+  d = rng.uniform(0, 32, size=(8, 8)).astype(np.float32)
+  similar = rng.uniform(size=(8, 8)) < 0.4
+  valid = ~np.eye(8, dtype=bool)
+  whole = losses.cauchy_cross_entropy(d, similar, valid, gamma=5.0)
+  n_pos, n_neg = np.sum(similar & valid), np.sum(~similar & valid)
+  parts = sum(losses.cauchy_cross_entropy(d[i:i + 2], similar[i:i + 2], valid[i:i + 2], gamma=5.0,
+                                          num_similar=n_pos, num_dissimilar=n_neg)
+              for i in range(0, 8, 2))
+  np.testing.assert_allclose(parts, whole, rtol=1e-5)
+
+
+def test_pair_kinds():
+  labels = np.array([0, 0, 1, 0])
+  items = np.array([7, 8, 9, 7])
+  expected = np.array([[0, 1, 2, 0], [1, 0, 2, 1], [2, 2, 0, 2], [0, 1, 2, 0]])
+  np.testing.assert_array_equal(losses.pair_kinds(labels, items, labels, items), expected)
+
+
+def test_classification_quantization_discriminator_match_numpy():
+  rng = np.random.default_rng(2)
+  logits = rng.normal(size=(5, 4)).astype(np.float32)
+  labels = np.array([0, 3, 1, 1, 2])
+  log_softmax = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  expected = -log_softmax[np.arange(5), labels].mean()
+  np.testing.assert_allclose(losses.classification_loss(logits, labels), expected, rtol=1e-5)
+  np.testing.assert_allclose(losses.classification_loss(logits, labels, normaliser=10),
+                             expected / 2, rtol=1e-5)
+
+  codes = np.array([[1.0, -1.0, 0.0], [0.5, -0.25, 1.0]], np.float32)
+  expected = np.mean((np.abs(codes) - 1) ** 2)
+  np.testing.assert_allclose(losses.quantization_loss(codes), expected, rtol=1e-6)
+  assert float(losses.quantization_loss(np.sign(codes[:, :2]))) == 0.0
+
+  d_logits = np.array([2.0, -1.0, 0.0, 30.0], np.float32)
+  query_first = np.array([True, False, True, False])
+  x = d_logits.astype(np.float64)
+  neg_log_p, neg_log_1mp = np.logaddexp(0, -x), np.logaddexp(0, x)  # -log p, -log(1-p), stable
+  bce = query_first * neg_log_p + (~query_first) * neg_log_1mp
+  np.testing.assert_allclose(losses.discriminator_loss(d_logits, query_first), bce.mean(),
+                             rtol=1e-5)
+  entropy = 0.5 * neg_log_p + 0.5 * neg_log_1mp - np.log(2)
+  np.testing.assert_allclose(losses.scramble_loss(d_logits, query_first, mode="entropy"),
+                             entropy.mean(), rtol=1e-5)
+  flipped = (~query_first) * neg_log_p + query_first * neg_log_1mp
+  np.testing.assert_allclose(losses.scramble_loss(d_logits, query_first, mode="flip"),
+                             flipped.mean(), rtol=1e-5)
+  # The entropy form is minimal, 0, exactly when the discriminator says 1/2.
+  assert abs(float(losses.scramble_loss(np.zeros(3, np.float32), query_first[:3]))) < 1e-7
+  with pytest.raises(ValueError, match="adversarial_mode"):
+    losses.scramble_loss(d_logits, query_first, mode="nope")
+
+
+@pytest.mark.parametrize("num_bits", [16, 32, 48, 64])
+def test_hamming_loss_keeps_its_gradient_when_codes_start_nearly_equal(num_bits):
+  """The failure that collapses DCH at 32 bits: near-parallel codes must still get a gradient."""
+  rng = np.random.default_rng(num_bits)
+  base = rng.normal(size=(1, num_bits))
+  codes = jnp.asarray(np.tanh(base + 1e-3 * rng.normal(size=(8, num_bits))), jnp.float32)
+  labels = np.arange(8) % 2
+  kinds = losses.pair_kinds(labels, np.arange(8), labels, np.arange(8))
+  valid = ~np.eye(8, dtype=bool)
+
+  def loss(c):
+    d = losses.relaxed_hamming(c, c, num_bits=num_bits)
+    return losses.cauchy_cross_entropy(d, kinds <= 1, valid, gamma=10.0)
+
+  grad = jax.grad(loss)(codes)
+  assert np.all(np.isfinite(grad))
+  assert float(jnp.linalg.norm(grad)) > 1e-3
+
+
+def test_cauchy_gammas_scale_with_the_code_length_only_when_asked():
+  loss = config_lib.base_config("fashion_mnist").loss
+  loss.gamma, loss.gamma_item = 10.0, 6.0
+  assert loss.gamma_reference_bits == 0                    # default: as given at every length
+  assert ours.cauchy_gammas(loss, 16) == (10.0, 6.0)
+  loss.gamma_reference_bits = 48
+  assert ours.cauchy_gammas(loss, 48) == (10.0, 6.0)      # unchanged at the reference length
+  assert ours.cauchy_gammas(loss, 16) == pytest.approx((10.0 / 3, 2.0))
+  assert ours.cauchy_gammas(loss, 64) == pytest.approx((40.0 / 3, 8.0))

@@ -1,0 +1,57 @@
+"""serve/catalogue.py: the index a model builds, and the one catalogue object predict and the
+demo search."""
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from deephash_jax import encoder as encoder_lib
+from deephash_jax.data import fashion_mnist
+from deephash_jax.search import index as index_lib
+from deephash_jax.serve import catalogue
+
+pytestmark = pytest.mark.slow
+
+
+def test_the_index_file_carries_its_metadata(trained):
+  workdir, index_path, database, _, _ = trained
+  assert not os.path.exists(index_path + ".json")          # no sidecar file
+  index = index_lib.HammingIndex.load(index_path)
+  meta = index.metadata
+  assert meta["split"] == "train" and meta["workdir"] == os.path.abspath(workdir)
+  assert meta["class_names"] == list(fashion_mnist.FASHION_MNIST_CLASSES)
+  assert meta["items"] == database.items.tolist() and meta["step"] == 6
+  assert index.model_id == encoder_lib.HashEncoder.from_workdir(workdir).model_id
+
+
+def test_one_catalogue_with_or_without_an_index_finds_the_same(trained):
+  workdir, index_path, database, query_path, query_id = trained
+  indexed = catalogue.Catalogue.open(workdir, index_path)
+  on_the_fly = catalogue.Catalogue.open(workdir)
+  assert len(indexed) == len(on_the_fly) == 320
+  codes = indexed.encoder.encode_files([query_path])
+  assert indexed.search_codes(codes, 5) == on_the_fly.search_codes(codes, 5)
+  first = indexed.search_codes(codes, 1)[0][0]
+  assert first["id"] == query_id and first["distance"] == 0
+  assert first["label"] == fashion_mnist.FASHION_MNIST_CLASSES[database.labels[query_id]]
+  # No image files in this dataset: an entry's image comes from the indexed split.
+  np.testing.assert_array_equal(indexed.entry_image(query_id), database.images[query_id])
+  with pytest.raises(catalogue.EntryNotFound, match="no catalogue entry with id 999"):
+    indexed.entry(999)
+  with pytest.raises(catalogue.EntryNotFound, match="holds no image paths"):
+    indexed.thumbnail(query_id)
+  with pytest.raises(catalogue.CatalogueError, match="k=0"):
+    indexed.search_codes(codes, 0)
+
+
+def test_one_photo_gives_one_code_whichever_way_it_comes_in(trained, tmp_path):
+  """The file read by the catalogue (predict), by the encoder and the same pixels passed in."""
+  workdir, _, database, _, _ = trained
+  photo = tmp_path / "shot.jpg"
+  Image.fromarray(database.images[3][..., 0]).convert("RGB").resize((90, 70)).save(photo)
+  model = encoder_lib.HashEncoder.from_workdir(workdir)
+  from_file = model.encode_files([str(photo)])
+  pixels = catalogue.read_query(str(photo), model.image_shape)
+  np.testing.assert_array_equal(model.encode(pixels[None]), from_file)
+  np.testing.assert_array_equal(model.read_files([str(photo)])[0], pixels)

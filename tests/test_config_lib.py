@@ -1,0 +1,49 @@
+"""config_lib.py: checks that name the field and the value, and a workdir's saved config."""
+import pytest
+
+from deephash_jax import config_lib
+
+
+def test_the_product_configs_are_valid():
+  for name in ("fashion_mnist", "tiny", "image_folder", "image_folder_224", "image_folder_tiny"):
+    config = config_lib.base_config(name)
+    if name.startswith("image_folder"):
+      config.input.num_classes = 5
+    config_lib.validate_config(config)
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("eval.ties", "random", "config.eval.ties='random': one of ('expected', 'index')"),
+    ("eval.closest_match.num_queries", -1, "config.eval.closest_match.num_queries=-1"),
+    ("eval.batch_size", 0, "config.eval.batch_size=0: positive"),
+    ("train.batch_size", 7, "config.train.batch_size=7: an even number"),
+    ("method", "magic", "config.method='magic'"),
+])
+def test_bad_values_are_named(field, value, message):
+  config = config_lib.base_config("tiny")
+  *parents, leaf = field.split(".")
+  node = config
+  for key in parents:
+    node = node[key]
+  node[leaf] = value
+  with pytest.raises(config_lib.ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    config_lib.validate_config(config)
+
+
+def test_a_saved_config_loads_back_and_a_missing_one_is_named(tmp_path):
+  config = config_lib.base_config("tiny")
+  config_lib.save_config(config, str(tmp_path))
+  # JSON has lists where the config has tuples; the values are the same.
+  assert config_lib.load_config(str(tmp_path)).to_json() == config.to_json()
+  with pytest.raises(FileNotFoundError, match="is 'nowhere' a training workdir"):
+    config_lib.load_config("nowhere")
+  (tmp_path / "config.json").write_text("{not json")
+  with pytest.raises(config_lib.ConfigError, match="not valid JSON"):
+    config_lib.load_config(str(tmp_path))
+
+
+def test_total_steps_from_epochs_or_steps():
+  config = config_lib.base_config("fashion_mnist")
+  assert config_lib.total_steps(config, 60000) == 15 * (60000 // 128)
+  config.train.num_steps = 7
+  assert config_lib.total_steps(config, 60000) == 7
