@@ -1,10 +1,12 @@
-"""What every dataset module shares: the in-memory `Split`, `DataError`, and TF kept off
-accelerators (TFDS reads files with TF; JAX owns the GPU/TPU)."""
+"""What every dataset module shares: the in-memory `Split`, `DataError`, TF kept off accelerators
+(TFDS reads files with TF; JAX owns the GPU/TPU), and one process building a dataset at a time."""
 
 from __future__ import annotations
 
 import dataclasses
 
+import jax
+from jax.experimental import multihost_utils
 import numpy as np
 
 
@@ -19,6 +21,17 @@ def hide_tf_from_accelerators():
     tf.config.set_visible_devices([], "GPU")
   except RuntimeError:  # Already initialised: devices were hidden earlier.
     pass
+
+
+def prepare_once(builder) -> None:
+  """`builder.download_and_prepare()`, by one process at a time: in a multi-process run process 0
+  builds the dataset while the others wait, then they find it built (a shared data dir) or build
+  their own (a host's local one); several processes building into one folder at once fail."""
+  if jax.process_count() > 1:
+    if jax.process_index() == 0:
+      builder.download_and_prepare()
+    multihost_utils.sync_global_devices(f"deephash prepare {builder.name}")
+  builder.download_and_prepare()
 
 
 @dataclasses.dataclass(frozen=True)

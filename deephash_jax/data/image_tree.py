@@ -222,7 +222,7 @@ def load_split(input_config, split: str) -> base.Split:
   if split not in builder.tree.splits():
     raise DataError(f"{os.path.join(builder.tree.root, split)}: no images in split {split!r}; "
                     f"this tree has {', '.join(builder.tree.splits()) or 'no images'}")
-  builder.download_and_prepare()
+  base.prepare_once(builder)
   num_examples = builder.info.splits[split].num_examples if split in builder.info.splits else 0
   if not num_examples:
     raise DataError(f"{os.path.join(builder.tree.root, split)}: no readable images (see the "

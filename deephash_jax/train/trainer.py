@@ -90,6 +90,14 @@ def _train_loop(run: _Run, writer) -> tuple[int, bool]:
 
   The first step (which compiles) runs alone; from then on the watchdog (stopping.py) ends the
   process if a step, a metrics read or a checkpoint save does not finish in time.
+
+  At most two steps are in flight: step s is dispatched, then the host waits for step s - 1.
+  Without that bound the host runs far ahead, and XLA:CPU admits up to 32 enqueued computations
+  per device, launched from a thread pool in no guaranteed order: a device whose later steps
+  hold every slot cannot launch the earlier one, whose collective the other devices of the step
+  then wait in forever (the intermittent multi-process hang, reproduced with a 2 x 4-device
+  shard_map loop of 40 steps; tests/test_launch.py runs the default model 10 times). The bound
+  costs nothing: the device still has the next step queued while the host gathers a batch.
   """
   config = run.config
   train_step = step_lib.make_train_step(config, run.mesh)
@@ -101,7 +109,7 @@ def _train_loop(run: _Run, writer) -> tuple[int, bool]:
   logging.info("Training %d steps (%d per epoch), global batch %d views = %d items on %d "
                "devices.", run.total_steps, run.sampler.steps_per_epoch,
                config.train.batch_size, config.train.batch_size // 2, jax.device_count())
-  done, stopped = run.start_step, False
+  done, stopped, in_flight = run.start_step, False, None
   try:
     with metric_writers.ensure_flushes(writer):
       for step in range(run.start_step, run.total_steps):
@@ -112,6 +120,9 @@ def _train_loop(run: _Run, writer) -> tuple[int, bool]:
         if step == run.start_step:
           jax.block_until_ready(metrics)   # compiled and ran once: now time every stage
           watchdog.start()
+        if in_flight is not None:
+          jax.block_until_ready(in_flight)   # step s - 1 done: two steps in flight at most
+        in_flight = metrics
         progress(done)
         if done % config.train.log_every_steps == 0 or done == run.total_steps:
           watchdog.beat(f"the metrics of step {done}")
@@ -120,6 +131,9 @@ def _train_loop(run: _Run, writer) -> tuple[int, bool]:
         if (done % config.train.checkpoint_every_steps == 0 or done == run.total_steps
             or stopped):
           watchdog.beat(f"the checkpoint of step {done}")
+          # The step is done on every device before the checkpoint code starts: nothing it
+          # runs can overlap the step's collectives.
+          jax.block_until_ready(run.state)
           run.manager.save(done, args=ocp.args.StandardSave(run.state), force=stopped)
         if stopped:
           break

@@ -16,3 +16,13 @@ def test_tensorflow_sees_no_accelerator():
   base.hide_tf_from_accelerators()
   base.hide_tf_from_accelerators()    # a second call (TF already initialised) is harmless
   assert tf.config.get_visible_devices("GPU") == []
+
+
+def test_one_process_prepares_its_dataset_itself():
+  class Builder:
+    name, calls = "fake", 0
+
+    def download_and_prepare(self):
+      Builder.calls += 1
+  base.prepare_once(Builder())
+  assert Builder.calls == 1

@@ -11,7 +11,7 @@ import pytest
 from deephash_jax import config_lib
 from deephash_jax import encoder
 from deephash_jax.evaluators import evaluate
-from deephash_jax.losses import ours
+from deephash_jax.losses import singh2019
 from deephash_jax.train import trainer
 from tests import fake_data
 
@@ -67,7 +67,7 @@ def test_train_and_evaluate_end_to_end_and_resume(config, tmp_path):
 
 
 def test_nan_fails_fast_with_the_step(config, tmp_path, monkeypatch):
-  monkeypatch.setattr(ours, "quantization_loss", lambda codes, normaliser=None: np.nan)
+  monkeypatch.setattr(singh2019, "quantization_loss", lambda codes, normaliser=None: np.nan)
   config.train.num_steps = 4
   with pytest.raises(FloatingPointError, match="non-finite training metrics at step 2"):
     trainer.train_and_evaluate(config, str(tmp_path / "nan"))
