@@ -36,6 +36,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from deephash_jax.losses import distance
+
 __all__ = [
     "BASELINES",
     "NORM_EPS",
@@ -53,7 +55,7 @@ __all__ = [
 
 # Added to squared norms before dividing (cosines of DCH and OrthoHash): keeps the cosine
 # defined at a zero code and strictly below 1 for parallel codes, without clipping anything.
-NORM_EPS = 1e-6
+NORM_EPS = distance.NORM_EPS
 
 
 # ----------------------------------------------------------------------------------------------
@@ -99,26 +101,6 @@ def _balanced_pair_mean(per_pair, similar, mask):
   weights = (similar * num_pairs / jnp.maximum(num_similar, 1.0)
              + (1.0 - similar) * num_pairs / jnp.maximum(num_dissimilar, 1.0))
   return _pair_mean(weights * per_pair, mask)
-
-
-def _normalize(x, eps):
-  """Rows divided by sqrt(|x|^2 + eps), and the residual 1 - |x_hat|^2 = eps / (|x|^2 + eps)."""
-  denom = jnp.sum(x * x, axis=-1, keepdims=True) + eps
-  return x * jax.lax.rsqrt(denom), eps / denom[..., 0]
-
-
-def _cosine_distance(a, b, eps):
-  """(Na, Nb) matrix of K/2 * (1 - cos(a_i, b_j)), the cosine with eps in both norms.
-
-  Computed as K/4 * (|a_hat_i - b_hat_j|^2 + res_a_i + res_b_j), which equals
-  K/2 * (1 - <a_i, b_j> / (sqrt(|a_i|^2 + eps) sqrt(|b_j|^2 + eps))) exactly but without the
-  cancellation of ``1 - cos`` for near-parallel rows: it stays > 0 and keeps its gradient when a
-  fresh network outputs almost identical codes. Memory O(Na * Nb * K).
-  """
-  a_hat, a_res = _normalize(a, eps)
-  b_hat, b_res = _normalize(b, eps)
-  diff = a_hat[:, None, :] - b_hat[None, :, :]
-  return 0.25 * a.shape[-1] * (jnp.sum(diff * diff, axis=-1) + a_res[:, None] + b_res[None, :])
 
 
 def _balanced_codes(num_classes, num_bits, rng):
@@ -182,11 +164,12 @@ def dch_loss(pre_codes, labels, *, num_classes, step, gamma, quantization_weight
   del num_classes, step
   codes = jnp.tanh(_as_float32(pre_codes))
   similar, mask = _pairs(labels)
-  dist = _cosine_distance(codes, codes, eps)
+  dist = distance.relaxed_hamming(codes, codes, eps=eps)
   per_pair = (similar * jnp.log1p(dist / gamma) + (1.0 - similar) * jnp.log1p(gamma / dist))
   cauchy = _balanced_pair_mean(per_pair, similar, mask)
   ones = jnp.ones((1, codes.shape[1]), jnp.float32)
-  quantization = jnp.mean(jnp.log1p(_cosine_distance(jnp.abs(codes), ones, eps) / gamma))
+  quantization = jnp.mean(jnp.log1p(
+      distance.relaxed_hamming(jnp.abs(codes), ones, eps=eps) / gamma))
   loss = cauchy + quantization_weight * quantization
   return loss, {"cauchy": cauchy, "quantization": quantization}
 
@@ -376,13 +359,13 @@ def orthohash_loss(pre_codes, labels, *, num_classes, step, scale, margin,
   del step
   v = _as_float32(pre_codes)
   codebook = jnp.asarray(orthohash_codebook(num_classes, v.shape[1], codebook_seed))
-  v_hat, _ = _normalize(v, eps)
+  v_hat, _ = distance.normalize(v, eps)
   cosine = _gram(v_hat, codebook / np.sqrt(v.shape[1]))
   onehot = jax.nn.one_hot(jnp.asarray(labels), num_classes, dtype=jnp.float32)
   logits = scale * (cosine - margin * onehot)
   ce = jnp.mean(jax.nn.logsumexp(logits, axis=-1) - jnp.sum(logits * onehot, axis=-1))
   signs = jax.lax.stop_gradient(jnp.sign(v))
-  signs_hat, _ = _normalize(signs, eps)
+  signs_hat, _ = distance.normalize(signs, eps)
   quantization = jnp.mean(1.0 - jnp.sum(v_hat * signs_hat, axis=-1))
   loss = ce + quantization_weight * quantization
   return loss, {"ce": ce, "quantization": quantization}

@@ -1,0 +1,38 @@
+"""The relaxed Hamming distance every pairwise loss uses (ours and the peers'), one implementation.
+
+For +-1 codes of K bits the Hamming distance is K/2 * (1 - cos(a, b)). On relaxed codes (tanh
+outputs, pre-activations) the same expression is the relaxation; it is computed here as
+K/4 * (|a_hat - b_hat|^2 + res_a + res_b) with a_hat = a / sqrt(|a|^2 + eps) and the residual
+res_a = eps / (|a|^2 + eps) = 1 - |a_hat|^2, which equals K/2 * (1 - <a, b> / (sqrt(|a|^2 + eps)
+sqrt(|b|^2 + eps))) exactly but never subtracts two numbers close to 1: near-parallel codes (a
+fresh network's, or two views of one item) keep an accurate distance and a gradient, in float32
+and in bfloat16 inputs alike (computed in float32). It is never negative and never clipped (a clip
+such as DCH's cosine cap at 0.99 zeroes the gradient of every near-parallel pair). Memory is
+O(Na * Nb * K).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+NORM_EPS = 1e-6
+
+
+def normalize(x, eps: float = NORM_EPS):
+  """Rows divided by sqrt(|x|^2 + eps), and the residual 1 - |x_hat|^2 = eps / (|x|^2 + eps)."""
+  x = jnp.asarray(x, jnp.float32)
+  denom = jnp.sum(x * x, axis=-1, keepdims=True) + eps
+  return x * jax.lax.rsqrt(denom), eps / denom[..., 0]
+
+
+def relaxed_hamming(row_codes, col_codes, *, num_bits: int | None = None,
+                    eps: float = NORM_EPS):
+  """(Na, Nb) relaxed Hamming distances K/2 * (1 - cos) between the rows of two code matrices,
+  float32, >= 0 (module docstring); K = `num_bits`, by default the codes' width."""
+  num_bits = row_codes.shape[-1] if num_bits is None else num_bits
+  a_hat, a_res = normalize(row_codes, eps)
+  b_hat, b_res = normalize(col_codes, eps)
+  diff = a_hat[:, None, :] - b_hat[None, :, :]
+  squared = jnp.sum(diff * diff, axis=-1) + a_res[:, None] + b_res[None, :]
+  return 0.25 * num_bits * jnp.maximum(squared, 0.0)
