@@ -96,7 +96,7 @@ def measure_step(config, *, steps: int, warmup: int) -> dict:
       "encoder": config.model.encoder, "num_bits": config.model.num_bits,
       "batch_views": config.train.batch_size, "batch_items": num_items,
       "compute_dtype": config.train.get("compute_dtype", "float32"),
-      "method": config.get("method", "ours"), "steps": steps,
+      "method": config.get("method", "singh2019"), "steps": steps,
       "compile_seconds": compile_seconds, "steps_per_second": steps_per_second,
       "images_per_second": steps_per_second * config.train.batch_size,
       "images_per_second_per_device": steps_per_second * config.train.batch_size / len(devices),
@@ -157,7 +157,7 @@ def _stage_functions(config, mesh):
                                (state, batch)),
       "optimizer_update": (jax.jit(optimizer), (state,)),
   }
-  if config.get("method", "ours") == "ours":
+  if config.get("method", "singh2019") == "singh2019":
     stages["loss_terms_with_forward"] = (shard(loss_terms, (P(), P(mesh_lib.AXIS)),
                                                P(mesh_lib.AXIS)), (state, batch))
   return stages

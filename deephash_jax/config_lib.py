@@ -49,12 +49,14 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   activation = m.get("code_activation", "tanh")
   _require(activation in ("tanh", "sign_ste"), "model.code_activation", activation,
            "'tanh' or 'sign_ste'")
-  methods = ("ours", *sorted(baselines.BASELINES))
-  method = config.get("method", "ours")
+  methods = ("singh2019", "graded", *sorted(baselines.BASELINES))
+  method = config.get("method", "singh2019")
   _require(method in methods, "method", method, f"one of {methods}")
+  if method == "graded":
+    _validate_graded(l.get("graded"))
   # Sign codes are +-1 already: the quantization term would be 0 with 0 gradient, a weight that
   # silently does nothing.
-  _require(not (method == "ours" and activation == "sign_ste" and l.quantization_weight > 0),
+  _require(not (method == "singh2019" and activation == "sign_ste" and l.quantization_weight > 0),
            "loss.quantization_weight", l.quantization_weight,
            "0 with model.code_activation='sign_ste' (the codes are +-1 already, so the term and "
            "its gradient are 0); it pulls tanh codes to +-1")
@@ -65,6 +67,14 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _require(t.checkpoint_every_steps > 0, "train.checkpoint_every_steps",
            t.checkpoint_every_steps, "positive")
   _validate_eval(config.eval)
+
+
+def _validate_graded(g) -> None:
+  _require(g is not None, "loss.graded", g, "a ConfigDict (configs/fashion_mnist.py has one)")
+  for name in ("pair_weight", "item_weight", "feature_item_weight", "pair_threshold"):
+    _require(g[name] >= 0, f"loss.graded.{name}", g[name], "non-negative")
+  for name in ("pair_gamma", "item_temperature", "feature_temperature"):
+    _require(g[name] > 0, f"loss.graded.{name}", g[name], "positive")
 
 
 def _validate_eval(e) -> None:

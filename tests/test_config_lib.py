@@ -5,7 +5,8 @@ from deephash_jax import config_lib
 
 
 def test_the_product_configs_are_valid():
-  for name in ("fashion_mnist", "tiny", "image_folder", "image_folder_224", "image_folder_tiny"):
+  for name in ("fashion_mnist", "graded", "tiny", "image_folder", "image_folder_224",
+               "image_folder_tiny"):
     config = config_lib.base_config(name)
     if name.startswith("image_folder"):
       config.input.num_classes = 5
@@ -18,6 +19,7 @@ def test_the_product_configs_are_valid():
     ("eval.batch_size", 0, "config.eval.batch_size=0: positive"),
     ("train.batch_size", 7, "config.train.batch_size=7: an even number"),
     ("method", "magic", "config.method='magic'"),
+    ("loss.graded.item_temperature", 0.0, "config.loss.graded.item_temperature=0.0: positive"),
 ])
 def test_bad_values_are_named(field, value, message):
   config = config_lib.base_config("tiny")
@@ -26,6 +28,8 @@ def test_bad_values_are_named(field, value, message):
   for key in parents:
     node = node[key]
   node[leaf] = value
+  if field.startswith("loss.graded"):
+    config.method = "graded"
   with pytest.raises(config_lib.ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
     config_lib.validate_config(config)
 

@@ -47,8 +47,8 @@ def _cell(results, method, bits, key) -> str:
 
 def leads(agg: dict, methods, bits_list, ours_method: str) -> dict:
   """{bits: {metric: (ours - best peer, best peer)}}: peers = the methods that are not variants
-  of ours (`ours*`, `singh2019*`). Means over seeds; cells not run yet are left out."""
-  peers = [m for m in methods if not m.startswith(("ours", "singh2019"))]
+  of ours (`ours*`, `singh2019*`, `graded*`). Means over seeds; cells not run yet are left out."""
+  peers = [m for m in methods if not m.startswith(("ours", "singh2019", "graded"))]
   out = {}
   for bits in bits_list:
     ours = agg.get(ours_method, {}).get(str(bits))

@@ -11,9 +11,12 @@ One step does, in order (each stage a module-level function, testable alone):
  2. one forward pass of the hash network (kept as a VJP closure);
  3. `discriminator_update`: the discriminator's step on the codes of same-item pairs (gradients
     stopped at the codes);
- 4. the encoder + classifier update on `ours_loss` (classification + two-level Cauchy Hamming
-    loss + scramble loss against the *updated* discriminator + quantization, each
-    config-weighted) or on `baseline_loss` (a peer method's loss, losses/baselines.py);
+ 4. the encoder + classifier update on `singh2019_loss` (the paper's: classification + two-level
+    Cauchy Hamming loss + scramble loss against the *updated* discriminator + quantization,
+    each config-weighted), on `graded_loss` (losses/graded.py: category Cauchy with a dead zone,
+    item InfoNCE on codes and features, classification, quantization; the discriminator is
+    trained and reported but not in the encoder's loss) or on `baseline_loss` (a peer
+    method's loss, losses/baselines.py);
  5. `step_metrics`: every loss term and the collapse watch, summed over devices.
 """
 
@@ -30,7 +33,9 @@ from jax.sharding import PartitionSpec as P
 from deephash_jax import models
 from deephash_jax.data import augment
 from deephash_jax.losses import baselines
-from deephash_jax.losses import ours
+from deephash_jax.losses import distance
+from deephash_jax.losses import graded
+from deephash_jax.losses import singh2019
 from deephash_jax.mesh import AXIS
 
 DROPOUT_STREAM = 1 << 20   # fold_in offset of the dropout keys, apart from the views' keys
@@ -88,7 +93,7 @@ def discriminator_update(state, disc, codes, query_first):
     frozen = lax.stop_gradient(codes)
     first, second = discriminator_pairs(frozen[:n_local], frozen[n_local:], query_first)
     d_logits, _ = disc.apply({"params": disc_params}, first, second)
-    loss = ours.discriminator_loss(d_logits, query_first, normaliser=_global_size(n_local))
+    loss = singh2019.discriminator_loss(d_logits, query_first, normaliser=_global_size(n_local))
     return loss, d_logits
 
   (loss, d_logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.disc_params)
@@ -99,12 +104,12 @@ def discriminator_update(state, disc, codes, query_first):
 
 def pair_masks(views: Views) -> PairMasks:
   """Which (this device's view, global view) pairs count, and at which level they are similar."""
-  kinds = ours.pair_kinds(views.labels, views.items, lax.all_gather(views.labels, AXIS, tiled=True),
+  kinds = singh2019.pair_kinds(views.labels, views.items, lax.all_gather(views.labels, AXIS, tiled=True),
                           lax.all_gather(views.items, AXIS, tiled=True))
   valid = views.index[:, None] != lax.all_gather(views.index, AXIS, tiled=True)[None, :]
-  category_similar = kinds <= ours.PAIR_SAME_TYPE
+  category_similar = kinds <= singh2019.PAIR_SAME_TYPE
   return PairMasks(valid=valid, category_similar=category_similar,
-                   item_valid=valid & category_similar, item_similar=kinds == ours.PAIR_SAME_ITEM)
+                   item_valid=valid & category_similar, item_similar=kinds == singh2019.PAIR_SAME_ITEM)
 
 
 def count(mask):
@@ -112,33 +117,72 @@ def count(mask):
   return lax.psum(jnp.sum(mask), AXIS)
 
 
-def ours_loss(codes, logits, *, views: Views, masks: PairMasks, disc, disc_params, loss_config,
-              num_bits: int):
+def singh2019_loss(codes, logits, *, views: Views, masks: PairMasks, disc, disc_params,
+                   loss_config, num_bits: int):
   """(total, terms) of the paper's objective on this device's codes and logits."""
-  gamma, gamma_item = ours.cauchy_gammas(loss_config, num_bits)
+  gamma, gamma_item = singh2019.cauchy_gammas(loss_config, num_bits)
   n_global = _global_size(views.query_first.shape[0])
   n_local = views.query_first.shape[0]
   all_codes = lax.all_gather(codes, AXIS, tiled=True)
-  distances = ours.relaxed_hamming(codes, all_codes, num_bits=num_bits)
+  distances = distance.relaxed_hamming(codes, all_codes, num_bits=num_bits)
   first, second = discriminator_pairs(codes[:n_local], codes[n_local:], views.query_first)
   adv_logits, _ = disc.apply({"params": disc_params}, first, second)
   m = masks
   terms = {
-      "classification": ours.classification_loss(logits, views.labels,
+      "classification": singh2019.classification_loss(logits, views.labels,
                                                  normaliser=2 * n_global),
-      "hamming": ours.cauchy_cross_entropy(
+      "hamming": singh2019.cauchy_cross_entropy(
           distances, m.category_similar, m.valid, gamma=gamma,
           num_similar=count(m.category_similar & m.valid),
           num_dissimilar=count(~m.category_similar & m.valid)),
-      "hamming_item": ours.cauchy_cross_entropy(
+      "hamming_item": singh2019.cauchy_cross_entropy(
           distances, m.item_similar, m.item_valid, gamma=gamma_item,
           num_similar=count(m.item_similar & m.item_valid),
           num_dissimilar=count(~m.item_similar & m.item_valid)),
-      "adversarial": ours.scramble_loss(adv_logits, views.query_first,
+      "adversarial": singh2019.scramble_loss(adv_logits, views.query_first,
                                         mode=loss_config.adversarial_mode, normaliser=n_global),
-      "quantization": ours.quantization_loss(codes, normaliser=2 * n_global * num_bits),
+      "quantization": singh2019.quantization_loss(codes, normaliser=2 * n_global * num_bits),
   }
   total = sum(loss_config[f"{name}_weight"] * value for name, value in terms.items())
+  return total, terms
+
+
+def graded_loss(codes, logits, features, *, views: Views, masks: PairMasks, loss_config,
+                num_bits: int):
+  """(total, terms) of the graded objective (losses/graded.py) on this device's views.
+
+  Item level: this device's query views (anchors) against the gallery views of the global batch
+  (candidates; column j = global catalogue item j of the batch), every other item a negative.
+  """
+  g = loss_config.graded
+  n_local = views.query_first.shape[0]
+  n_global = _global_size(n_local)
+  all_codes = lax.all_gather(codes, AXIS, tiled=True)
+  distances = distance.relaxed_hamming(codes, all_codes, num_bits=num_bits)
+  gallery = lambda x: lax.all_gather(x[:n_local], AXIS, tiled=True)
+  positive = views.index[n_local:] - n_global          # the anchor's own gallery column
+  negative = ((gallery(views.items)[None, :] != views.items[n_local:, None])
+              | (gallery(views.labels)[None, :] != views.labels[n_local:, None]))
+  m = masks
+  terms = {
+      "classification": singh2019.classification_loss(logits, views.labels,
+                                                       normaliser=2 * n_global),
+      "hamming": singh2019.cauchy_cross_entropy(
+          distances, m.category_similar, m.valid, gamma=g.pair_gamma,
+          num_similar=count(m.category_similar & m.valid),
+          num_dissimilar=count(~m.category_similar & m.valid), threshold=g.pair_threshold),
+      "item": graded.item_infonce_on_codes(
+          codes[n_local:], gallery(codes), positive, negative, temperature=g.item_temperature,
+          num_bits=num_bits, normaliser=n_global),
+      "item_features": graded.item_infonce_on_features(
+          features[n_local:], gallery(features), positive, negative,
+          temperature=g.feature_temperature, normaliser=n_global),
+      "quantization": singh2019.quantization_loss(codes, normaliser=2 * n_global * num_bits),
+  }
+  weights = {"classification": loss_config.classification_weight, "hamming": g.pair_weight,
+             "item": g.item_weight, "item_features": g.feature_item_weight,
+             "quantization": loss_config.quantization_weight}
+  total = sum(weights[name] * value for name, value in terms.items())
   return total, terms
 
 
@@ -157,7 +201,7 @@ def baseline_loss(pre_codes, logits, *, views: Views, method: str, hyper: dict, 
                                            step=step, **hyper)
   devices = lax.axis_size(AXIS)
   terms = {
-      "classification": ours.classification_loss(logits, views.labels, normaliser=2 * n_global),
+      "classification": singh2019.classification_loss(logits, views.labels, normaliser=2 * n_global),
       "baseline": value / devices,
       **{f"baseline_{k}": lax.stop_gradient(v) / devices for k, v in aux.items()},
   }
@@ -193,8 +237,8 @@ def make_train_step(config, mesh) -> Callable:
   net, disc = models.create_models(config.model, config.input.num_classes, axis_name=AXIS,
                                     compute_dtype=config.train.get("compute_dtype", "float32"))
   num_bits = config.model.num_bits
-  method = config.get("method", "ours")
-  if method != "ours":
+  method = config.get("method", "singh2019")
+  if method in baselines.BASELINES:
     hyper = {**baselines.default_hyper(method, num_bits),
              **dict(config.loss.get("baseline_hyper", {}) or {})}
 
@@ -209,18 +253,26 @@ def make_train_step(config, mesh) -> Callable:
       (codes, inter), updates = net.apply(
           {"params": params, "batch_stats": state.batch_stats}, views.images, train=True,
           mutable=["batch_stats"], rngs={"dropout": dropout_key})
-      return (codes, inter["pre_codes"], inter["logits"]), updates["batch_stats"]
+      outputs = (codes, inter["pre_codes"], inter["logits"], inter["features"])
+      return outputs, updates["batch_stats"]
 
-    (codes, pre_codes, logits), backward, batch_stats = jax.vjp(forward, state.params,
-                                                                has_aux=True)
+    (codes, pre_codes, logits, features), backward, batch_stats = jax.vjp(
+        forward, state.params, has_aux=True)
+    d_features = jnp.zeros_like(features)
     disc_params, disc_opt_state, disc_loss, d_logits = discriminator_update(
         state, disc, codes, views.query_first)
-    if method == "ours":
-      loss_fn = lambda c, l: ours_loss(c, l, views=views, masks=pair_masks(views), disc=disc,
-                                       disc_params=disc_params, loss_config=config.loss,
-                                       num_bits=num_bits)
+    if method == "singh2019":
+      loss_fn = lambda c, l: singh2019_loss(c, l, views=views, masks=pair_masks(views),
+                                            disc=disc, disc_params=disc_params,
+                                            loss_config=config.loss, num_bits=num_bits)
       (total, terms), (d_codes, d_logits_cls) = jax.value_and_grad(
           loss_fn, argnums=(0, 1), has_aux=True)(codes, logits)
+      d_pre = jnp.zeros_like(pre_codes)
+    elif method == "graded":
+      loss_fn = lambda c, l, f: graded_loss(c, l, f, views=views, masks=pair_masks(views),
+                                            loss_config=config.loss, num_bits=num_bits)
+      (total, terms), (d_codes, d_logits_cls, d_features) = jax.value_and_grad(
+          loss_fn, argnums=(0, 1, 2), has_aux=True)(codes, logits, features)
       d_pre = jnp.zeros_like(pre_codes)
     else:
       loss_fn = lambda p, l: baseline_loss(p, l, views=views, method=method, hyper=hyper,
@@ -229,7 +281,7 @@ def make_train_step(config, mesh) -> Callable:
       (total, terms), (d_pre, d_logits_cls) = jax.value_and_grad(
           loss_fn, argnums=(0, 1), has_aux=True)(pre_codes, logits)
       d_codes = jnp.zeros_like(codes)
-    (grads,) = backward((d_codes, d_pre, d_logits_cls))
+    (grads,) = backward((d_codes, d_pre, d_logits_cls, d_features))
     grads = lax.psum(grads, AXIS)
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
     metrics = step_metrics(total=total, terms=terms, disc_loss=disc_loss, d_logits=d_logits,

@@ -17,7 +17,8 @@ def test_the_plan_runs_the_main_table_first_then_the_lengths_then_the_seeds():
   config = config_lib.base_config("benchmark")
   runs = plan.planned_runs(config.benchmark)
   methods = config.benchmark.methods
-  assert len(runs) == len(methods) * 4 + 4 and len(set(runs)) == len(runs)
+  extra_seeds = 2 * len(config.benchmark.multi_seed.methods)   # seeds 1 and 2 at 48 bits
+  assert len(runs) == len(methods) * 4 + extra_seeds and len(set(runs)) == len(runs)
   assert [r.method for r in runs[:len(methods)]] == list(methods)
   assert {r.bits for r in runs[:len(methods)]} == {48}
   assert [r.bits for r in runs if r.method == "dch" and r.seed == 0] == [48, 16, 32, 64]

@@ -1,16 +1,19 @@
 """train/step.py: the sharded train step on the tiny config (8 devices against 1, each term)."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from deephash_jax import models
+from deephash_jax.data import augment
+from deephash_jax.losses import singh2019
 from deephash_jax.train import state as state_lib
 from deephash_jax.train import step as step_lib
 from tests import fake_data
 
 TERMS = ("classification", "hamming", "hamming_item", "adversarial", "quantization")
-
 
 
 def _batch(n, seed=0):
@@ -32,7 +35,7 @@ def _one_step(config, devices, state, batch):
 
 
 @pytest.mark.parametrize("method,code_activation",
-                         [("ours", "sign_ste"), ("ours", "tanh"), ("dch", "tanh")])
+                         [("singh2019", "sign_ste"), ("singh2019", "tanh"), ("dch", "tanh")])
 def test_eight_devices_equal_one_device(config, method, code_activation):
   assert jax.device_count() == 8
   config.method = method
@@ -95,3 +98,101 @@ def test_zero_weights_give_zero_encoder_gradient(config):
   state = state_lib.create_train_state(config, jax.random.key(0), 10, (28, 28, 1))
   _, metrics = _one_step(config, jax.devices(), state, _batch(16))
   assert float(metrics["grad_norm_encoder"]) == 0.0
+
+
+def _codes_and_pairs(config, seed=0):
+  """Relaxed codes of the two views of 16 items, and which view the discriminator sees first."""
+  state = state_lib.create_train_state(config, jax.random.key(seed), 10, (28, 28, 1))
+  net, disc = models.create_models(config.model, config.input.num_classes)
+  images = augment.preprocess(_batch(32, seed)["image"])
+  codes, _ = net.apply({"params": state.params, "batch_stats": state.batch_stats}, images,
+                       train=False)
+  query_first = jnp.asarray(np.random.default_rng(seed).random(16) < 0.5)
+  return state, disc, codes, query_first
+
+
+def _discriminator_loss(disc, params, codes, query_first):
+  first, second = step_lib.discriminator_pairs(codes[:16], codes[16:], query_first)
+  logits, _ = disc.apply({"params": params}, first, second)
+  return float(singh2019.discriminator_loss(logits, query_first)), logits
+
+
+def test_a_discriminator_update_lowers_its_loss(config):
+  state, disc, codes, query_first = _codes_and_pairs(config)
+  mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
+  update = jax.jit(jax.shard_map(
+      lambda s, c, q: step_lib.discriminator_update(s, disc, c, q)[0], mesh=mesh,
+      in_specs=(P(), P(), P()), out_specs=P(), check_vma=False))
+  before, _ = _discriminator_loss(disc, state.disc_params, codes, query_first)
+  params = state.disc_params
+  for _ in range(5):
+    params = update(state.replace(disc_params=params), codes, query_first)
+  after, _ = _discriminator_loss(disc, params, codes, query_first)
+  assert after < before
+
+
+def test_a_scramble_step_moves_the_discriminator_towards_one_half(config):
+  """The encoder's adversarial term, descended on the codes against a fixed discriminator,
+  makes its predictions less certain: |p - 1/2| shrinks."""
+  state, disc, codes, query_first = _codes_and_pairs(config, seed=1)
+  params = state.disc_params
+  for _ in range(20):   # a discriminator that has learnt something to scramble
+    mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
+    params = jax.jit(jax.shard_map(
+        lambda s, c, q: step_lib.discriminator_update(s, disc, c, q)[0], mesh=mesh,
+        in_specs=(P(), P(), P()), out_specs=P(), check_vma=False))(
+            state.replace(disc_params=params), codes, query_first)
+
+  def scramble(c):
+    first, second = step_lib.discriminator_pairs(c[:16], c[16:], query_first)
+    logits, _ = disc.apply({"params": params}, first, second)
+    return singh2019.scramble_loss(logits, query_first)
+
+  certainty = lambda c: float(jnp.mean(jnp.abs(jax.nn.sigmoid(
+      _discriminator_loss(disc, params, c, query_first)[1]) - 0.5)))
+  before = certainty(codes)
+  moved = codes - 0.5 * jax.grad(scramble)(codes)
+  assert certainty(moved) < before
+
+
+def _items_with_marks(num_classes=4, per_class=8, seed=0):
+  """Fake catalogue items: the class is the stripe pattern (fake_data), the item a bright mark at
+  its own place inside the garment, so that an item is recognisable under the augmentations."""
+  labels = np.repeat(np.arange(num_classes), per_class).astype(np.int32)
+  images = fake_data.class_images(labels, np.random.default_rng(seed))
+  for i in range(len(labels)):
+    r, c = divmod(i % per_class, 4)
+    images[i, 6 + 8 * r:10 + 8 * r, 5 + 4 * c:8 + 4 * c] = 255
+  return {"image": images[..., None], "label": labels, "item": np.arange(len(labels),
+                                                                         dtype=np.int32)}
+
+
+def test_graded_codes_put_the_same_item_nearer_than_its_type_nearer_than_other_types(config):
+  """The property the graded objective is for: after a few steps on fake items, the mean
+  Hamming distance of a query view to its own gallery view < to other items of its type < to
+  other types."""
+  config.method = "graded"
+  config.model.classifier_input = "features"
+  config.train.warmup_steps = 0
+  batch = _items_with_marks()
+  state = state_lib.create_train_state(config, jax.random.key(0), 10, (28, 28, 1))
+  mesh = Mesh(np.array(jax.devices()), ("data",))
+  step = step_lib.make_train_step(config, mesh)
+  state = jax.device_put(state, NamedSharding(mesh, P()))
+  sharded = jax.device_put(batch, NamedSharding(mesh, P("data")))
+  for i in range(40):
+    state, metrics = step(state, sharded, jax.random.key(i))
+  assert np.isfinite(float(metrics["loss"]))
+  net, _ = models.create_models(config.model, config.input.num_classes)
+  keys = jax.random.split(jax.random.key(99), len(batch["label"]))
+  gallery, query = augment.two_views(jnp.asarray(batch["image"]), keys, config.input.augment)
+  embed = lambda x: np.asarray(net.apply({"params": state.params,
+                                          "batch_stats": state.batch_stats}, x,
+                                         train=False)[0]) > 0
+  d = (embed(query)[:, None, :] != embed(gallery)[None, :, :]).sum(-1)
+  labels = batch["label"]
+  same_item = np.eye(len(labels), dtype=bool)
+  same_type = (labels[:, None] == labels[None, :]) & ~same_item
+  other = labels[:, None] != labels[None, :]
+  means = [d[m].mean() for m in (same_item, same_type, other)]
+  assert means[0] < means[1] < means[2], means

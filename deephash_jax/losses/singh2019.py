@@ -1,4 +1,6 @@
-"""Loss terms of the adversarially trained semantic hashing network, as small pure functions.
+"""The paper's objective (Singh, Sheet & Dasgupta 2019; `method = "singh2019"`), as small pure
+functions: classification, the two-level Cauchy loss on the relaxed Hamming distance
+(losses/distance.py), the discriminator's loss and the encoder's scramble term, quantization.
 
 Each function documents its reduction. Pairwise terms are written for a block of rows (this
 device's codes) against all columns (the global batch, gathered), with normalisers passed in, so
@@ -7,7 +9,6 @@ that the sum of the per-device values equals the loss of the whole batch on one 
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import optax
 
@@ -23,17 +24,6 @@ def pair_kinds(row_labels, row_items, col_labels, col_items):
                    jnp.where(same_type, PAIR_SAME_TYPE, PAIR_OTHER_TYPE))
 
 
-def relaxed_hamming(row_codes, col_codes, *, num_bits, eps=1e-6):
-  """d = num_bits / 2 * (1 - cos(h_i, h_j)): the Hamming distance for +-1 codes.
-
-  The cosine is never clipped: a clip such as DCH's 0.99 cap zeroes the gradient of every
-  near-parallel pair, which is how a fresh network whose codes start nearly equal collapses.
-  """
-  norm = lambda x: x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + eps)
-  cos = norm(row_codes) @ norm(col_codes).T
-  return 0.5 * num_bits * (1.0 - cos)
-
-
 def cauchy_gammas(loss_config, num_bits: int) -> tuple[float, float]:
   """(gamma, gamma_item) of the Cauchy losses at `num_bits`.
 
@@ -47,7 +37,7 @@ def cauchy_gammas(loss_config, num_bits: int) -> tuple[float, float]:
 
 
 def cauchy_cross_entropy(distances, similar, valid, *, gamma, num_similar=None,
-                         num_dissimilar=None):
+                         num_dissimilar=None, threshold=0.0):
   """Balanced Cauchy cross-entropy on relaxed Hamming distances (Cao et al., DCH 2018).
 
   sigma = gamma / (gamma + d) is the probability that a pair is similar;
@@ -55,11 +45,13 @@ def cauchy_cross_entropy(distances, similar, valid, *, gamma, num_similar=None,
   -log(1 - sigma)], pairs taken where `valid`. The two means balance the rarity of similar
   pairs (DCH's w = |S| / |S1| weights, divided by 2|S|). `num_similar` / `num_dissimilar`
   default to the counts in this block; the sharded step passes global counts. A side with no
-  pair contributes 0.
+  pair contributes 0. `threshold` > 0 (method "graded") gives similar pairs a dead zone: their
+  distance counts as max(d - threshold, 0), so pairs within `threshold` bits are not pulled.
   """
   similar = similar & valid
   dissimilar = (~similar) & valid
-  log_sigma = jnp.log(gamma) - jnp.log(gamma + distances)
+  pulled = jnp.maximum(distances - threshold, 0.0) if threshold else distances
+  log_sigma = jnp.log(gamma) - jnp.log(gamma + pulled)
   log_one_minus_sigma = jnp.log(distances + 1e-12) - jnp.log(gamma + distances)
   if num_similar is None:
     num_similar = jnp.sum(similar)

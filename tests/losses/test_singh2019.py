@@ -1,4 +1,4 @@
-"""Each loss against a plain NumPy reference, including edge cases."""
+"""losses/singh2019.py: each term of the paper's objective against a plain NumPy reference."""
 
 import jax
 import jax.numpy as jnp
@@ -6,14 +6,8 @@ import numpy as np
 import pytest
 
 from deephash_jax import config_lib
-from deephash_jax.losses import ours
-from deephash_jax.losses import ours as losses
-
-
-def np_relaxed_hamming(a, b, num_bits):
-  a = a / np.sqrt((a * a).sum(-1, keepdims=True) + 1e-6)
-  b = b / np.sqrt((b * b).sum(-1, keepdims=True) + 1e-6)
-  return 0.5 * num_bits * (1 - a @ b.T)
+from deephash_jax.losses import distance
+from deephash_jax.losses import singh2019 as losses
 
 
 def np_cauchy(d, similar, valid, gamma):
@@ -31,19 +25,6 @@ def np_cauchy(d, similar, valid, gamma):
   return 0.5 * (mean(pos) + mean(neg))
 
 
-@pytest.mark.parametrize("num_bits", [8, 16, 48, 64])
-def test_relaxed_hamming_matches_numpy_and_is_exact_on_binary_codes(num_bits):
-  rng = np.random.default_rng(num_bits)
-  a = rng.normal(size=(5, num_bits)).astype(np.float32)
-  b = rng.normal(size=(7, num_bits)).astype(np.float32)
-  np.testing.assert_allclose(losses.relaxed_hamming(a, b, num_bits=num_bits),
-                             np_relaxed_hamming(a, b, num_bits), rtol=1e-4, atol=1e-4)
-  bits_a, bits_b = np.sign(a), np.sign(b)
-  hamming = (bits_a[:, None, :] != bits_b[None, :, :]).sum(-1)
-  np.testing.assert_allclose(losses.relaxed_hamming(bits_a, bits_b, num_bits=num_bits), hamming,
-                             atol=1e-3)
-
-
 def test_cauchy_cross_entropy_matches_numpy():
   rng = np.random.default_rng(0)
   d = rng.uniform(0, 48, size=(6, 9)).astype(np.float32)
@@ -55,6 +36,26 @@ def test_cauchy_cross_entropy_matches_numpy():
   for gamma in (1.0, 10.0, 20.0):
     got = losses.cauchy_cross_entropy(jnp.asarray(d), similar, valid, gamma=gamma)
     np.testing.assert_allclose(got, np_cauchy(d, similar, valid, gamma), rtol=1e-5)
+
+
+def test_cauchy_threshold_is_a_dead_zone_for_similar_pairs_only():
+  """threshold t: a similar pair counts at max(d - t, 0); dissimilar pairs are unchanged."""
+  rng = np.random.default_rng(3)
+  d = rng.uniform(0, 24, size=(5, 7)).astype(np.float32)
+  d[0, 0], d[1, 1] = 10.0, 4.0    # exactly at the threshold, inside it
+  similar = rng.uniform(size=(5, 7)) < 0.4
+  similar[0, 0] = similar[1, 1] = True
+  valid = np.ones((5, 7), bool)
+  want = 0.5 * (np.mean(np.log1p(np.maximum(d[similar] - 10.0, 0.0) / 4.0))
+                + np.mean(-np.log(d[~similar] / (4.0 + d[~similar]))))
+  got = losses.cauchy_cross_entropy(jnp.asarray(d), similar, valid, gamma=4.0, threshold=10.0)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  # Inside the band a similar pair has no gradient; beyond it, a positive one.
+  grad = jax.grad(lambda x: losses.cauchy_cross_entropy(x, similar, valid, gamma=4.0,
+                                                        threshold=10.0))(jnp.asarray(d))
+  assert float(grad[1, 1]) == 0.0
+  beyond = similar & (d > 10.5)
+  assert beyond.any() and np.all(np.asarray(grad)[beyond] > 0)
 
 
 def test_cauchy_cross_entropy_edge_cases():
@@ -142,7 +143,7 @@ def test_hamming_loss_keeps_its_gradient_when_codes_start_nearly_equal(num_bits)
   valid = ~np.eye(8, dtype=bool)
 
   def loss(c):
-    d = losses.relaxed_hamming(c, c, num_bits=num_bits)
+    d = distance.relaxed_hamming(c, c, num_bits=num_bits)
     return losses.cauchy_cross_entropy(d, kinds <= 1, valid, gamma=10.0)
 
   grad = jax.grad(loss)(codes)
@@ -154,8 +155,8 @@ def test_cauchy_gammas_scale_with_the_code_length_only_when_asked():
   loss = config_lib.base_config("fashion_mnist").loss
   loss.gamma, loss.gamma_item = 10.0, 6.0
   assert loss.gamma_reference_bits == 0                    # default: as given at every length
-  assert ours.cauchy_gammas(loss, 16) == (10.0, 6.0)
+  assert losses.cauchy_gammas(loss, 16) == (10.0, 6.0)
   loss.gamma_reference_bits = 48
-  assert ours.cauchy_gammas(loss, 48) == (10.0, 6.0)      # unchanged at the reference length
-  assert ours.cauchy_gammas(loss, 16) == pytest.approx((10.0 / 3, 2.0))
-  assert ours.cauchy_gammas(loss, 64) == pytest.approx((40.0 / 3, 8.0))
+  assert losses.cauchy_gammas(loss, 48) == (10.0, 6.0)      # unchanged at the reference length
+  assert losses.cauchy_gammas(loss, 16) == pytest.approx((10.0 / 3, 2.0))
+  assert losses.cauchy_gammas(loss, 64) == pytest.approx((40.0 / 3, 8.0))

@@ -1,0 +1,21 @@
+r"""The graded objective (method="graded", losses/graded.py) on the default's encoder and schedule.
+
+    deephash train --config=configs/graded.py --workdir=workdirs/graded --json
+
+Same item < same type < other type in one 48-bit code: the category-level Cauchy term with a
+dead zone (same-type pairs within 10 bits are not pulled), an item-level InfoNCE of each query
+view against the batch's gallery views on the codes and on the features, the classifier on the
+features, and training query views at the closest-match protocol's strength
+(config.eval.closest_match.recipe). Measured results and the trade-off against the default are
+in experiments/graded_codes/README.md.
+"""
+
+from deephash_jax import config_lib
+
+
+def get_config():
+  config = config_lib.base_config("fashion_mnist")
+  config.method = "graded"
+  config.model.classifier_input = "features"
+  config.input.augment.query = dict(config.eval.closest_match.recipe)
+  return config

@@ -1,0 +1,83 @@
+"""losses/graded.py: the InfoNCE terms against a plain NumPy reference, ties and masks included."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from deephash_jax.losses import graded
+
+
+def np_info_nce(logits, positive, negative):
+  total = 0.0
+  for i in range(logits.shape[0]):
+    cols = [j for j in range(logits.shape[1]) if negative[i, j] or j == positive[i]]
+    row = logits[i, cols].astype(np.float64)
+    top = row.max()
+    total += top + np.log(np.sum(np.exp(row - top))) - logits[i, positive[i]]
+  return total / logits.shape[0]
+
+
+def test_info_nce_matches_numpy():
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(6, 9)).astype(np.float32) * 3
+  positive = rng.integers(0, 9, size=6)
+  negative = rng.uniform(size=(6, 9)) < 0.6
+  negative[0, positive[0]] = False     # the positive counts whether or not marked a negative
+  negative[1, positive[1]] = True
+  got = graded.info_nce(jnp.asarray(logits), jnp.asarray(positive), jnp.asarray(negative))
+  np.testing.assert_allclose(got, np_info_nce(logits, positive, negative), rtol=1e-5)
+
+
+def test_info_nce_edge_cases():
+  positive = np.array([0, 1])
+  # No negatives: log(1) = 0 for every anchor.
+  none = np.zeros((2, 3), bool)
+  assert float(graded.info_nce(jnp.zeros((2, 3)), positive, none)) == 0.0
+  # Ties: the positive tied with m negatives gives log(m + 1).
+  all_neg = np.ones((2, 3), bool)
+  np.testing.assert_allclose(graded.info_nce(jnp.ones((2, 3)), positive, all_neg), np.log(3.0),
+                             rtol=1e-6)
+  # A masked-out negative with a huge logit does not count.
+  logits = np.array([[0.0, 1e4, 0.0]], np.float32)
+  np.testing.assert_allclose(
+      graded.info_nce(logits, np.array([0]), np.array([[False, False, True]])), np.log(2.0),
+      rtol=1e-6)
+  # normaliser: the sum divided by it.
+  np.testing.assert_allclose(
+      graded.info_nce(jnp.ones((2, 3)), positive, all_neg, normaliser=4.0), np.log(3.0) / 2,
+      rtol=1e-6)
+
+
+def test_item_infonce_on_codes_uses_hamming_distance_over_temperature():
+  rng = np.random.default_rng(1)
+  anchors = np.sign(rng.normal(size=(4, 16))).astype(np.float32)
+  candidates = np.sign(rng.normal(size=(5, 16))).astype(np.float32)
+  candidates[2] = anchors[0]            # exactly identical codes: distance 0
+  positive = np.array([2, 0, 1, 3])
+  negative = np.ones((4, 5), bool)
+  hamming = (anchors[:, None, :] != candidates[None, :, :]).sum(-1).astype(np.float32)
+  got = graded.item_infonce_on_codes(anchors, candidates, positive, negative, temperature=2.0,
+                                     num_bits=16)
+  np.testing.assert_allclose(got, np_info_nce(-hamming / 2.0, positive, negative), rtol=1e-4)
+  # bfloat16 codes: the same value (the distance is computed in float32).
+  got16 = graded.item_infonce_on_codes(jnp.asarray(anchors, jnp.bfloat16),
+                                       jnp.asarray(candidates, jnp.bfloat16), positive,
+                                       negative, temperature=2.0, num_bits=16)
+  np.testing.assert_allclose(got16, got, rtol=1e-4)
+
+
+def test_item_infonce_on_features_uses_cosine_and_pulls_the_positive_closer():
+  rng = np.random.default_rng(2)
+  a = rng.normal(size=(3, 8)).astype(np.float32)
+  c = rng.normal(size=(4, 8)).astype(np.float32)
+  positive, negative = np.array([0, 1, 2]), np.ones((3, 4), bool)
+  unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)
+  cos = unit(a) @ unit(c).T
+  got = graded.item_infonce_on_features(a, c, positive, negative, temperature=0.5)
+  np.testing.assert_allclose(got, np_info_nce(cos / 0.5, positive, negative), rtol=1e-4)
+  # A gradient step on the anchors raises each anchor's cosine to its positive.
+  grad = jax.grad(lambda x: graded.item_infonce_on_features(x, c, positive, negative,
+                                                            temperature=0.5))(jnp.asarray(a))
+  moved = np.asarray(a - 0.1 * grad)
+  after = unit(moved) @ unit(c).T
+  assert np.all(after[np.arange(3), positive] > cos[np.arange(3), positive])
