@@ -419,9 +419,9 @@ FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 def test_the_multi_process_reproduction_never_hangs(tmp_path):
   """The reproduction of the intermittent multi-process hang, 10 times in a row: the default
   config on real Fashion-MNIST, 2 processes x 4 CPU devices, 60 steps with a checkpoint at 50.
-  The host used to run up to 50 steps ahead of the devices there (no metrics read before step
-  60); it now keeps two in flight (train/trainer.py). A hang would end in the watchdog's exit
-  code or the timeout, not in a pass."""
+  Unbounded, the host would dispatch up to 50 steps ahead of the devices there (no metrics read
+  before step 60); the trainer keeps two in flight (train/trainer.py). A hang would end in the
+  watchdog's exit code or the timeout, not in a pass."""
   flags = ["--config.train.checkpoint_every_steps=50", "--config.eval.num_queries=200",
            "--config.train.num_steps=60", "--config.eval.closest_match.num_queries=0",
            f"--config.input.data_dir={tmp_path / 'tfds'}",

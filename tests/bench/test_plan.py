@@ -76,9 +76,11 @@ def test_validation_names_the_field():
 
 def test_workers_split_the_plan():
   runs = plan.planned_runs(config_lib.base_config("benchmark_quick").benchmark)
-  assert [r.name for r in runs] == ["ours_48b_s0", "dch_48b_s0", "hashnet_48b_s0", "csq_48b_s0"]
-  assert plan.worker_runs(runs, (0, 2)) == [runs[0], runs[2]]
-  assert plan.worker_runs(runs, (1, 2)) == [runs[1], runs[3]]
+  assert [r.name for r in runs] == [f"{m}_48b_s0" for m in (
+      "ours", "graded", "dch", "hashnet", "dpsh", "csq", "greedyhash", "orthohash")]
+  assert plan.worker_runs(runs, (0, 2)) == runs[0::2]
+  assert plan.worker_runs(runs, (1, 2)) == runs[1::2]
+  assert plan.worker_runs(runs, (2, 3)) == [runs[2], runs[5]]
   assert plan.worker_runs(runs, (0, 1)) == runs
   assert plan.parse_worker(None) == (0, 1) and plan.parse_worker("1/4") == (1, 4)
   for bad in ("2/2", "-1/2", "1", "a/b", "0/0"):
