@@ -135,9 +135,9 @@ def _stage_functions(config, mesh):
   def loss_terms(s, b):
     v = views(b)
     codes, logits = forward(s, b)
-    fn = lambda c, l: step_lib.ours_loss(c, l, views=v, masks=step_lib.pair_masks(v), disc=disc,
-                                         disc_params=s.disc_params, loss_config=config.loss,
-                                         num_bits=config.model.num_bits)
+    fn = lambda c, l: step_lib.singh2019_loss(
+        c, l, views=v, masks=step_lib.pair_masks(v), disc=disc, disc_params=s.disc_params,
+        loss_config=config.loss, num_bits=config.model.num_bits)
     return jax.grad(lambda c, l: fn(c, l)[0], argnums=(0, 1))(codes, logits)
 
   def discriminator(s, b):

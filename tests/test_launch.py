@@ -410,6 +410,27 @@ def test_device_check_runs_end_to_end_on_the_cpu(tmp_path):
   assert row["same_d"] and row["same_i"] and row["n"] == 3000
 
 
+@pytest.mark.slow
+def test_the_throughput_breakdown_times_every_stage_of_each_method():
+  """benchmarks/train_throughput.py --breakdown (the README's CPU step breakdown) on the tiny
+  config: one positive time per stage, the loss terms where the method is the paper's."""
+  for method in ("singh2019", "graded"):
+    result = subprocess.run(
+        [sys.executable, "benchmarks/train_throughput.py", "--config=configs/tiny.py",
+         "--steps=2", "--warmup=1", "--breakdown", "--json", f"--config.method={method}"],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "XLA_FLAGS": ""})
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    stages = {"augmentation", "forward", "forward_backward", "discriminator_update",
+              "optimizer_update", "host_input", "full_step"}
+    if method == "singh2019":
+      stages.add("loss_terms_with_forward")
+    assert set(figures["breakdown"]) == {f"{s}_ms" for s in stages}, method
+    assert all(ms > 0 for ms in figures["breakdown"].values()), figures["breakdown"]
+    assert figures["method"] == method and figures["finite"]
+
+
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 
 
