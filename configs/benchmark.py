@@ -1,5 +1,5 @@
 r"""The paper's comparison and the hash-length sweep: every method trained by the same loop on the
-same encoder and data, evaluated on both protocols (2-core CPU budget: about 10 min a run).
+same encoder and data, evaluated on both protocols (2 CPU cores: about 20 min a run).
 
     deephash benchmark --config=configs/benchmark.py --workdir=workdirs/benchmark
 

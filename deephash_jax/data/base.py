@@ -23,15 +23,26 @@ def hide_tf_from_accelerators():
     pass
 
 
-def prepare_once(builder) -> None:
-  """`builder.download_and_prepare()`, by one process at a time: in a multi-process run process 0
-  builds the dataset while the others wait, then they find it built (a shared data dir) or build
-  their own (a host's local one); several processes building into one folder at once fail."""
+def prepare_once(make_builder, builder=None):
+  """A builder whose dataset is built, by one process at a time: `builder` (or `make_builder()`)
+  on process 0 and in a single-process run.
+
+  In a multi-process run process 0 builds the dataset while the others wait at a barrier, then
+  they make their builder, which finds the dataset built (a shared data dir) or builds its own (a
+  host's local one). A builder made before the barrier would hold the dataset info of an empty
+  folder, and several processes building into one folder at once fail.
+  """
+  first = jax.process_index() == 0
+  if first:
+    builder = builder if builder is not None else make_builder()
   if jax.process_count() > 1:
-    if jax.process_index() == 0:
+    if first:
       builder.download_and_prepare()
-    multihost_utils.sync_global_devices(f"deephash prepare {builder.name}")
+    multihost_utils.sync_global_devices("deephash prepare dataset")
+  if not first:
+    builder = make_builder()
   builder.download_and_prepare()
+  return builder
 
 
 @dataclasses.dataclass(frozen=True)

@@ -134,8 +134,8 @@ def fashion_mnist_builder(data_dir: str | None = None,
 
 def load_split(input_config, split: str) -> base.Split:
   """Builds (once) and reads one split of Fashion-MNIST into memory; item id = image index."""
-  builder = fashion_mnist_builder(input_config.get("data_dir"), input_config.get("source_dir"))
-  base.prepare_once(builder)
+  builder = base.prepare_once(lambda: fashion_mnist_builder(input_config.get("data_dir"),
+                                                            input_config.get("source_dir")))
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (TF loads lazily)
   arrays = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
   labels = arrays["label"].astype(np.int32)

@@ -222,7 +222,9 @@ def load_split(input_config, split: str) -> base.Split:
   if split not in builder.tree.splits():
     raise DataError(f"{os.path.join(builder.tree.root, split)}: no images in split {split!r}; "
                     f"this tree has {', '.join(builder.tree.splits()) or 'no images'}")
-  base.prepare_once(builder)
+  builder = base.prepare_once(lambda: image_folder_builder(
+      root, input_config.get("image_size"), input_config.get("channels"),
+      input_config.get("data_dir")), builder)
   num_examples = builder.info.splits[split].num_examples if split in builder.info.splits else 0
   if not num_examples:
     raise DataError(f"{os.path.join(builder.tree.root, split)}: no readable images (see the "

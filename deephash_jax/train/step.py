@@ -104,12 +104,14 @@ def discriminator_update(state, disc, codes, query_first):
 
 def pair_masks(views: Views) -> PairMasks:
   """Which (this device's view, global view) pairs count, and at which level they are similar."""
-  kinds = singh2019.pair_kinds(views.labels, views.items, lax.all_gather(views.labels, AXIS, tiled=True),
-                          lax.all_gather(views.items, AXIS, tiled=True))
+  kinds = singh2019.pair_kinds(views.labels, views.items,
+                               lax.all_gather(views.labels, AXIS, tiled=True),
+                               lax.all_gather(views.items, AXIS, tiled=True))
   valid = views.index[:, None] != lax.all_gather(views.index, AXIS, tiled=True)[None, :]
   category_similar = kinds <= singh2019.PAIR_SAME_TYPE
   return PairMasks(valid=valid, category_similar=category_similar,
-                   item_valid=valid & category_similar, item_similar=kinds == singh2019.PAIR_SAME_ITEM)
+                   item_valid=valid & category_similar,
+                   item_similar=kinds == singh2019.PAIR_SAME_ITEM)
 
 
 def count(mask):
@@ -201,7 +203,8 @@ def baseline_loss(pre_codes, logits, *, views: Views, method: str, hyper: dict, 
                                            step=step, **hyper)
   devices = lax.axis_size(AXIS)
   terms = {
-      "classification": singh2019.classification_loss(logits, views.labels, normaliser=2 * n_global),
+      "classification": singh2019.classification_loss(logits, views.labels,
+                                                       normaliser=2 * n_global),
       "baseline": value / devices,
       **{f"baseline_{k}": lax.stop_gradient(v) / devices for k, v in aux.items()},
   }

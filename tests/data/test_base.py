@@ -24,5 +24,9 @@ def test_one_process_prepares_its_dataset_itself():
 
     def download_and_prepare(self):
       Builder.calls += 1
-  base.prepare_once(Builder())
+  made = Builder()
+  assert base.prepare_once(lambda: made) is made
   assert Builder.calls == 1
+  given = Builder()
+  assert base.prepare_once(lambda: Builder(), given) is given   # the builder in hand is used
+  assert Builder.calls == 2
