@@ -6,8 +6,9 @@ Same item < same type < other type in one 48-bit code: the category-level Cauchy
 dead zone (same-type pairs within 10 bits are not pulled), an item-level InfoNCE of each query
 view against the batch's gallery views on the codes and on the features, the classifier on the
 features, and training query views at the closest-match protocol's strength
-(config.eval.closest_match.recipe). Measured results and the trade-off against the default are
-in experiments/graded_codes/README.md.
+(config.eval.closest_match.recipe). Expected (2 CPU cores, XLA:CPU): mAP@all 0.8200,
+closest-match R@1 0.1019, about 20 min of training; the trade-off against the default:
+experiments/graded_codes/README.md.
 """
 
 from deephash_jax import config_lib
