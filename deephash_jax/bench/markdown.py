@@ -45,10 +45,14 @@ def _cell(results, method, bits, key) -> str:
   return _fmt(entry.get(key)) + (" †" if entry.get("codes_collapsed") else "")
 
 
-def leads(agg: dict, methods, bits_list, ours_method: str) -> dict:
-  """{bits: {metric: (ours - best peer, best peer)}}: peers = the methods that are not variants
-  of ours (`ours*`, `singh2019*`, `graded*`). Means over seeds; cells not run yet are left out."""
-  peers = [m for m in methods if not m.startswith(("ours", "singh2019", "graded"))]
+def leads(agg: dict, bench: dict, bits_list, ours_method: str) -> dict:
+  """{bits: {metric: (ours - best peer, best peer)}}: peers = the benchmark's methods that are
+  neither one of its `lead_methods` nor an ablation. Means over seeds; cells not run yet are
+  left out."""
+  ours_variants = set(bench.get("lead_methods") or ())
+  for base, ablations in (bench.get("ablations") or {}).items():
+    ours_variants |= {base, *ablations}
+  peers = [m for m in bench["methods"] if m not in ours_variants]
   out = {}
   for bits in bits_list:
     ours = agg.get(ours_method, {}).get(str(bits))
@@ -67,7 +71,7 @@ def _lead_section(results) -> list[str]:
   bench, agg = results["benchmark"], results["aggregate"]
   lines = []
   for ours_method in bench.get("lead_methods") or ():
-    table = leads(agg, bench["methods"], bench["bits"], ours_method)
+    table = leads(agg, bench, bench["bits"], ours_method)
     if not table:
       continue
     lines += ["", f"## {ours_method} against the best peer", "",
