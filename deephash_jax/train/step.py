@@ -132,7 +132,7 @@ def singh2019_loss(codes, logits, *, views: Views, masks: PairMasks, disc, disc_
   m = masks
   terms = {
       "classification": singh2019.classification_loss(logits, views.labels,
-                                                 normaliser=2 * n_global),
+                                                       normaliser=2 * n_global),
       "hamming": singh2019.cauchy_cross_entropy(
           distances, m.category_similar, m.valid, gamma=gamma,
           num_similar=count(m.category_similar & m.valid),
@@ -142,7 +142,8 @@ def singh2019_loss(codes, logits, *, views: Views, masks: PairMasks, disc, disc_
           num_similar=count(m.item_similar & m.item_valid),
           num_dissimilar=count(~m.item_similar & m.item_valid)),
       "adversarial": singh2019.scramble_loss(adv_logits, views.query_first,
-                                        mode=loss_config.adversarial_mode, normaliser=n_global),
+                                             mode=loss_config.adversarial_mode,
+                                             normaliser=n_global),
       "quantization": singh2019.quantization_loss(codes, normaliser=2 * n_global * num_bits),
   }
   total = sum(loss_config[f"{name}_weight"] * value for name, value in terms.items())
@@ -162,6 +163,9 @@ def graded_loss(codes, logits, features, *, views: Views, masks: PairMasks, loss
   all_codes = lax.all_gather(codes, AXIS, tiled=True)
   distances = distance.relaxed_hamming(codes, all_codes, num_bits=num_bits)
   gallery = lambda x: lax.all_gather(x[:n_local], AXIS, tiled=True)
+  # The global batch's gallery codes, from the gather above (each device's rows: its N gallery
+  # views, then its N query views) rather than a second gather.
+  gallery_codes = all_codes.reshape(-1, 2 * n_local, num_bits)[:, :n_local].reshape(-1, num_bits)
   positive = views.index[n_local:] - n_global          # the anchor's own gallery column
   negative = ((gallery(views.items)[None, :] != views.items[n_local:, None])
               | (gallery(views.labels)[None, :] != views.labels[n_local:, None]))
@@ -174,7 +178,7 @@ def graded_loss(codes, logits, features, *, views: Views, masks: PairMasks, loss
           num_similar=count(m.category_similar & m.valid),
           num_dissimilar=count(~m.category_similar & m.valid), threshold=g.pair_threshold),
       "item": graded.item_infonce_on_codes(
-          codes[n_local:], gallery(codes), positive, negative, temperature=g.item_temperature,
+          codes[n_local:], gallery_codes, positive, negative, temperature=g.item_temperature,
           num_bits=num_bits, normaliser=n_global),
       "item_features": graded.item_infonce_on_features(
           features[n_local:], gallery(features), positive, negative,

@@ -35,7 +35,8 @@ def _one_step(config, devices, state, batch):
 
 
 @pytest.mark.parametrize("method,code_activation",
-                         [("singh2019", "sign_ste"), ("singh2019", "tanh"), ("dch", "tanh")])
+                         [("singh2019", "sign_ste"), ("singh2019", "tanh"), ("graded", "tanh"),
+                          ("dch", "tanh")])
 def test_eight_devices_equal_one_device(config, method, code_activation):
   assert jax.device_count() == 8
   config.method = method
