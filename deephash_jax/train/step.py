@@ -163,9 +163,6 @@ def graded_loss(codes, logits, features, *, views: Views, masks: PairMasks, loss
   all_codes = lax.all_gather(codes, AXIS, tiled=True)
   distances = distance.relaxed_hamming(codes, all_codes, num_bits=num_bits)
   gallery = lambda x: lax.all_gather(x[:n_local], AXIS, tiled=True)
-  # The global batch's gallery codes, from the gather above (each device's rows: its N gallery
-  # views, then its N query views) rather than a second gather.
-  gallery_codes = all_codes.reshape(-1, 2 * n_local, num_bits)[:, :n_local].reshape(-1, num_bits)
   positive = views.index[n_local:] - n_global          # the anchor's own gallery column
   negative = ((gallery(views.items)[None, :] != views.items[n_local:, None])
               | (gallery(views.labels)[None, :] != views.labels[n_local:, None]))
@@ -178,7 +175,7 @@ def graded_loss(codes, logits, features, *, views: Views, masks: PairMasks, loss
           num_similar=count(m.category_similar & m.valid),
           num_dissimilar=count(~m.category_similar & m.valid), threshold=g.pair_threshold),
       "item": graded.item_infonce_on_codes(
-          codes[n_local:], gallery_codes, positive, negative, temperature=g.item_temperature,
+          codes[n_local:], gallery(codes), positive, negative, temperature=g.item_temperature,
           num_bits=num_bits, normaliser=n_global),
       "item_features": graded.item_infonce_on_features(
           features[n_local:], gallery(features), positive, negative,
