@@ -73,6 +73,15 @@ def get_config():
   config.loss.graded.item_temperature = 4.8
   config.loss.graded.feature_item_weight = 1.0
   config.loss.graded.feature_temperature = 0.1
+  # class_bits > 0 splits the code: the first class_bits bits (a power of 2) are pulled to the
+  # class's Hadamard centre by a cosine-margin softmax (scale, margin; no pair term, the pair_*
+  # fields unused), the item InfoNCE reads the other bits.
+  config.loss.graded.class_bits = 0
+  config.loss.graded.centre_weight = 1.0
+  config.loss.graded.centre_scale = 8.0
+  config.loss.graded.centre_margin = 0.2
+  config.loss.graded.centre_bit_weight = 1.0
+  config.loss.graded.class_pair_weight = 0.0
 
   config.train = ml_collections.ConfigDict()
   config.train.batch_size = 256               # views; = 128 catalogue items, two views each

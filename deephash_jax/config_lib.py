@@ -54,6 +54,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _require(method in methods, "method", method, f"one of {methods}")
   if method == "graded":
     _validate_graded(l.get("graded"))
+    _validate_split(l.graded, m.num_bits, config.input.num_classes)
   # Sign codes are +-1 already: the quantization term would be 0 with 0 gradient, a weight that
   # silently does nothing.
   _require(not (method == "singh2019" and activation == "sign_ste" and l.quantization_weight > 0),
@@ -75,6 +76,20 @@ def _validate_graded(g) -> None:
     _require(g[name] >= 0, f"loss.graded.{name}", g[name], "non-negative")
   for name in ("pair_gamma", "item_temperature", "feature_temperature"):
     _require(g[name] > 0, f"loss.graded.{name}", g[name], "positive")
+
+
+def _validate_split(g, num_bits: int, num_classes: int) -> None:
+  class_bits = g.get("class_bits", 0)
+  _require(isinstance(class_bits, int) and 0 <= class_bits < num_bits
+           and (class_bits == 0 or (class_bits & (class_bits - 1) == 0
+                                    and 2 * class_bits >= num_classes)),
+           "loss.graded.class_bits", class_bits,
+           f"0 (no split) or a power of 2 below model.num_bits={num_bits} with 2 * class_bits "
+           f">= input.num_classes={num_classes} (Hadamard centres)")
+  if class_bits:
+    for name in ("centre_weight", "centre_margin", "centre_bit_weight"):
+      _require(g[name] >= 0, f"loss.graded.{name}", g[name], "non-negative")
+    _require(g.centre_scale > 0, "loss.graded.centre_scale", g.centre_scale, "positive")
 
 
 def _validate_eval(e) -> None:

@@ -20,6 +20,8 @@ def test_the_product_configs_are_valid():
     ("train.batch_size", 7, "config.train.batch_size=7: an even number"),
     ("method", "magic", "config.method='magic'"),
     ("loss.graded.item_temperature", 0.0, "config.loss.graded.item_temperature=0.0: positive"),
+    ("loss.graded.class_bits", 12, "config.loss.graded.class_bits=12: 0 (no split) or a power"),
+    ("loss.graded.centre_scale", 0.0, "config.loss.graded.centre_scale=0.0: positive"),
 ])
 def test_bad_values_are_named(field, value, message):
   config = config_lib.base_config("tiny")
@@ -30,6 +32,8 @@ def test_bad_values_are_named(field, value, message):
   node[leaf] = value
   if field.startswith("loss.graded"):
     config.method = "graded"
+  if field.startswith("loss.graded.centre"):
+    config.loss.graded.class_bits = 8       # the centre fields matter only with a split code
   with pytest.raises(config_lib.ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
     config_lib.validate_config(config)
 

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from deephash_jax.losses import baselines
 from deephash_jax.losses import distance
 
 
@@ -55,3 +57,41 @@ def item_infonce_on_features(anchor_features, candidate_features, positive, nega
   c, _ = distance.normalize(candidate_features)
   cos = jnp.matmul(a, c.T, precision=jax.lax.Precision.HIGHEST)
   return info_nce(cos / temperature, positive, negative, normaliser=normaliser)
+
+
+def class_centres(num_classes: int, class_bits: int):
+  """(num_classes, class_bits) +-1 centres of the code's class prefix, read-only.
+
+  Rows of [H; -H], H the Sylvester Hadamard matrix (class_bits a power of 2): any two centres
+  are class_bits / 2 apart (a row and its negation class_bits). Raises on other sizes: the split
+  code's guarantee (other types beyond every same-type item) needs that distance.
+  """
+  if class_bits < 1 or class_bits & (class_bits - 1) or num_classes > 2 * class_bits:
+    raise ValueError(f"class_bits={class_bits}: need a power of 2 with 2 * class_bits >= "
+                     f"num_classes={num_classes} (Hadamard centres, class_bits / 2 apart)")
+  return baselines.csq_centers(num_classes, class_bits)
+
+
+def class_centre_loss(pre_codes, labels, centres, *, scale, margin, normaliser=None):
+  """Softmax cross-entropy over the cosines of the pre-codes to the class centres, an additive
+  margin on the true class (OrthoHash's form on Hadamard centres): per anchor
+  `logsumexp_k s (cos(v, c_k) - m [k == y]) - s (cos(v, c_y) - m)`, summed and divided by
+  `normaliser` (default: the number of anchors).
+  """
+  v, _ = distance.normalize(jnp.asarray(pre_codes, jnp.float32))
+  c = jnp.asarray(centres, jnp.float32) / np.sqrt(centres.shape[1])
+  cosine = jnp.matmul(v, c.T, precision=jax.lax.Precision.HIGHEST)
+  onehot = jax.nn.one_hot(labels, centres.shape[0], dtype=jnp.float32)
+  logits = scale * (cosine - margin * onehot)
+  per_anchor = jax.nn.logsumexp(logits, axis=-1) - jnp.sum(logits * onehot, axis=-1)
+  return jnp.sum(per_anchor) / (pre_codes.shape[0] if normaliser is None else normaliser)
+
+
+def centre_bit_loss(pre_codes, labels, centres, *, normaliser=None):
+  """Per-bit binary cross-entropy of sigmoid(2 v) against the class centre's bits (CSQ's form,
+  `softplus(-2 c v)`): every prefix bit takes its centre's sign, not only the direction on
+  average. Mean over bits, summed over anchors, divided by `normaliser` (default: anchors)."""
+  v = jnp.asarray(pre_codes, jnp.float32)
+  targets = jnp.asarray(centres, jnp.float32)[labels]
+  per_anchor = jnp.mean(jax.nn.softplus(-2.0 * targets * v), axis=-1)
+  return jnp.sum(per_anchor) / (v.shape[0] if normaliser is None else normaliser)

@@ -150,41 +150,66 @@ def singh2019_loss(codes, logits, *, views: Views, masks: PairMasks, disc, disc_
   return total, terms
 
 
-def graded_loss(codes, logits, features, *, views: Views, masks: PairMasks, loss_config,
-                num_bits: int):
+def graded_loss(codes, pre_codes, logits, features, *, views: Views, masks: PairMasks,
+                loss_config, num_bits: int, num_classes: int):
   """(total, terms) of the graded objective (losses/graded.py) on this device's views.
 
   Item level: this device's query views (anchors) against the gallery views of the global batch
   (candidates; column j = global catalogue item j of the batch), every other item a negative.
+  With `class_bits` > 0 the code is split: its first `class_bits` bits are pulled to the class's
+  Hadamard centre (no pair term), the item InfoNCE reads the other bits only.
   """
   g = loss_config.graded
   n_local = views.query_first.shape[0]
   n_global = _global_size(n_local)
-  all_codes = lax.all_gather(codes, AXIS, tiled=True)
-  distances = distance.relaxed_hamming(codes, all_codes, num_bits=num_bits)
+  class_bits = g.get("class_bits", 0)
   gallery = lambda x: lax.all_gather(x[:n_local], AXIS, tiled=True)
   positive = views.index[n_local:] - n_global          # the anchor's own gallery column
   negative = ((gallery(views.items)[None, :] != views.items[n_local:, None])
               | (gallery(views.labels)[None, :] != views.labels[n_local:, None]))
-  m = masks
+  item_codes = codes[:, class_bits:]
   terms = {
       "classification": singh2019.classification_loss(logits, views.labels,
                                                        normaliser=2 * n_global),
-      "hamming": singh2019.cauchy_cross_entropy(
-          distances, m.category_similar, m.valid, gamma=g.pair_gamma,
-          num_similar=count(m.category_similar & m.valid),
-          num_dissimilar=count(~m.category_similar & m.valid), threshold=g.pair_threshold),
       "item": graded.item_infonce_on_codes(
-          codes[n_local:], gallery(codes), positive, negative, temperature=g.item_temperature,
-          num_bits=num_bits, normaliser=n_global),
+          item_codes[n_local:], gallery(item_codes), positive, negative,
+          temperature=g.item_temperature, num_bits=num_bits - class_bits, normaliser=n_global),
       "item_features": graded.item_infonce_on_features(
           features[n_local:], gallery(features), positive, negative,
           temperature=g.feature_temperature, normaliser=n_global),
       "quantization": singh2019.quantization_loss(codes, normaliser=2 * n_global * num_bits),
   }
-  weights = {"classification": loss_config.classification_weight, "hamming": g.pair_weight,
-             "item": g.item_weight, "item_features": g.feature_item_weight,
+  weights = {"classification": loss_config.classification_weight, "item": g.item_weight,
+             "item_features": g.feature_item_weight,
              "quantization": loss_config.quantization_weight}
+  if class_bits:
+    centres = graded.class_centres(num_classes, class_bits)
+    terms["class_centre"] = graded.class_centre_loss(
+        pre_codes[:, :class_bits], views.labels, centres, scale=g.centre_scale,
+        margin=g.centre_margin, normaliser=2 * n_global)
+    terms["class_centre_bits"] = graded.centre_bit_loss(
+        pre_codes[:, :class_bits], views.labels, centres, normaliser=2 * n_global)
+    weights["class_centre"] = g.centre_weight
+    weights["class_centre_bits"] = g.centre_bit_weight
+    if g.get("class_pair_weight", 0.0):
+      prefix = codes[:, :class_bits]
+      distances = distance.relaxed_hamming(prefix, lax.all_gather(prefix, AXIS, tiled=True),
+                                           num_bits=class_bits)
+      m = masks
+      terms["class_pairs"] = singh2019.cauchy_cross_entropy(
+          distances, m.category_similar, m.valid, gamma=g.pair_gamma,
+          num_similar=count(m.category_similar & m.valid),
+          num_dissimilar=count(~m.category_similar & m.valid))
+      weights["class_pairs"] = g.class_pair_weight
+  else:
+    all_codes = lax.all_gather(codes, AXIS, tiled=True)
+    distances = distance.relaxed_hamming(codes, all_codes, num_bits=num_bits)
+    m = masks
+    terms["hamming"] = singh2019.cauchy_cross_entropy(
+        distances, m.category_similar, m.valid, gamma=g.pair_gamma,
+        num_similar=count(m.category_similar & m.valid),
+        num_dissimilar=count(~m.category_similar & m.valid), threshold=g.pair_threshold)
+    weights["hamming"] = g.pair_weight
   total = sum(weights[name] * value for name, value in terms.items())
   return total, terms
 
@@ -273,11 +298,11 @@ def make_train_step(config, mesh) -> Callable:
           loss_fn, argnums=(0, 1), has_aux=True)(codes, logits)
       d_pre = jnp.zeros_like(pre_codes)
     elif method == "graded":
-      loss_fn = lambda c, l, f: graded_loss(c, l, f, views=views, masks=pair_masks(views),
-                                            loss_config=config.loss, num_bits=num_bits)
-      (total, terms), (d_codes, d_logits_cls, d_features) = jax.value_and_grad(
-          loss_fn, argnums=(0, 1, 2), has_aux=True)(codes, logits, features)
-      d_pre = jnp.zeros_like(pre_codes)
+      loss_fn = lambda c, p, l, f: graded_loss(
+          c, p, l, f, views=views, masks=pair_masks(views), loss_config=config.loss,
+          num_bits=num_bits, num_classes=config.input.num_classes)
+      (total, terms), (d_codes, d_pre, d_logits_cls, d_features) = jax.value_and_grad(
+          loss_fn, argnums=(0, 1, 2, 3), has_aux=True)(codes, pre_codes, logits, features)
     else:
       loss_fn = lambda p, l: baseline_loss(p, l, views=views, method=method, hyper=hyper,
                                            loss_config=config.loss,

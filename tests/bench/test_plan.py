@@ -18,17 +18,19 @@ def test_the_plan_runs_the_main_table_first_then_the_lengths_then_the_seeds():
   runs = plan.planned_runs(config.benchmark)
   methods = config.benchmark.methods
   extra_seeds = 2 * len(config.benchmark.multi_seed.methods)   # seeds 1 and 2 at 48 bits
-  assert len(runs) == len(methods) * 4 + extra_seeds and len(set(runs)) == len(runs)
+  fewer = sum(4 - len(bits) for bits in config.benchmark.method_bits.values())
+  assert len(runs) == len(methods) * 4 - fewer + extra_seeds and len(set(runs)) == len(runs)
   assert [r.method for r in runs[:len(methods)]] == list(methods)
   assert {r.bits for r in runs[:len(methods)]} == {48}
   assert [r.bits for r in runs if r.method == "dch" and r.seed == 0] == [48, 16, 32, 64]
   assert sorted(r.seed for r in runs if r.method == "dch" and r.bits == 48) == [0, 1, 2]
+  assert [r.bits for r in runs if r.method == "graded_split"] == [48, 64]
   assert plan.parse_run("ours_no_hamming_16b_s2") == plan.Run("ours_no_hamming", 16, 2)
   assert plan.Run("dch", 48, 1).name == "dch_48b_s1"
   with pytest.raises(config_lib.ConfigError, match="run 'dch-48'"):
     plan.parse_run("dch-48")
   # method_bits: a method at some lengths only.
-  config.benchmark.method_bits = {"csq": (48,)}
+  config.benchmark.method_bits = {**config.benchmark.method_bits, "csq": (48,)}
   plan.validate_benchmark(config)
   assert [r.bits for r in plan.planned_runs(config.benchmark) if r.method == "csq"] == [48]
 
@@ -77,10 +79,11 @@ def test_validation_names_the_field():
 def test_workers_split_the_plan():
   runs = plan.planned_runs(config_lib.base_config("benchmark_quick").benchmark)
   assert [r.name for r in runs] == [f"{m}_48b_s0" for m in (
-      "ours", "graded", "dch", "hashnet", "dpsh", "csq", "greedyhash", "orthohash")]
+      "ours", "graded", "graded_split", "dch", "hashnet", "dpsh", "csq", "greedyhash",
+      "orthohash")]
   assert plan.worker_runs(runs, (0, 2)) == runs[0::2]
   assert plan.worker_runs(runs, (1, 2)) == runs[1::2]
-  assert plan.worker_runs(runs, (2, 3)) == [runs[2], runs[5]]
+  assert plan.worker_runs(runs, (2, 3)) == [runs[2], runs[5], runs[8]]
   assert plan.worker_runs(runs, (0, 1)) == runs
   assert plan.parse_worker(None) == (0, 1) and plan.parse_worker("1/4") == (1, 4)
   for bad in ("2/2", "-1/2", "1", "a/b", "0/0"):

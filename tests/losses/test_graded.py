@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from deephash_jax.losses import graded
 
@@ -81,3 +82,62 @@ def test_item_infonce_on_features_uses_cosine_and_pulls_the_positive_closer():
   moved = np.asarray(a - 0.1 * grad)
   after = unit(moved) @ unit(c).T
   assert np.all(after[np.arange(3), positive] > cos[np.arange(3), positive])
+
+
+def test_class_centres_are_hadamard_rows_half_the_prefix_apart():
+  centres = graded.class_centres(10, 16)
+  assert centres.shape == (10, 16) and set(np.unique(centres)) == {-1.0, 1.0}
+  d = (16 - centres @ centres.T) / 2
+  off = d[~np.eye(10, dtype=bool)]
+  assert off.min() >= 8 and set(np.unique(off)) <= {8.0, 16.0}
+  for bad in (12, 4):      # not a power of 2; too few rows for 10 classes
+    with pytest.raises(ValueError, match=f"class_bits={bad}"):
+      graded.class_centres(10, bad)
+
+
+def np_class_centre_loss(pre, labels, centres, scale, margin):
+  total = 0.0
+  for v, y in zip(pre.astype(np.float64), labels):
+    cos = centres @ v / (np.linalg.norm(v) * np.sqrt(centres.shape[1]))
+    logits = scale * (cos - margin * (np.arange(len(centres)) == y))
+    total += np.log(np.sum(np.exp(logits))) - logits[y]
+  return total / len(labels)
+
+
+def test_class_centre_loss_matches_numpy_and_prefers_the_own_centre():
+  centres = graded.class_centres(4, 8)
+  rng = np.random.default_rng(1)
+  pre = rng.normal(size=(5, 8)).astype(np.float32)
+  labels = np.array([0, 1, 2, 3, 3])
+  got = graded.class_centre_loss(jnp.asarray(pre), jnp.asarray(labels), centres, scale=8.0,
+                                 margin=0.2)
+  np.testing.assert_allclose(got, np_class_centre_loss(pre, labels, centres, 8.0, 0.2),
+                             rtol=1e-5)
+  # A pre-code on its own centre: lower loss than on another class's centre; ties (two
+  # classes at the same cosine) give log(2)-level losses, as the reference does.
+  at_own = graded.class_centre_loss(jnp.asarray(centres[:1]), jnp.array([0]), centres,
+                                    scale=8.0, margin=0.0)
+  at_other = graded.class_centre_loss(jnp.asarray(centres[1:2]), jnp.array([0]), centres,
+                                      scale=8.0, margin=0.0)
+  assert float(at_own) < float(at_other)
+  # ~1e-3: float32's logsumexp - logit cancels to ~1e-7 absolute.
+  np.testing.assert_allclose(at_own, np_class_centre_loss(centres[:1], [0], centres, 8.0, 0.0),
+                             rtol=0, atol=1e-6)
+
+
+def test_centre_bit_loss_matches_numpy_and_is_log2_at_zero():
+  centres = graded.class_centres(4, 8)
+  rng = np.random.default_rng(2)
+  pre = rng.normal(size=(6, 8)).astype(np.float32) * 3
+  labels = np.array([0, 1, 2, 3, 0, 1])
+  t = centres[labels].astype(np.float64)
+  # BCE of p = (1 + tanh v) / 2 = sigmoid(2v) against (t + 1) / 2, in the naive form.
+  p = 1 / (1 + np.exp(-2 * pre.astype(np.float64)))
+  want = -np.mean((t > 0) * np.log(p) + (t < 0) * np.log(1 - p), axis=1).sum() / 6
+  got = graded.centre_bit_loss(jnp.asarray(pre), jnp.asarray(labels), centres)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  zero = graded.centre_bit_loss(jnp.zeros((2, 8)), jnp.array([0, 1]), centres, normaliser=2.0)
+  np.testing.assert_allclose(zero, np.log(2.0), rtol=1e-6)
+  # Far on the right side of every bit: ~0, finite (no log of 0).
+  far = graded.centre_bit_loss(jnp.asarray(centres[:2] * 50), jnp.array([0, 1]), centres)
+  assert 0.0 <= float(far) < 1e-20

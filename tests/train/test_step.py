@@ -36,9 +36,11 @@ def _one_step(config, devices, state, batch):
 
 @pytest.mark.parametrize("method,code_activation",
                          [("singh2019", "sign_ste"), ("singh2019", "tanh"), ("graded", "tanh"),
-                          ("dch", "tanh")])
+                          ("graded_split", "tanh"), ("dch", "tanh")])
 def test_eight_devices_equal_one_device(config, method, code_activation):
   assert jax.device_count() == 8
+  if method == "graded_split":    # the 16-bit tiny code: an 8-bit class prefix, 8 item bits
+    method, config.loss.graded.class_bits = "graded", 8
   config.method = method
   if code_activation == "sign_ste":
     _use_sign_codes(config)
@@ -168,11 +170,15 @@ def _items_with_marks(num_classes=4, per_class=8, seed=0):
                                                                          dtype=np.int32)}
 
 
-def test_graded_codes_put_the_same_item_nearer_than_its_type_nearer_than_other_types(config):
+@pytest.mark.parametrize("class_bits", [0, 8])
+def test_graded_codes_put_the_same_item_nearer_than_its_type_nearer_than_other_types(
+    config, class_bits):
   """The property the graded objective is for: after a few steps on fake items, the mean
   Hamming distance of a query view to its own gallery view < to other items of its type < to
-  other types."""
+  other types; with or without the split code (an 8-bit class prefix of the 16 bits)."""
   config.method = "graded"
+  config.loss.graded.class_bits = class_bits
+  config.loss.graded.item_temperature = 0.1 * (config.model.num_bits - class_bits)
   config.model.classifier_input = "features"
   config.train.warmup_steps = 0
   batch = _items_with_marks()
