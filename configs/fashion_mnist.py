@@ -81,7 +81,6 @@ def get_config():
   config.loss.graded.centre_scale = 8.0
   config.loss.graded.centre_margin = 0.2
   config.loss.graded.centre_bit_weight = 1.0
-  config.loss.graded.class_pair_weight = 0.0
 
   config.train = ml_collections.ConfigDict()
   config.train.batch_size = 256               # views; = 128 catalogue items, two views each

@@ -157,31 +157,15 @@ def graded_loss(codes, pre_codes, logits, features, *, views: Views, masks: Pair
   Item level: this device's query views (anchors) against the gallery views of the global batch
   (candidates; column j = global catalogue item j of the batch), every other item a negative.
   With `class_bits` > 0 the code is split: its first `class_bits` bits are pulled to the class's
-  Hadamard centre (no pair term), the item InfoNCE reads the other bits only.
+  Hadamard centre (in place of the pair term), the item InfoNCE reads the other bits only.
   """
   g = loss_config.graded
   n_local = views.query_first.shape[0]
   n_global = _global_size(n_local)
   class_bits = g.get("class_bits", 0)
-  gallery = lambda x: lax.all_gather(x[:n_local], AXIS, tiled=True)
-  positive = views.index[n_local:] - n_global          # the anchor's own gallery column
-  negative = ((gallery(views.items)[None, :] != views.items[n_local:, None])
-              | (gallery(views.labels)[None, :] != views.labels[n_local:, None]))
-  item_codes = codes[:, class_bits:]
-  terms = {
-      "classification": singh2019.classification_loss(logits, views.labels,
-                                                       normaliser=2 * n_global),
-      "item": graded.item_infonce_on_codes(
-          item_codes[n_local:], gallery(item_codes), positive, negative,
-          temperature=g.item_temperature, num_bits=num_bits - class_bits, normaliser=n_global),
-      "item_features": graded.item_infonce_on_features(
-          features[n_local:], gallery(features), positive, negative,
-          temperature=g.feature_temperature, normaliser=n_global),
-      "quantization": singh2019.quantization_loss(codes, normaliser=2 * n_global * num_bits),
-  }
-  weights = {"classification": loss_config.classification_weight, "item": g.item_weight,
-             "item_features": g.feature_item_weight,
-             "quantization": loss_config.quantization_weight}
+  terms = {"classification": singh2019.classification_loss(logits, views.labels,
+                                                            normaliser=2 * n_global)}
+  weights = {"classification": loss_config.classification_weight}
   if class_bits:
     centres = graded.class_centres(num_classes, class_bits)
     terms["class_centre"] = graded.class_centre_loss(
@@ -189,27 +173,33 @@ def graded_loss(codes, pre_codes, logits, features, *, views: Views, masks: Pair
         margin=g.centre_margin, normaliser=2 * n_global)
     terms["class_centre_bits"] = graded.centre_bit_loss(
         pre_codes[:, :class_bits], views.labels, centres, normaliser=2 * n_global)
-    weights["class_centre"] = g.centre_weight
-    weights["class_centre_bits"] = g.centre_bit_weight
-    if g.get("class_pair_weight", 0.0):
-      prefix = codes[:, :class_bits]
-      distances = distance.relaxed_hamming(prefix, lax.all_gather(prefix, AXIS, tiled=True),
-                                           num_bits=class_bits)
-      m = masks
-      terms["class_pairs"] = singh2019.cauchy_cross_entropy(
-          distances, m.category_similar, m.valid, gamma=g.pair_gamma,
-          num_similar=count(m.category_similar & m.valid),
-          num_dissimilar=count(~m.category_similar & m.valid))
-      weights["class_pairs"] = g.class_pair_weight
+    weights.update(class_centre=g.centre_weight, class_centre_bits=g.centre_bit_weight)
+    item_codes = codes[:, class_bits:]
   else:
-    all_codes = lax.all_gather(codes, AXIS, tiled=True)
-    distances = distance.relaxed_hamming(codes, all_codes, num_bits=num_bits)
+    distances = distance.relaxed_hamming(codes, lax.all_gather(codes, AXIS, tiled=True),
+                                         num_bits=num_bits)
     m = masks
     terms["hamming"] = singh2019.cauchy_cross_entropy(
         distances, m.category_similar, m.valid, gamma=g.pair_gamma,
         num_similar=count(m.category_similar & m.valid),
         num_dissimilar=count(~m.category_similar & m.valid), threshold=g.pair_threshold)
     weights["hamming"] = g.pair_weight
+    item_codes = codes
+  gallery = lambda x: lax.all_gather(x[:n_local], AXIS, tiled=True)
+  positive = views.index[n_local:] - n_global          # the anchor's own gallery column
+  negative = ((gallery(views.items)[None, :] != views.items[n_local:, None])
+              | (gallery(views.labels)[None, :] != views.labels[n_local:, None]))
+  terms.update({
+      "item": graded.item_infonce_on_codes(
+          item_codes[n_local:], gallery(item_codes), positive, negative,
+          temperature=g.item_temperature, num_bits=num_bits - class_bits, normaliser=n_global),
+      "item_features": graded.item_infonce_on_features(
+          features[n_local:], gallery(features), positive, negative,
+          temperature=g.feature_temperature, normaliser=n_global),
+      "quantization": singh2019.quantization_loss(codes, normaliser=2 * n_global * num_bits),
+  })
+  weights.update(item=g.item_weight, item_features=g.feature_item_weight,
+                 quantization=loss_config.quantization_weight)
   total = sum(weights[name] * value for name, value in terms.items())
   return total, terms
 
