@@ -31,8 +31,8 @@ from deephash_jax.bench import plan
 def benchmark_section():
   """The plan and its variants (each a set of overrides of the training config)."""
   b = ml_collections.ConfigDict()
-  b.methods = ("ours", "graded", "graded_split", "ours_no_classifier", "ours_no_hamming", "ours_no_adversarial",
-               "dch", "hashnet", "csq", "dpsh", "greedyhash", "orthohash")
+  b.methods = ("ours", "graded", "graded_split", "ours_no_classifier", "ours_no_hamming",
+               "ours_no_adversarial", "dch", "hashnet", "csq", "dpsh", "greedyhash", "orthohash")
   b.bits = (16, 32, 48, 64)
   b.reference_bits = 48     # the main table, the PR curves and the references
   b.seeds = (0,)            # every (method, bits) cell

@@ -1,4 +1,4 @@
-r"""Quick benchmark: both of ours against every peer at 48 bits, 2 epochs each (~35 min, 2 CPUs).
+r"""Quick benchmark: our three objectives and every peer at 48 bits, 2 epochs each (29 min).
 
     deephash benchmark --config=configs/benchmark_quick.py --workdir=workdirs/benchmark_quick
 
@@ -16,7 +16,8 @@ def get_config(run=None):
   config.train.num_epochs = 2
   config.eval.closest_match.num_queries = 1000
   b = config.benchmark
-  b.methods = ("ours", "graded", "graded_split", "dch", "hashnet", "dpsh", "csq", "greedyhash", "orthohash")
+  b.methods = ("ours", "graded", "graded_split", "dch", "hashnet", "dpsh", "csq", "greedyhash",
+               "orthohash")
   b.bits = (48,)
   b.multi_seed.methods = ()
   b.ablations = {}

@@ -74,8 +74,9 @@ def get_config():
   config.loss.graded.feature_item_weight = 1.0
   config.loss.graded.feature_temperature = 0.1
   # class_bits > 0 splits the code: the first class_bits bits (a power of 2) are pulled to the
-  # class's Hadamard centre by a cosine-margin softmax (scale, margin; no pair term, the pair_*
-  # fields unused), the item InfoNCE reads the other bits.
+  # class's Hadamard centre by a cosine-margin softmax (centre_scale, centre_margin) and a per-bit
+  # cross-entropy (centre_bit_weight), in place of the pair term (the pair_* fields unused); the
+  # item InfoNCE reads the other bits (benchmark variant graded_split: 32 of 48).
   config.loss.graded.class_bits = 0
   config.loss.graded.centre_weight = 1.0
   config.loss.graded.centre_scale = 8.0

@@ -8,7 +8,9 @@ view against the batch's gallery views on the codes and on the features, the cla
 features, and training query views at the closest-match protocol's strength
 (config.eval.closest_match.recipe). Expected (2 CPU cores, XLA:CPU): mAP@all 0.8200,
 closest-match R@1 0.1019, about 20 min of training; the trade-off against the default:
-experiments/graded_codes/README.md.
+experiments/graded_codes/README.md. The split code (a 32-bit type prefix on Hadamard centres, 16
+item bits) is `--config.loss.graded.class_bits=32 --config.loss.graded.item_temperature=1.6`,
+the benchmark's `graded_split`.
 """
 
 from deephash_jax import config_lib

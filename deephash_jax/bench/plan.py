@@ -56,8 +56,9 @@ def parse_run(name: str) -> Run:
 
 
 def method_lengths(bench, method: str) -> tuple[int, ...]:
-  """The code lengths `method` runs at: those of `benchmark.bits` that `benchmark.method_bits[method]`
-  lists where given (so a plan of fewer lengths keeps the restriction), else every one."""
+  """The code lengths `method` runs at: those of `benchmark.bits` listed in
+  `benchmark.method_bits[method]` where given (a plan of fewer lengths keeps the restriction),
+  else every one."""
   only = (bench.get("method_bits") or {}).get(method)
   return tuple(int(b) for b in bench.bits if only is None or b in only)
 

@@ -113,8 +113,7 @@ def test_class_centre_loss_matches_numpy_and_prefers_the_own_centre():
                                  margin=0.2)
   np.testing.assert_allclose(got, np_class_centre_loss(pre, labels, centres, 8.0, 0.2),
                              rtol=1e-5)
-  # A pre-code on its own centre: lower loss than on another class's centre; ties (two
-  # classes at the same cosine) give log(2)-level losses, as the reference does.
+  # A pre-code on its own centre: lower loss than on another class's centre.
   at_own = graded.class_centre_loss(jnp.asarray(centres[:1]), jnp.array([0]), centres,
                                     scale=8.0, margin=0.0)
   at_other = graded.class_centre_loss(jnp.asarray(centres[1:2]), jnp.array([0]), centres,
