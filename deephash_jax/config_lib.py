@@ -82,10 +82,10 @@ def _validate_split(g, num_bits: int, num_classes: int) -> None:
   class_bits = g.get("class_bits", 0)
   _require(isinstance(class_bits, int) and 0 <= class_bits < num_bits
            and (class_bits == 0 or (class_bits & (class_bits - 1) == 0
-                                    and 2 * class_bits >= num_classes)),
+                                    and 2 * (class_bits - 1) >= num_classes)),
            "loss.graded.class_bits", class_bits,
-           f"0 (no split) or a power of 2 below model.num_bits={num_bits} with 2 * class_bits "
-           f">= input.num_classes={num_classes} (Hadamard centres)")
+           f"0 (no split) or a power of 2 below model.num_bits={num_bits} with "
+           f"2 * (class_bits - 1) >= input.num_classes={num_classes} (Hadamard centres)")
   if class_bits:
     for name in ("centre_weight", "centre_margin", "centre_bit_weight"):
       _require(g[name] >= 0, f"loss.graded.{name}", g[name], "non-negative")

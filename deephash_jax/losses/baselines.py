@@ -123,7 +123,7 @@ def _is_power_of_two(n):
   return n > 0 and n & (n - 1) == 0
 
 
-def _sylvester_hadamard(n):
+def sylvester_hadamard(n):
   """n x n Hadamard matrix, n a power of 2 (the Sylvester construction of scipy.linalg.hadamard)."""
   h = np.ones((1, 1), np.float32)
   while h.shape[0] < n:
@@ -263,7 +263,7 @@ def csq_centers(num_classes: int, num_bits: int, seed: int = 0, *, max_tries: in
   if num_classes < 1 or num_bits < 1:
     raise ValueError(f"need num_classes >= 1 and num_bits >= 1, got {num_classes}, {num_bits}")
   if _is_power_of_two(num_bits) and num_classes <= 2 * num_bits:
-    hadamard = _sylvester_hadamard(num_bits)
+    hadamard = sylvester_hadamard(num_bits)
     return _frozen(np.concatenate([hadamard, -hadamard])[:num_classes].astype(np.float32))
   rng = np.random.default_rng(seed)
   best, best_distance = None, -1

@@ -62,14 +62,21 @@ def item_infonce_on_features(anchor_features, candidate_features, positive, nega
 def class_centres(num_classes: int, class_bits: int):
   """(num_classes, class_bits) +-1 centres of the code's class prefix, read-only.
 
-  Rows of [H; -H], H the Sylvester Hadamard matrix (class_bits a power of 2): any two centres
-  are class_bits / 2 apart (a row and its negation class_bits). Raises on other sizes: the split
-  code's guarantee (other types beyond every same-type item) needs that distance.
+  Rows 1, 2, ... of the Sylvester Hadamard matrix H, each followed by its negation (row 0, all
+  ones, is not used): any two centres are class_bits / 2 apart (a row and its negation
+  class_bits), and no prefix bit is the same for every class (a row and its negation differ in
+  every bit), so none is dead. class_bits a power of 2 with 2 * (class_bits - 1) >= num_classes;
+  other sizes raise: the split code's guarantee (other types beyond every same-type item) needs
+  that distance.
   """
-  if class_bits < 1 or class_bits & (class_bits - 1) or num_classes > 2 * class_bits:
-    raise ValueError(f"class_bits={class_bits}: need a power of 2 with 2 * class_bits >= "
+  if class_bits < 2 or class_bits & (class_bits - 1) or num_classes > 2 * (class_bits - 1):
+    raise ValueError(f"class_bits={class_bits}: need a power of 2 with 2 * (class_bits - 1) >= "
                      f"num_classes={num_classes} (Hadamard centres, class_bits / 2 apart)")
-  return baselines.csq_centers(num_classes, class_bits)
+  rows = baselines.sylvester_hadamard(class_bits)[1:(num_classes + 1) // 2 + 1]
+  centres = np.stack([rows, -rows], axis=1).reshape(-1, class_bits)[:num_classes]
+  centres = centres.astype(np.float32)
+  centres.flags.writeable = False
+  return centres
 
 
 def class_centre_loss(pre_codes, labels, centres, *, scale, margin, normaliser=None):

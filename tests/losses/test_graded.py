@@ -84,15 +84,22 @@ def test_item_infonce_on_features_uses_cosine_and_pulls_the_positive_closer():
   assert np.all(after[np.arange(3), positive] > cos[np.arange(3), positive])
 
 
-def test_class_centres_are_hadamard_rows_half_the_prefix_apart():
-  centres = graded.class_centres(10, 16)
-  assert centres.shape == (10, 16) and set(np.unique(centres)) == {-1.0, 1.0}
-  d = (16 - centres @ centres.T) / 2
-  off = d[~np.eye(10, dtype=bool)]
-  assert off.min() >= 8 and set(np.unique(off)) <= {8.0, 16.0}
-  for bad in (12, 4):      # not a power of 2; too few rows for 10 classes
-    with pytest.raises(ValueError, match=f"class_bits={bad}"):
-      graded.class_centres(10, bad)
+@pytest.mark.parametrize("num_classes,class_bits", [(10, 16), (10, 32), (9, 8), (2, 2)])
+def test_class_centres_are_half_the_prefix_apart_with_no_dead_bit(num_classes, class_bits):
+  centres = graded.class_centres(num_classes, class_bits)
+  assert centres.shape == (num_classes, class_bits)
+  assert set(np.unique(centres)) == {-1.0, 1.0} and not centres.flags.writeable
+  d = (class_bits - centres.astype(np.float64) @ centres.T) / 2
+  off = d[~np.eye(num_classes, dtype=bool)]
+  assert off.min() >= class_bits / 2 and set(np.unique(off)) <= {class_bits / 2, class_bits}
+  # No bit is the same for every class: each one tells some types apart.
+  assert np.all(np.abs(centres.sum(axis=0)) < num_classes)
+
+
+@pytest.mark.parametrize("class_bits", [12, 4, 1])   # not a power of 2; too few rows; too short
+def test_class_centres_refuse_sizes_without_the_spacing(class_bits):
+  with pytest.raises(ValueError, match=f"class_bits={class_bits}"):
+    graded.class_centres(10, class_bits)
 
 
 def np_class_centre_loss(pre, labels, centres, scale, margin):

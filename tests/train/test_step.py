@@ -179,6 +179,12 @@ def test_graded_codes_put_the_same_item_nearer_than_its_type_nearer_than_other_t
   config.method = "graded"
   config.loss.graded.class_bits = class_bits
   config.loss.graded.item_temperature = 0.1 * (config.model.num_bits - class_bits)
+  # Query views with the gallery's nuisances only: the property is the objective's ordering of
+  # the levels, not robustness to strong nuisances, which a 16-bit tiny CNN does not learn in a
+  # few steps (with the default query views it holds at some step counts and not at others).
+  config.input.augment.query.update(dict(
+      max_rotation_deg=0.0, scale_range=(1.0, 1.0), max_brightness=0.0,
+      contrast_range=(1.0, 1.0), gamma_range=(1.0, 1.0), background_prob=0.0))
   config.model.classifier_input = "features"
   config.train.warmup_steps = 0
   batch = _items_with_marks()
