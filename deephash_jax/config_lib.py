@@ -11,6 +11,7 @@ import ml_collections
 
 from deephash_jax.evaluators import ranking
 from deephash_jax.losses import baselines
+from deephash_jax.losses import graded
 
 CONFIG_FILE = "config.json"
 
@@ -81,8 +82,7 @@ def _validate_graded(g) -> None:
 def _validate_split(g, num_bits: int, num_classes: int) -> None:
   class_bits = g.get("class_bits", 0)
   _require(isinstance(class_bits, int) and 0 <= class_bits < num_bits
-           and (class_bits == 0 or (class_bits & (class_bits - 1) == 0
-                                    and 2 * (class_bits - 1) >= num_classes)),
+           and (class_bits == 0 or graded.centres_fit(num_classes, class_bits)),
            "loss.graded.class_bits", class_bits,
            f"0 (no split) or a power of 2 below model.num_bits={num_bits} with "
            f"2 * (class_bits - 1) >= input.num_classes={num_classes} (Hadamard centres)")

@@ -59,6 +59,13 @@ def item_infonce_on_features(anchor_features, candidate_features, positive, nega
   return info_nce(cos / temperature, positive, negative, normaliser=normaliser)
 
 
+def centres_fit(num_classes: int, class_bits: int) -> bool:
+  """Whether `class_centres(num_classes, class_bits)` exists: class_bits a power of 2 with
+  2 * (class_bits - 1) >= num_classes (the one rule; config_lib checks configs with it)."""
+  return class_bits >= 2 and not class_bits & (class_bits - 1) and (
+      num_classes <= 2 * (class_bits - 1))
+
+
 def class_centres(num_classes: int, class_bits: int):
   """(num_classes, class_bits) +-1 centres of the code's class prefix, read-only.
 
@@ -69,7 +76,7 @@ def class_centres(num_classes: int, class_bits: int):
   other sizes raise: the split code's guarantee (other types beyond every same-type item) needs
   that distance.
   """
-  if class_bits < 2 or class_bits & (class_bits - 1) or num_classes > 2 * (class_bits - 1):
+  if not centres_fit(num_classes, class_bits):
     raise ValueError(f"class_bits={class_bits}: need a power of 2 with 2 * (class_bits - 1) >= "
                      f"num_classes={num_classes} (Hadamard centres, class_bits / 2 apart)")
   rows = baselines.sylvester_hadamard(class_bits)[1:(num_classes + 1) // 2 + 1]
