@@ -145,3 +145,11 @@ def test_a_run_lock_has_one_holder_and_dies_with_it(tmp_path):
   with plan.run_lock(directory) as acquired:
     assert acquired and plan.is_locked(directory) is True   # held by this process now
   assert not plan.is_locked(directory)
+
+
+@pytest.mark.parametrize("run, config_name", [("ours_48b_s0", "fashion_mnist"),
+                                              ("graded_48b_s0", "graded")])
+def test_the_benchmark_trains_the_configs_the_readme_names(run, config_name):
+  # The variants restate configs/graded.py's settings: a change to one must reach the other.
+  config = plan.run_config(config_lib.base_config("benchmark"), run)
+  assert config.to_dict() == config_lib.base_config(config_name).to_dict()
