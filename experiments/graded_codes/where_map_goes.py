@@ -24,6 +24,7 @@ import numpy as np
 
 from deephash_jax import models
 from deephash_jax.data import augment
+from deephash_jax import encoder as encoder_lib
 from deephash_jax.data import registry
 from deephash_jax.encoder import HashEncoder
 from deephash_jax.evaluators import ranking
@@ -48,8 +49,8 @@ def diagnose(workdir: str) -> dict:
   database = registry.load_split(config.input, config.input.database_split)
 
   def predict(images):
-    return np.concatenate([np.asarray(logits_fn(enc.variables, images[i:i + 1000]))
-                           for i in range(0, len(images), 1000)]).argmax(1)
+    return encoder_lib.embed_dataset(logits_fn, enc.variables, images, batch_size=1000,
+                                     num_devices=1).argmax(1)
 
   pq, pd = predict(query.images), predict(database.images)
   yq, yd = query.labels, database.labels
@@ -61,9 +62,9 @@ def diagnose(workdir: str) -> dict:
          "map_all_head_right": _map_all(cq[right], yq[right], cd, yd),
          "map_all_head_wrong": _map_all(cq[~right], yq[~right], cd, yd),
          "queries_head_wrong": int((~right).sum())}
-  bits = cq[:2000] > 0          # pair distances among the first 2,000 test images
-  d = (bits[:, None] != bits[None]).sum(-1)
-  same = (yq[:2000, None] == yq[None, :2000]) & ~np.eye(len(bits), dtype=bool)
+  packed = packing.pack_bits(cq[:2000])   # pair distances among the first 2,000 test images
+  d = ranking.hamming_distances(packed, packed)
+  same = (yq[:2000, None] == yq[None, :2000]) & ~np.eye(len(packed), dtype=bool)
   other = yq[:2000, None] != yq[None, :2000]
   out.update(same_type_distance_mean=round(float(d[same].mean()), 2),
              same_type_distance_p99=float(np.percentile(d[same], 99)),
