@@ -41,7 +41,10 @@ def _cell(results, method, bits, key) -> str:
     planned = [r for r in results["runs"].values() if r["method"] == method and r["bits"] == bits]
     if not planned:
       return "—"      # not in the plan (benchmark.method_bits)
-    return "failed" if any(r["status"] == "failed" for r in planned) else "…"
+    for status in ("failed", "stale"):
+      if any(r["status"] == status for r in planned):
+        return status
+    return "…"
   return _fmt(entry.get(key)) + (" †" if entry.get("codes_collapsed") else "")
 
 
@@ -160,10 +163,12 @@ def format_markdown(results: dict) -> str:
           if results["ties"] == "expected" else "ties broken by the lower database index")
   lines = [f"# Benchmark: {results['dataset']}", "",
            f"Runs: {status['done']} of {status['planned']} done"
-           + (f", {status['failed']} failed" if status["failed"] else "") + ". "
+           + (f", {status['failed']} failed" if status["failed"] else "")
+           + (f", {status['stale']} stale" if status.get("stale") else "") + ". "
            f"Hardware: {machine['cpu']} ({machine['cpu_count']} CPUs), {machine['devices']}, "
            f"JAX {machine['jax']} ({machine['backend']}). Means over seeds ± sample standard "
-           "deviation; † = the codes collapsed; … = not run yet; — = not in the plan. Ranking: "
+           "deviation; † = the codes collapsed; … = not run yet; stale = finished with another "
+           "config (listed below); — = not in the plan. Ranking: "
            f"Hamming distance, {ties}.", "",
            f"## Both protocols at {bench['reference_bits']} bits", "",
            f"Category: the '{cat['query_split']}' split against '{cat['database_split']}', "
@@ -180,6 +185,10 @@ def format_markdown(results: dict) -> str:
   failed = [(name, r) for name, r in results["runs"].items() if r["status"] == "failed"]
   if failed:
     lines += ["", "## Failed runs", ""] + [f"- {name}: {r['error']}" for name, r in failed]
+  stale = [(name, r) for name, r in results["runs"].items() if r["status"] == "stale"]
+  if stale:
+    lines += ["", "## Stale runs (finished with another config; not in the tables)", ""] + [
+        f"- {name}: {'; '.join(r['differences'])}" for name, r in stale]
   lines += ["", "## Closest-match recipe", "",
             f"Query i = augment.query_view(test image i, fold_in(key({cm['seed']}), i), recipe), "
             "rounded to uint8:", "", "```", json.dumps(cm["recipe"], sort_keys=True), "```", ""]

@@ -10,9 +10,11 @@ trains `run_config(config, name)` in `<workdir>/runs/<name>`, exactly what
 trains (the config file's `get_config(run)` returns the same run config), so the plan can be
 printed as commands and fanned out with the tools people already use (`xargs -P`, GNU
 parallel, launch/ for TPU VMs, a cluster scheduler), or run here one after another. A run is
-finished when its `eval_results.json` exists; while a process trains it, it holds an OS lock on
-`<run>/.lock` (`fcntl.flock`, released by the kernel when the process ends, however it ends), so
-two local workers never train one run at once.
+finished when its `eval_results.json` exists; a finished run whose saved config differs from
+the plan's is stale, and the runner refuses to go on from it (`check_not_stale`). While a
+process trains a run, it holds an OS lock on `<run>/.lock` (`fcntl.flock`, released by the
+kernel when the process ends, however it ends), so two local workers never train one run at
+once.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import contextlib
 import copy
 import dataclasses
 import fcntl
+import json
 import os
 import re
 import shlex
@@ -155,6 +158,63 @@ def run_dir(workdir: str, run: Run) -> str:
 
 def is_finished(workdir: str, run: Run) -> bool:
   return os.path.exists(os.path.join(run_dir(workdir, run), RESULTS_FILE))
+
+
+class StaleRunError(config_lib.ConfigError):
+  """Finished runs were trained with another config than the one the plan trains now."""
+
+
+_ABSENT = "(absent)"
+
+
+def _leaves(node, prefix: str = "") -> dict:
+  out = {}
+  for key, value in node.items():
+    if isinstance(value, dict):
+      out.update(_leaves(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
+def config_differences(saved: dict, planned: ml_collections.ConfigDict) -> list[str]:
+  """'field: saved -> planned' for every leaf where a saved config.json and a config differ
+  (compared as JSON, so tuples and lists are equal), sorted by field."""
+  before, after = _leaves(saved), _leaves(json.loads(planned.to_json_best_effort()))
+  return [f"{k}: {before.get(k, _ABSENT)!r} -> {after.get(k, _ABSENT)!r}"
+          for k in sorted(before.keys() | after.keys())
+          if before.get(k, _ABSENT) != after.get(k, _ABSENT)]
+
+
+def stale_differences(config, workdir: str, run: Run) -> list[str]:
+  """For a finished run, where the config it was trained with (its config.json) differs from the
+  one the plan trains now; [] when they agree or the run has not finished.
+
+  Every field counts, also those its method does not read: the report must not show figures of
+  a config other than the one it names, and which fields a method reads is the code's business.
+  """
+  directory = run_dir(workdir, run)
+  if not is_finished(workdir, run):
+    return []
+  try:
+    with open(os.path.join(directory, config_lib.CONFIG_FILE)) as f:
+      saved = json.load(f)
+  except (OSError, json.JSONDecodeError) as e:
+    return [f"{config_lib.CONFIG_FILE}: unreadable ({e})"]
+  return config_differences(saved, run_config(config, run))
+
+
+def check_not_stale(config, workdir: str, runs: Sequence[Run]) -> None:
+  """Refuses, naming each run and field, to go on from finished runs of another config (their
+  figures would be reported as the plan's): move such a run's folder aside to train it again."""
+  stale = {run.name: d for run in runs if (d := stale_differences(config, workdir, run))}
+  if stale:
+    lines = [f"  {run_dir(workdir, parse_run(name))}: {'; '.join(d[:4])}"
+             + (f"; and {len(d) - 4} more" if len(d) > 4 else "") for name, d in stale.items()]
+    raise StaleRunError(
+        f"{len(stale)} finished run(s) under {workdir} were trained with another config than "
+        "the plan trains now (field: as trained -> as planned):\n" + "\n".join(lines)
+        + "\nMove each folder aside (or delete it) to train it again, or restore the config.")
 
 
 def worker_runs(plan: Sequence[Run], worker: tuple[int, int]) -> list[Run]:

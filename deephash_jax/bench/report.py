@@ -75,12 +75,16 @@ def _to_json(obj):
   raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-def run_record(workdir: str, run: plan_lib.Run, category_names) -> dict:
-  """A planned run as the report shows it: its figures once finished, else its state."""
+def run_record(config, workdir: str, run: plan_lib.Run, category_names) -> dict:
+  """A planned run as the report shows it: its figures once finished with the planned config,
+  else its state ("stale": finished with another config, listed by field)."""
   directory = plan_lib.run_dir(workdir, run)
   record = {"method": run.method, "bits": run.bits, "seed": run.seed,
             "workdir": os.path.relpath(directory, workdir)}
   results = _read_json(os.path.join(directory, plan_lib.RESULTS_FILE))
+  differences = plan_lib.stale_differences(config, workdir, run) if results is not None else []
+  if differences:      # figures of another config than the one the report names
+    return {**record, "status": "stale", "differences": differences}
   if results is None:
     error = os.path.join(directory, "error.txt")
     if os.path.exists(error):
@@ -158,7 +162,7 @@ def collect(config, workdir: str, *, with_references: bool = True) -> dict:
   bench = config.benchmark
   category_names = category_metric_names(config)
   plan = plan_lib.planned_runs(bench)
-  runs = {run.name: run_record(workdir, run, category_names) for run in plan}
+  runs = {run.name: run_record(config, workdir, run, category_names) for run in plan}
   cm = config.eval.closest_match
   results = {
       "dataset": config.input.dataset, "benchmark": json.loads(json.dumps(
@@ -173,7 +177,7 @@ def collect(config, workdir: str, *, with_references: bool = True) -> dict:
                                                             default=_to_json))}},
       "runs": runs,
       "status": {s: sum(r["status"] == s for r in runs.values())
-                 for s in ("done", "running", "pending", "failed")},
+                 for s in ("done", "running", "pending", "failed", "stale")},
       "aggregate": aggregate(runs, category_names),
   }
   results["status"]["planned"] = len(plan)

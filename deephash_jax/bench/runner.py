@@ -5,7 +5,8 @@ or a worker's slice), then write the report of whatever runs have finished.
     deephash benchmark --config=configs/benchmark.py --workdir=W [--worker=0/2]
     deephash benchmark --config=configs/benchmark.py --workdir=W --report
 
-A run is a plain training run (plan.py); finished runs are skipped, a run another process is
+A run is a plain training run (plan.py); finished runs are skipped (and finished runs of another
+config than the plan's refused, named with the fields that differ), a run another process is
 training (its lock is held) is left to it, an interrupted one resumes from its checkpoint.
 """
 
@@ -26,6 +27,7 @@ def pending_commands(config, workdir: str, config_file: str, overrides: dict, *,
                      program: str = "deephash") -> list[str]:
   """The `deephash train` line of every planned run that has not finished, in plan order."""
   plan_lib.validate_benchmark(config, overrides)
+  plan_lib.check_not_stale(config, workdir, plan_lib.planned_runs(config.benchmark))
   return [plan_lib.train_command(config_file, workdir, run, overrides, program=program)
           for run in plan_lib.planned_runs(config.benchmark)
           if not plan_lib.is_finished(workdir, run)]
@@ -60,6 +62,7 @@ def run_plan(config, workdir: str, *, worker: tuple[int, int] = (0, 1),
   plan_lib.validate_benchmark(config, overrides or {})
   plan = plan_lib.planned_runs(config.benchmark)
   mine = plan_lib.worker_runs(plan, worker)
+  plan_lib.check_not_stale(config, workdir, mine)
   outcomes = {}
   for position, run in enumerate(mine, start=1):
     if plan_lib.is_finished(workdir, run):

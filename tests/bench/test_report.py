@@ -2,14 +2,20 @@
 import json
 import os
 
+import pytest
+
 from deephash_jax import config_lib
+from deephash_jax.bench import markdown
 from deephash_jax.bench import plan
 from deephash_jax.bench import report
 
 
-def _finish(workdir, run, **figures):
+def _finish(workdir, run, config=None, **figures):
+  """A finished run as training leaves it: its config.json (the planned one) and its figures."""
   directory = plan.run_dir(workdir, run)
   os.makedirs(directory, exist_ok=True)
+  config = config or config_lib.base_config("benchmark_tiny")
+  config_lib.save_config(plan.run_config(config, run), directory)
   with open(os.path.join(directory, plan.RESULTS_FILE), "w") as f:
     json.dump(figures, f)
 
@@ -39,6 +45,43 @@ def test_runs_are_done_failed_running_or_pending(tmp_path):
   assert runs["ours_32b_s0"]["status"] == "running"
   assert runs["dch_32b_s0"]["status"] == "pending"
   assert results["status"] == {"done": 1, "running": 1, "pending": 1, "failed": 1,
-                               "planned": 4}
+                               "stale": 0, "planned": 4}
   assert results["aggregate"]["ours"]["16"]["train_seconds"]["mean"] == 12.0
   assert set(report.machine_info()) >= {"cpu", "cpu_count", "jax", "backend", "devices"}
+
+
+def test_a_run_finished_with_another_config_is_stale_named_by_field_and_refused(tmp_path):
+  config = config_lib.base_config("benchmark_tiny")
+  workdir = str(tmp_path)
+  figures = dict(map_all=0.5, closest_match_recall_at_1=0.1)
+  _finish(workdir, plan.Run("ours", 16, 0), **figures)
+  _finish(workdir, plan.Run("dch", 16, 0), **figures)
+  assert plan.stale_differences(config, workdir, plan.Run("ours", 16, 0)) == []
+  plan.check_not_stale(config, workdir, plan.planned_runs(config.benchmark))   # nothing stale
+  # The plan changes after both finished: every run trains at another rate, and a field the
+  # runs were trained with is gone.
+  changed = config.copy_and_resolve_references()
+  changed.train.learning_rate = 0.5
+  with changed.unlocked():
+    del changed.train["warmup_steps"]
+  expected = [f"train.learning_rate: {config.train.learning_rate!r} -> 0.5",
+              f"train.warmup_steps: {config.train.warmup_steps!r} -> '(absent)'"]
+  assert plan.stale_differences(changed, workdir, plan.Run("dch", 16, 0)) == expected
+  assert plan.stale_differences(changed, workdir, plan.Run("ours", 32, 0)) == []  # not finished
+  with pytest.raises(plan.StaleRunError) as error:
+    plan.check_not_stale(changed, workdir, plan.planned_runs(changed.benchmark))
+  message = str(error.value)
+  assert "2 finished run(s)" in message and "Move each folder aside" in message
+  assert f"{plan.run_dir(workdir, plan.Run('dch', 16, 0))}: {expected[0]}; {expected[1]}" in message
+  results = report.collect(changed, workdir, with_references=False)
+  assert results["runs"]["dch_16b_s0"]["status"] == "stale"
+  assert results["runs"]["dch_16b_s0"]["differences"] == expected
+  assert results["status"]["stale"] == 2 and results["status"]["done"] == 0
+  assert "dch" not in results["aggregate"]         # no stale figure reaches a table
+  md = markdown.format_markdown({**results, "machine": report.machine_info()})
+  assert "2 stale" in md and f"- dch_16b_s0: {expected[0]}" in md
+  # A config.json that cannot be read is stale too, never silently done.
+  with open(os.path.join(plan.run_dir(workdir, plan.Run("ours", 16, 0)), "config.json"), "w") as f:
+    f.write("{cut")
+  assert plan.stale_differences(config, workdir, plan.Run("ours", 16, 0))[0].startswith(
+      "config.json: unreadable")

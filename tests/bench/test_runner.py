@@ -64,7 +64,7 @@ def test_the_plan_trains_once_and_the_report_reads_every_finished_run(tiny_confi
 
   results = report.write_report(tiny_config, workdir)
   assert results["status"] == {"done": 4, "running": 0, "pending": 0, "failed": 0,
-                               "planned": 4}
+                               "stale": 0, "planned": 4}
   for name, record in results["runs"].items():
     assert set(record["category"]) == {"map_all", "map_at_10", "precision_at_hamming_2"}
     assert 0.0 < record["category"]["map_all"] <= 1.0, name
@@ -96,6 +96,14 @@ def test_the_plan_trains_once_and_the_report_reads_every_finished_run(tiny_confi
   again = report.write_report(tiny_config, workdir, str(tmp_path / "report"))
   assert again["runs"] == json.loads(json.dumps(results["runs"]))
   assert os.path.exists(tmp_path / "report" / "results.md")
+  # The plan changes: its finished runs are refused, not reported or resumed as the new config's.
+  changed = tiny_config.copy_and_resolve_references()
+  changed.train.learning_rate *= 2
+  for go_on in (lambda: runner.run_plan(changed, workdir),
+                lambda: runner.pending_commands(changed, workdir, "configs/benchmark_tiny.py", {})):
+    with pytest.raises(plan.StaleRunError,
+                       match="(?s)4 finished run.*ours_16b_s0: train.learning_rate: 0.003 -> "):
+      go_on()
 
 
 def test_a_failed_run_is_kept_and_the_plan_goes_on(tiny_config, tmp_path, monkeypatch):
@@ -123,6 +131,7 @@ def test_printed_commands_are_the_runs_not_finished(tiny_config, tmp_path):
   workdir = str(tmp_path / "bench")
   finished = plan.run_dir(workdir, plan.Run("dch", 16, 0))
   os.makedirs(finished)
+  config_lib.save_config(plan.run_config(tiny_config, plan.Run("dch", 16, 0)), finished)
   with open(os.path.join(finished, plan.RESULTS_FILE), "w") as f:
     f.write("{}")
   overrides = {"input.source_dir": tiny_config.input.source_dir,
