@@ -47,6 +47,10 @@ def get_config():
   # gradient (GreedyHash's sign layer; set loss.quantization_weight = 0 with it).
   config.model.code_activation = "tanh"
   config.model.discriminator_hidden = (256, 256)
+  # Codes are made from the image and its mirror image (the mean of their tanh(h)), so a mirrored
+  # photo gets the same code; training is unchanged. Measured on the 15-epoch models (tie-aware):
+  # mAP@all 0.9012 -> 0.9041 for singh2019, closest-match R@1 0.1069 -> 0.1241 for graded.
+  config.model.flip_average = True
 
   config.loss = ml_collections.ConfigDict()
   config.loss.classification_weight = 1.0

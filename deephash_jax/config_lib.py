@@ -50,6 +50,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   activation = m.get("code_activation", "tanh")
   _require(activation in ("tanh", "sign_ste"), "model.code_activation", activation,
            "'tanh' or 'sign_ste'")
+  flip_average = m.get("flip_average", False)
+  _require(isinstance(flip_average, bool), "model.flip_average", flip_average,
+           "True (codes from the image and its mirror image) or False")
   methods = ("singh2019", "graded", *sorted(baselines.BASELINES))
   method = config.get("method", "singh2019")
   _require(method in methods, "method", method, f"one of {methods}")

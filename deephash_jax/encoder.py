@@ -32,6 +32,10 @@ from deephash_jax.train import checkpoints
 def make_embed_fn(config, mesh) -> Callable:
   """`embed(variables, uint8 images) -> continuous codes tanh(h)`, jitted, batch sharded on `data`.
 
+  With `config.model.flip_average` the code of an image is the mean of tanh(h) over the image and
+  its left-right mirror image, so mirroring a photo never changes its code (a garment's mirror
+  image is the same garment; shoppers' photos come mirrored). It doubles the embedding's work.
+
   Every process passes the same host images and gets all the codes back, replicated, so that
   `np.asarray` can read them in a multi-process run too (where jit also refuses NumPy inputs with
   a sharded layout: the global batch is built with `make_array_from_callback`). Like the train
@@ -40,12 +44,20 @@ def make_embed_fn(config, mesh) -> Callable:
   net, _ = models.create_models(config.model, config.input.num_classes,
                                 compute_dtype=config.train.get("compute_dtype", "float32"))
   batch_sharding = mesh_lib.batch_sharded(mesh)
+  flip_average = bool(config.model.get("flip_average", False))
 
   def body(variables, images):
-    _, aux = net.apply(variables, augment.preprocess(images), train=False)
+    x = augment.preprocess(images)
+    if flip_average:   # the image and its mirror image in one pass
+      x = jnp.concatenate([x, x[:, :, ::-1]], axis=0)
+    _, aux = net.apply(variables, x, train=False)
     # tanh of the pre-activation: the codes of a tanh model, and for a sign model the continuous
     # codes its sign binarises (sign(tanh(x)) = sign(x)), so float references stay continuous.
-    return lax.all_gather(jnp.tanh(aux["pre_codes"]), mesh_lib.AXIS, tiled=True)
+    codes = jnp.tanh(aux["pre_codes"])
+    if flip_average:
+      # a + b == b + a in floating point: an image and its mirror image get the same code.
+      codes = (codes[:images.shape[0]] + codes[images.shape[0]:]) / 2
+    return lax.all_gather(codes, mesh_lib.AXIS, tiled=True)
 
   jitted = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(P(), P(mesh_lib.AXIS)),
                                  out_specs=P(), check_vma=False))

@@ -38,6 +38,14 @@ def test_bad_values_are_named(field, value, message):
     config_lib.validate_config(config)
 
 
+def test_a_flip_average_that_is_not_a_bool_is_named():
+  config = config_lib.base_config("tiny")
+  with config.ignore_type():        # what a hand-edited config.json can hold
+    config.model.flip_average = "yes"
+  with pytest.raises(config_lib.ConfigError, match="config.model.flip_average='yes': True"):
+    config_lib.validate_config(config)
+
+
 def test_a_saved_config_loads_back_and_a_missing_one_is_named(tmp_path):
   config = config_lib.base_config("tiny")
   config_lib.save_config(config, str(tmp_path))
