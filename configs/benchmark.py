@@ -16,7 +16,8 @@ with the usual tools, e.g. two at a time on one machine, then the report:
     deephash benchmark --config=configs/benchmark.py --workdir=workdirs/benchmark --report
 
 The plan: every method at `reference_bits` (48) first, then at 16, 32 and 64 bits, then seeds 1
-and 2 of `multi_seed`; finished runs are skipped, an interrupted one resumes. Other plans are
+and 2 of `multi_seed`; finished runs are skipped, an interrupted one resumes, one finished with
+another config than the plan's is refused (named with the fields). Other plans are
 overrides, e.g. the 48-bit row alone: `--config.benchmark.bits="(48,)"`; a 1-epoch sweep:
 `--config.train.num_epochs=1` (with its own --workdir). Protocols: configs/fashion_mnist.py
 (`eval`); the full tables: docs/benchmark/results.md.
