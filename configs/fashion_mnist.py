@@ -43,6 +43,9 @@ def get_config():
   config.model.encoder_kwargs = ml_collections.ConfigDict()
   config.model.num_bits = 48
   config.model.classifier_input = "code"      # or "features"
+  # "image": every image standardized (minus its mean, over its standard deviation) before the
+  # encoder, so brightness and contrast do not reach it (models.standardize_images); or "none".
+  config.model.input_norm = "image"
   # "tanh" (with the quantization term) or "sign_ste": +-1 codes in the forward pass, identity
   # gradient (GreedyHash's sign layer; set loss.quantization_weight = 0 with it).
   config.model.code_activation = "tanh"

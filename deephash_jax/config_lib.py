@@ -50,6 +50,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   activation = m.get("code_activation", "tanh")
   _require(activation in ("tanh", "sign_ste"), "model.code_activation", activation,
            "'tanh' or 'sign_ste'")
+  input_norm = m.get("input_norm", "none")
+  _require(input_norm in ("none", "image"), "model.input_norm", input_norm, "'none' or 'image'")
   flip_average = m.get("flip_average", False)
   _require(isinstance(flip_average, bool), "model.flip_average", flip_average,
            "True (codes from the image and its mirror image) or False")

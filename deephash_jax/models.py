@@ -54,6 +54,16 @@ def space_to_depth(x, block: int = 2):
   return x.transpose(0, 1, 3, 2, 4, 5).reshape(b, h // block, w // block, block * block * c)
 
 
+def standardize_images(images, eps: float = 1e-4):
+  """Each image minus its mean over pixels and channels, over its standard deviation: a change of
+  brightness or contrast (x -> a x + b, a > 0) leaves the result unchanged (up to eps and to
+  clipping at 0 and 1 before it). float32 (B, H, W, C) in and out; an even image becomes 0."""
+  images = jnp.asarray(images, jnp.float32)
+  mean = jnp.mean(images, axis=(1, 2, 3), keepdims=True)
+  var = jnp.mean(jnp.square(images - mean), axis=(1, 2, 3), keepdims=True)
+  return (images - mean) * jax.lax.rsqrt(var + eps)
+
+
 class ConvEncoder(nn.Module):
   """A lean CNN for small greyscale images (Fashion-MNIST, 28x28).
 
@@ -129,6 +139,7 @@ class HashNetwork(nn.Module):
   encoder_kwargs: Any = None
   classifier_input: str = "code"   # "code" or "features"
   code_activation: str = "tanh"    # or "sign_ste": sign forward, identity backward (GreedyHash)
+  input_norm: str = "none"         # or "image": standardize_images before the encoder
   axis_name: str | None = None
   dtype: Any = None                # computation dtype of the encoder and the hash matmul
 
@@ -137,6 +148,11 @@ class HashNetwork(nn.Module):
     if self.encoder not in ENCODERS:
       raise ValueError(f"config.model.encoder={self.encoder!r}: expected one of "
                        f"{sorted(ENCODERS)}")
+    if self.input_norm == "image":
+      images = standardize_images(images)
+    elif self.input_norm != "none":
+      raise ValueError(f"config.model.input_norm={self.input_norm!r}: expected 'none' or "
+                       "'image'")
     encoder = ENCODERS[self.encoder](axis_name=self.axis_name, **(self.encoder_kwargs or {}),
                                      dtype=self.dtype, name="encoder")
     features = encoder(images, train=train)
@@ -193,6 +209,7 @@ def create_models(model_config, num_classes: int, axis_name: str | None = None, 
                     encoder_kwargs=dict(model_config.get("encoder_kwargs", {}) or {}),
                     classifier_input=model_config.classifier_input,
                     code_activation=model_config.get("code_activation", "tanh"),
+                    input_norm=model_config.get("input_norm", "none"),
                     axis_name=axis_name, dtype=COMPUTE_DTYPES[compute_dtype])
   disc = Discriminator(hidden_dims=tuple(model_config.discriminator_hidden))
   return net, disc

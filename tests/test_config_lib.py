@@ -19,6 +19,7 @@ def test_the_product_configs_are_valid():
     ("eval.batch_size", 0, "config.eval.batch_size=0: positive"),
     ("train.batch_size", 7, "config.train.batch_size=7: an even number"),
     ("method", "magic", "config.method='magic'"),
+    ("model.input_norm", "batch", "config.model.input_norm='batch': 'none' or 'image'"),
     ("loss.graded.item_temperature", 0.0, "config.loss.graded.item_temperature=0.0: positive"),
     ("loss.graded.class_bits", 12, "config.loss.graded.class_bits=12: 0 (no split) or a power"),
     ("loss.graded.centre_scale", 0.0, "config.loss.graded.centre_scale=0.0: positive"),

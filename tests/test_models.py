@@ -82,3 +82,35 @@ def test_bfloat16_runs_the_encoder_in_bfloat16_and_returns_float32():
   assert codes.dtype == inter["logits"].dtype == inter["pre_codes"].dtype == jnp.float32
   with pytest.raises(ValueError, match="compute_dtype='float16'"):
     models.create_models(cfg, num_classes=3, compute_dtype="float16")
+
+
+def test_standardize_images_matches_numpy_and_ignores_brightness_and_contrast():
+  rng = np.random.default_rng(0)
+  images = rng.uniform(0.1, 0.6, size=(3, 8, 8, 2)).astype(np.float32)
+  images[2] = 0.25                                     # an even image
+  mean = images.mean(axis=(1, 2, 3), keepdims=True)
+  var = ((images - mean) ** 2).mean(axis=(1, 2, 3), keepdims=True)
+  expected = (images - mean) / np.sqrt(var + 1e-4)
+  out = np.asarray(models.standardize_images(images))
+  np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(out[2], 0.0)
+  np.testing.assert_allclose(out[:2].std(axis=(1, 2, 3)), 1.0, atol=5e-3)   # eps: var 0.02
+  # Brightness and contrast changes that stay inside [0, 1] are removed (eps aside).
+  changed = np.asarray(models.standardize_images(images[:2] * 1.3 + 0.15))
+  np.testing.assert_allclose(changed, out[:2], atol=2e-3)
+
+
+def test_input_norm_image_makes_the_codes_blind_to_brightness_and_contrast():
+  images = np.random.default_rng(1).uniform(0.1, 0.6, size=(4, 28, 28, 1)).astype(np.float32)
+  brighter = images * 1.3 + 0.15
+  codes = {}
+  for input_norm in ("none", "image"):
+    net = models.HashNetwork(num_bits=16, num_classes=3, input_norm=input_norm)
+    variables = net.init(jax.random.key(0), images, train=False)
+    codes[input_norm] = [np.asarray(net.apply(variables, x, train=False)[0])
+                         for x in (images, brighter)]
+  assert np.abs(codes["none"][0] - codes["none"][1]).max() > 1e-2
+  np.testing.assert_allclose(codes["image"][0], codes["image"][1], atol=1e-2)
+  with pytest.raises(ValueError, match="config.model.input_norm='batch'"):
+    models.HashNetwork(num_bits=16, num_classes=3, input_norm="batch").init(
+        jax.random.key(0), images, train=False)
