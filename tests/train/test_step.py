@@ -159,13 +159,15 @@ def test_a_scramble_step_moves_the_discriminator_towards_one_half(config):
 
 
 def _items_with_marks(num_classes=4, per_class=8, seed=0):
-  """Fake catalogue items: the class is the stripe pattern (fake_data), the item a bright mark at
-  its own place inside the garment, so that an item is recognisable under the augmentations."""
+  """Fake catalogue items: the class is the stripe pattern (fake_data), the item a black mark at
+  its own place inside the garment (darker than both stripes, so it survives the input's
+  standardization, which also removes fake_data's per-image brightness offset: no item is
+  recognisable by its brightness), so that an item is recognisable under the augmentations."""
   labels = np.repeat(np.arange(num_classes), per_class).astype(np.int32)
   images = fake_data.class_images(labels, np.random.default_rng(seed))
   for i in range(len(labels)):
     r, c = divmod(i % per_class, 4)
-    images[i, 6 + 8 * r:10 + 8 * r, 5 + 4 * c:8 + 4 * c] = 255
+    images[i, 6 + 8 * r:10 + 8 * r, 5 + 4 * c:8 + 4 * c] = 0
   return {"image": images[..., None], "label": labels, "item": np.arange(len(labels),
                                                                          dtype=np.int32)}
 
@@ -193,7 +195,7 @@ def test_graded_codes_put_the_same_item_nearer_than_its_type_nearer_than_other_t
   step = step_lib.make_train_step(config, mesh)
   state = jax.device_put(state, NamedSharding(mesh, P()))
   sharded = jax.device_put(batch, NamedSharding(mesh, P("data")))
-  for i in range(40):
+  for i in range(80):
     state, metrics = step(state, sharded, jax.random.key(i))
   assert np.isfinite(float(metrics["loss"]))
   net, _ = models.create_models(config.model, config.input.num_classes)
