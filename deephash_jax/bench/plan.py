@@ -207,10 +207,10 @@ def stale_differences(config, workdir: str, run: Run) -> list[str]:
 def check_not_stale(config, workdir: str, runs: Sequence[Run]) -> None:
   """Refuses, naming each run and field, to go on from finished runs of another config (their
   figures would be reported as the plan's): move such a run's folder aside to train it again."""
-  stale = {run.name: d for run in runs if (d := stale_differences(config, workdir, run))}
+  stale = [(run, d) for run in runs if (d := stale_differences(config, workdir, run))]
   if stale:
-    lines = [f"  {run_dir(workdir, parse_run(name))}: {'; '.join(d[:4])}"
-             + (f"; and {len(d) - 4} more" if len(d) > 4 else "") for name, d in stale.items()]
+    lines = [f"  {run_dir(workdir, run)}: {'; '.join(d[:4])}"
+             + (f"; and {len(d) - 4} more" if len(d) > 4 else "") for run, d in stale]
     raise StaleRunError(
         f"{len(stale)} finished run(s) under {workdir} were trained with another config than "
         "the plan trains now (field: as trained -> as planned):\n" + "\n".join(lines)

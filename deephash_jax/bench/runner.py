@@ -27,10 +27,10 @@ def pending_commands(config, workdir: str, config_file: str, overrides: dict, *,
                      program: str = "deephash") -> list[str]:
   """The `deephash train` line of every planned run that has not finished, in plan order."""
   plan_lib.validate_benchmark(config, overrides)
-  plan_lib.check_not_stale(config, workdir, plan_lib.planned_runs(config.benchmark))
+  plan = plan_lib.planned_runs(config.benchmark)
+  plan_lib.check_not_stale(config, workdir, plan)
   return [plan_lib.train_command(config_file, workdir, run, overrides, program=program)
-          for run in plan_lib.planned_runs(config.benchmark)
-          if not plan_lib.is_finished(workdir, run)]
+          for run in plan if not plan_lib.is_finished(workdir, run)]
 
 
 def _train_one(config, workdir: str, run: plan_lib.Run) -> str:
