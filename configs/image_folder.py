@@ -16,6 +16,8 @@ light backgrounds pass --config.input.augment.query.background_prob=0.
 Walk-through and expected output: docs/CATALOGUE.md.
 """
 
+import ml_collections
+
 from deephash_jax import config_lib
 
 
@@ -25,6 +27,7 @@ def get_config():
   config.input.root = ""              # the tree: --config.input.root=/path/to/tree
   config.input.source_dir = None      # Fashion-MNIST only
   config.input.image_size = 64
+  config.model.encoder_kwargs = ml_collections.ConfigDict(dict(pool="mean"))   # any image size
   config.input.channels = 3
   config.input.train_split = "train"
   config.input.query_split = "query"

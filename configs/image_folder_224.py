@@ -8,6 +8,8 @@ for a 2-core CPU. See configs/image_folder.py for the tree and docs/CATALOGUE.md
 walk-through.
 """
 
+import ml_collections
+
 from deephash_jax import config_lib
 
 
@@ -15,6 +17,7 @@ def get_config():
   config = config_lib.base_config("image_folder")
   config.input.image_size = 224
   config.model.encoder = "alexnet"
+  config.model.encoder_kwargs = ml_collections.ConfigDict()
   config.model.num_bits = 64
   config.model.discriminator_hidden = (512, 512)
   config.train.batch_size = 256

@@ -55,6 +55,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   flip_average = m.get("flip_average", False)
   _require(isinstance(flip_average, bool), "model.flip_average", flip_average,
            "True (codes from the image and its mirror image) or False")
+  encoder_kwargs = dict(m.get("encoder_kwargs") or {})
+  if "pool" in encoder_kwargs:
+    _require(m.encoder.startswith("cnn"), "model.encoder_kwargs.pool", encoder_kwargs["pool"],
+             f"absent with model.encoder={m.encoder!r} (the option of the 'cnn' encoders)")
+    _require(encoder_kwargs["pool"] in ("mean", "flatten"), "model.encoder_kwargs.pool",
+             encoder_kwargs["pool"],
+             "'mean' or 'flatten' (the CNN's last feature map averaged or kept whole)")
   methods = ("singh2019", "graded", *sorted(baselines.BASELINES))
   method = config.get("method", "singh2019")
   _require(method in methods, "method", method, f"one of {methods}")

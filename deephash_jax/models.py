@@ -68,13 +68,16 @@ class ConvEncoder(nn.Module):
   """A lean CNN for small greyscale images (Fashion-MNIST, 28x28).
 
   A 2x2 space-to-depth stem, then 3x3 conv + BN + ReLU layers given as (width, stride),
-  downsampling by strided convs, global average pooling and a dense layer. Why this shape: on
+  downsampling by strided convs, then the last feature map averaged (`pool="mean"`, any image
+  size) or flattened (`"flatten"`, configs/fashion_mnist.py: the dense layer sees where each
+  pattern is, which tells garments of one type apart), and a dense layer. Why this shape: on
   XLA:CPU the backward passes of full-resolution convs and of max-pooling (select-and-scatter)
   dominate; this layout trained about 3.5x faster (scratch timing during development) than the
   VGG-style stack with max-pooling it replaced.
   """
   layers: Sequence[tuple[int, int]] = ((32, 1), (64, 2), (64, 1), (128, 2), (128, 1))
   feature_dim: int = 256
+  pool: str = "mean"   # "mean" (global average) or "flatten" (keeps where things are)
   axis_name: str | None = None
   dtype: Any = None    # computation dtype (None: float32, as the parameters)
 
@@ -86,7 +89,13 @@ class ConvEncoder(nn.Module):
     for width, stride in self.layers:
       x = nn.Conv(width, (3, 3), strides=(stride, stride), use_bias=False, dtype=self.dtype)(x)
       x = nn.relu(norm()(x))
-    x = jnp.mean(x, axis=(1, 2))
+    if self.pool == "mean":
+      x = jnp.mean(x, axis=(1, 2))
+    elif self.pool == "flatten":
+      x = x.reshape(x.shape[0], -1)
+    else:
+      raise ValueError(f"config.model.encoder_kwargs.pool={self.pool!r}: expected 'mean' or "
+                       "'flatten'")
     x = nn.relu(norm()(nn.Dense(self.feature_dim, use_bias=False, dtype=self.dtype)(x)))
     return x
 

@@ -20,6 +20,7 @@ def test_the_product_configs_are_valid():
     ("train.batch_size", 7, "config.train.batch_size=7: an even number"),
     ("method", "magic", "config.method='magic'"),
     ("model.input_norm", "batch", "config.model.input_norm='batch': 'none' or 'image'"),
+    ("model.encoder_kwargs.pool", "max", "config.model.encoder_kwargs.pool='max': 'mean' or"),
     ("loss.graded.item_temperature", 0.0, "config.loss.graded.item_temperature=0.0: positive"),
     ("loss.graded.class_bits", 12, "config.loss.graded.class_bits=12: 0 (no split) or a power"),
     ("loss.graded.centre_scale", 0.0, "config.loss.graded.centre_scale=0.0: positive"),
@@ -36,6 +37,15 @@ def test_bad_values_are_named(field, value, message):
   if field.startswith("loss.graded.centre"):
     config.loss.graded.class_bits = 8       # the centre fields matter only with a split code
   with pytest.raises(config_lib.ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    config_lib.validate_config(config)
+
+
+def test_a_pool_for_the_alexnet_encoder_is_named():
+  config = config_lib.base_config("image_folder_224")
+  config.input.num_classes = 5
+  config.model.encoder_kwargs.pool = "flatten"
+  with pytest.raises(config_lib.ConfigError,
+                     match="config.model.encoder_kwargs.pool='flatten': absent with model.encoder"):
     config_lib.validate_config(config)
 
 

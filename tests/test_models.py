@@ -35,6 +35,27 @@ def test_codes_are_in_open_interval_and_bits_start_balanced():
   assert np.all((bit_means > 0) & (bit_means < 1))
 
 
+def test_conv_encoder_flatten_pool_keeps_where_things_are():
+  """pool="mean" averages the last feature map away; "flatten" keeps its layout: an image and
+  the same image with its two halves swapped (the same pixels, elsewhere) differ only there."""
+  x = jax.random.uniform(jax.random.key(2), (1, 28, 28, 1))
+  swapped = jnp.concatenate([x[:, :, 14:], x[:, :, :14]], axis=2)
+  both = jnp.concatenate([x, swapped])
+  layers = ((4, 1), (8, 2), (8, 2))       # 14 -> 7 -> 4: a 4x4x8 map
+  out = {}
+  for pool in ("mean", "flatten"):
+    enc = models.ConvEncoder(layers=layers, feature_dim=6, pool=pool)
+    variables = enc.init(jax.random.key(0), both, train=False)
+    out[pool] = np.asarray(enc.apply(variables, both, train=False))
+    dense = variables["params"]["Dense_0"]["kernel"]
+    assert dense.shape == ((8,) if pool == "mean" else (4 * 4 * 8,)) + (6,)
+  assert out["flatten"].shape == out["mean"].shape == (2, 6)
+  assert not np.allclose(out["flatten"][0], out["flatten"][1], atol=1e-4)
+  with pytest.raises(ValueError, match="encoder_kwargs.pool='max'"):
+    enc = models.ConvEncoder(layers=layers, pool="max")
+    enc.init(jax.random.key(0), both, train=False)
+
+
 def test_discriminator_shape_and_unknown_encoder():
   disc = models.Discriminator(hidden_dims=(8,))
   a = jnp.ones((5, 16))
