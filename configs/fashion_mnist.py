@@ -40,7 +40,10 @@ def get_config():
 
   config.model = ml_collections.ConfigDict()
   config.model.encoder = "cnn"
-  config.model.encoder_kwargs = ml_collections.ConfigDict()
+  # The CNN's last (4x4x128) feature map is flattened into the feature layer, not averaged:
+  # where a pattern sits on the garment tells items apart (models.ConvEncoder.pool). 4 epochs,
+  # graded at 3e-3: mAP@all 0.7715 -> 0.7909, closest-match R@10 0.2845 -> 0.3162, R@1 equal.
+  config.model.encoder_kwargs = ml_collections.ConfigDict(dict(pool="flatten"))
   config.model.num_bits = 48
   config.model.classifier_input = "code"      # or "features"
   # "image": every image standardized (minus its mean, over its standard deviation) before the
