@@ -36,24 +36,24 @@ def test_codes_are_in_open_interval_and_bits_start_balanced():
 
 
 def test_conv_encoder_flatten_pool_keeps_where_things_are():
-  """pool="mean" averages the last feature map away; "flatten" keeps its layout: an image and
-  the same image with its two halves swapped (the same pixels, elsewhere) differ only there."""
+  """pool="mean" averages the last feature map's positions away; "flatten" keeps them. With no
+  conv layers the last map is the 14x14 space-to-depth map, and swapping the image's left and
+  right halves permutes its positions: "mean" gives the same features, "flatten" does not."""
   x = jax.random.uniform(jax.random.key(2), (1, 28, 28, 1))
   swapped = jnp.concatenate([x[:, :, 14:], x[:, :, :14]], axis=2)
   both = jnp.concatenate([x, swapped])
-  layers = ((4, 1), (8, 2), (8, 2))       # 14 -> 7 -> 4: a 4x4x8 map
   out = {}
   for pool in ("mean", "flatten"):
-    enc = models.ConvEncoder(layers=layers, feature_dim=6, pool=pool)
+    enc = models.ConvEncoder(layers=(), feature_dim=6, pool=pool)
     variables = enc.init(jax.random.key(0), both, train=False)
     out[pool] = np.asarray(enc.apply(variables, both, train=False))
     dense = variables["params"]["Dense_0"]["kernel"]
-    assert dense.shape == ((8,) if pool == "mean" else (4 * 4 * 8,)) + (6,)
+    assert dense.shape == ((4,) if pool == "mean" else (14 * 14 * 4,)) + (6,)
   assert out["flatten"].shape == out["mean"].shape == (2, 6)
-  assert not np.allclose(out["flatten"][0], out["flatten"][1], atol=1e-4)
+  np.testing.assert_allclose(out["mean"][0], out["mean"][1], atol=1e-5)
+  assert np.max(np.abs(out["flatten"][0] - out["flatten"][1])) > 1e-2
   with pytest.raises(ValueError, match="encoder_kwargs.pool='max'"):
-    enc = models.ConvEncoder(layers=layers, pool="max")
-    enc.init(jax.random.key(0), both, train=False)
+    models.ConvEncoder(layers=(), pool="max").init(jax.random.key(0), both, train=False)
 
 
 def test_discriminator_shape_and_unknown_encoder():
