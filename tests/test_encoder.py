@@ -34,7 +34,9 @@ def test_embedding_is_continuous_and_binarises_to_the_model_codes(config, code_a
   codes, pre = np.asarray(codes), np.asarray(aux["pre_codes"])
   if code_activation == "sign_ste":
     assert set(np.unique(codes)) <= {-1.0, 1.0}
-  np.testing.assert_allclose(embedded, np.tanh(pre), rtol=1e-5, atol=1e-6)
+  # atol 1e-5: the jitted 8-device embedding and this eager pass sum the feature layer's 784
+  # flattened inputs (configs: pool "flatten") in different orders.
+  np.testing.assert_allclose(embedded, np.tanh(pre), rtol=1e-5, atol=1e-5)
   np.testing.assert_array_equal(embedded > 0, codes > 0)       # the same binary codes
   assert 0.0 < np.abs(embedded).min() and np.abs(embedded).max() < 1.0   # continuous
 
