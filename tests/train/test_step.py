@@ -57,14 +57,13 @@ def test_eight_devices_equal_one_device(config, method, code_activation):
   lr = config.train.learning_rate
   for (path, a), b in zip(flat8, flat1):
     a, b, name = np.asarray(a), np.asarray(b), jax.tree_util.keystr(path)
-    if code_activation == "tanh":
-      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6, err_msg=name)
-      continue
-    # Adam's first step is lr * sign(gradient) wherever |gradient| >> eps, so a gradient entry
-    # within float round-off of 0 (the sign layer's codes make them more common) can step +lr on
-    # one device count and -lr on the other. Allow that on a few entries, nothing else.
+    # Adam's first step is lr * g / (|g| + eps), lr * sign(g) wherever |g| >> eps, so a gradient
+    # entry within float round-off of 0 can step differently on one device count and the other
+    # (with tanh codes: one entry of the flattened feature layer's 25,088, off by 5e-6; the sign
+    # layer's codes make them more common). Allow that on 2 entries (tanh) or 1 %, nothing else.
     close = np.isclose(a, b, rtol=1e-4, atol=1e-6)
-    assert (~close).sum() <= max(2, 0.01 * close.size), (name, (~close).sum(), close.size)
+    allowed = 2 if code_activation == "tanh" else max(2, 0.01 * close.size)
+    assert (~close).sum() <= allowed, (name, (~close).sum(), close.size)
     np.testing.assert_array_less(np.abs(a - b)[~close], 2 * lr * 1.01, err_msg=name)
   # And the step did change the parameters (the comparison above is not vacuous).
   before = jax.tree.leaves(state.params)
