@@ -55,6 +55,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   flip_average = m.get("flip_average", False)
   _require(isinstance(flip_average, bool), "model.flip_average", flip_average,
            "True (codes from the image and its mirror image) or False")
+  shift = m.get("shift_average", 0)
+  _require(isinstance(shift, int) and not isinstance(shift, bool) and shift >= 0,
+           "model.shift_average", shift,
+           "a non-negative integer (pixels; 0: codes from the image as it is)")
   encoder_kwargs = dict(m.get("encoder_kwargs") or {})
   if "pool" in encoder_kwargs:
     _require(m.encoder.startswith("cnn"), "model.encoder_kwargs.pool", encoder_kwargs["pool"],

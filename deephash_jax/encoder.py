@@ -35,6 +35,8 @@ def make_embed_fn(config, mesh) -> Callable:
   With `config.model.flip_average` the code of an image is the mean of tanh(h) over the image and
   its left-right mirror image, so mirroring a photo never changes its code (a garment's mirror
   image is the same garment; shoppers' photos come mirrored). It doubles the embedding's work.
+  With `config.model.shift_average = s` > 0 the mean also runs over the image moved s pixels
+  right, left, down and up (`shifted_views`; five times the work, ten with the mirror images).
 
   Every process passes the same host images and gets all the codes back, replicated, so that
   `np.asarray` can read them in a multi-process run too (where jit also refuses NumPy inputs with
@@ -45,19 +47,28 @@ def make_embed_fn(config, mesh) -> Callable:
                                 compute_dtype=config.train.get("compute_dtype", "float32"))
   batch_sharding = mesh_lib.batch_sharded(mesh)
   flip_average = bool(config.model.get("flip_average", False))
+  shift = int(config.model.get("shift_average", 0))
 
   def body(variables, images):
     x = augment.preprocess(images)
-    if flip_average:   # the image and its mirror image in one pass
-      x = jnp.concatenate([x, x[:, :, ::-1]], axis=0)
-    _, aux = net.apply(variables, x, train=False)
-    # tanh of the pre-activation: the codes of a tanh model, and for a sign model the continuous
-    # codes its sign binarises (sign(tanh(x)) = sign(x)), so float references stay continuous.
-    codes = jnp.tanh(aux["pre_codes"])
-    if flip_average:
-      # a + b == b + a in floating point: an image and its mirror image get the same code.
-      codes = (codes[:images.shape[0]] + codes[images.shape[0]:]) / 2
-    return lax.all_gather(codes, mesh_lib.AXIS, tiled=True)
+    views = [x] + (shifted_views(x, shift) if shift else [])
+    if flip_average:   # and the mirror image of each
+      views = views + [v[:, :, ::-1] for v in views]
+    # One view at a time through the same compiled body: XLA:CPU's sums can depend on a row's
+    # place in a larger batch, and a view of an image must get the same numbers wherever the
+    # mirror image's views put it. tanh of the pre-activation: the codes of a tanh model, and for
+    # a sign model the continuous codes its sign binarises (sign(tanh(x)) = sign(x)).
+    codes = lax.map(lambda v: jnp.tanh(net.apply(variables, v, train=False)[1]["pre_codes"]),
+                    jnp.stack(views))
+    if flip_average:   # each view's code plus its mirror image's
+      codes = codes[:len(views) // 2] + codes[len(views) // 2:]
+    # Summed in an order that a mirror image permutes only inside commuting pairs (its left and
+    # right shifts swap), and a + b == b + a in floating point: an image and its mirror image
+    # get the same code, bit for bit.
+    total = codes[0]
+    for first in range(1, codes.shape[0], 2):
+      total = total + (codes[first] + codes[first + 1])
+    return lax.all_gather(total / len(views), mesh_lib.AXIS, tiled=True)
 
   jitted = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(P(), P(mesh_lib.AXIS)),
                                  out_specs=P(), check_vma=False))
@@ -68,6 +79,16 @@ def make_embed_fn(config, mesh) -> Callable:
     return jitted(variables, images)
 
   return embed_fn
+
+
+def shifted_views(x, shift: int) -> list:
+  """The (N, H, W, C) images moved `shift` pixels right, left, down and up, in that order, the
+  uncovered border repeating the edge (a mirror image's right shift is the mirror of its left)."""
+  s = shift
+  padded = jnp.pad(x, ((0, 0), (s, s), (s, s), (0, 0)), mode="edge")
+  h, w = x.shape[1:3]
+  crop = lambda top, left: padded[:, top:top + h, left:left + w]
+  return [crop(s, 0), crop(s, 2 * s), crop(0, s), crop(2 * s, s)]
 
 
 def embed_dataset(embed_fn, variables, images: np.ndarray, *, batch_size: int,

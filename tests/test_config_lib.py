@@ -20,6 +20,7 @@ def test_the_product_configs_are_valid():
     ("train.batch_size", 7, "config.train.batch_size=7: an even number"),
     ("method", "magic", "config.method='magic'"),
     ("model.input_norm", "batch", "config.model.input_norm='batch': 'none' or 'image'"),
+    ("model.shift_average", -1, "config.model.shift_average=-1: a non-negative integer"),
     ("model.encoder_kwargs.pool", "max", "config.model.encoder_kwargs.pool='max': 'mean' or"),
     ("loss.graded.item_temperature", 0.0, "config.loss.graded.item_temperature=0.0: positive"),
     ("loss.graded.class_bits", 12, "config.loss.graded.class_bits=12: 0 (no split) or a power"),
