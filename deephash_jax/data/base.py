@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 import jax
-from jax.experimental import multihost_utils
+from jax._src import distributed  # the coordination service's client (no public accessor)
 import numpy as np
 
 
@@ -23,6 +23,10 @@ def hide_tf_from_accelerators():
     pass
 
 
+BUILD_TIMEOUT_SECONDS = 3600   # how long the other processes wait for process 0's build
+_barriers_passed = [0]
+
+
 def prepare_once(make_builder, builder=None):
   """A builder whose dataset is built, by one process at a time: `builder` (or `make_builder()`)
   on process 0 and in a single-process run.
@@ -30,7 +34,9 @@ def prepare_once(make_builder, builder=None):
   In a multi-process run process 0 builds the dataset while the others wait at a barrier, then
   they make their builder, which finds the dataset built (a shared data dir) or builds its own (a
   host's local one). A builder made before the barrier would hold the dataset info of an empty
-  folder, and several processes building into one folder at once fail.
+  folder, and several processes building into one folder at once fail. The barrier is the
+  coordination service's, not a device collective: the first collective of a CPU run sets up
+  gloo, whose 30 s connect timeout a build longer than that would overrun on the waiting side.
   """
   first = jax.process_index() == 0
   if first:
@@ -38,7 +44,11 @@ def prepare_once(make_builder, builder=None):
   if jax.process_count() > 1:
     if first:
       builder.download_and_prepare()
-    multihost_utils.sync_global_devices("deephash prepare dataset")
+    # Every process prepares the same splits in the same order, so the n-th barrier is one.
+    _barriers_passed[0] += 1
+    distributed.global_state.client.wait_at_barrier(
+        f"deephash_prepare_dataset_{_barriers_passed[0]}",
+        timeout_in_ms=BUILD_TIMEOUT_SECONDS * 1000)
   if not first:
     builder = make_builder()
   builder.download_and_prepare()
