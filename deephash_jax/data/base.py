@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import jax
 from jax._src import distributed  # the coordination service's client (no public accessor)
@@ -24,7 +25,7 @@ def hide_tf_from_accelerators():
 
 
 BUILD_TIMEOUT_SECONDS = 3600   # how long the other processes wait for process 0's build
-_barriers_passed = [0]
+_BARRIER_NUMBERS = itertools.count(1)   # the n-th prepare_once of every process meets the others'
 
 
 def prepare_once(make_builder, builder=None):
@@ -45,9 +46,8 @@ def prepare_once(make_builder, builder=None):
     if first:
       builder.download_and_prepare()
     # Every process prepares the same splits in the same order, so the n-th barrier is one.
-    _barriers_passed[0] += 1
     distributed.global_state.client.wait_at_barrier(
-        f"deephash_prepare_dataset_{_barriers_passed[0]}",
+        f"deephash_prepare_dataset_{next(_BARRIER_NUMBERS)}",
         timeout_in_ms=BUILD_TIMEOUT_SECONDS * 1000)
   if not first:
     builder = make_builder()
