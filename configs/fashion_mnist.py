@@ -89,6 +89,8 @@ def get_config():
   config.loss.graded.pair_weight = 5.0
   config.loss.graded.pair_threshold = 10.0
   config.loss.graded.pair_gamma = 10.0
+  # > 0: FastAP of the type level on the same distances (losses/graded.py fast_ap_loss).
+  config.loss.graded.ap_weight = 0.0
   config.loss.graded.item_weight = 1.0
   config.loss.graded.item_temperature = 4.8
   config.loss.graded.feature_item_weight = 1.0
@@ -98,6 +100,8 @@ def get_config():
   # cross-entropy (centre_bit_weight), in place of the pair term (the pair_* fields unused); the
   # item InfoNCE reads the other bits (benchmark variant graded_split: 32 of 48).
   config.loss.graded.class_bits = 0
+  # "pairs": the prefix carries the pair term (pair_*) alone, no centres: any class_bits works.
+  config.loss.graded.class_prefix = "centres"
   config.loss.graded.centre_weight = 1.0
   config.loss.graded.centre_scale = 8.0
   config.loss.graded.centre_margin = 0.2

@@ -43,6 +43,33 @@ def info_nce(logits, positive, negative, *, normaliser=None):
   return jnp.sum(per_anchor) / (logits.shape[0] if normaliser is None else normaliser)
 
 
+def fast_ap_loss(distances, similar, valid, *, num_bits, normaliser=None):
+  """1 - FastAP (Cakir et al., "Deep metric learning to rank", CVPR 2019) per anchor (row):
+  average precision of the ranking by distance, relaxed by a histogram with one triangular bin
+  per bit (centres 0, 1, ..., num_bits; a distance d counts max(0, 1 - |d - l|) in bin l).
+
+  With h+ (h) the soft counts of similar (all) valid columns per bin and H+ (H) their cumulative
+  sums, FastAP = sum_l h+_l H+_l / H_l / N+. It scores the order of the two levels, not how close
+  similar pairs are: the type's items may spread as long as they stay ahead of other types.
+  Anchors with no similar column add 0; summed over anchors, divided by `normaliser` (default:
+  the number of anchors).
+
+  distances: (A, C) relaxed Hamming distances in [0, num_bits]; similar, valid: bool (A, C).
+  """
+  d = jnp.asarray(distances, jnp.float32)
+  centres = jnp.arange(num_bits + 1, dtype=jnp.float32)
+  weight = jnp.maximum(0.0, 1.0 - jnp.abs(d[..., None] - centres))      # (A, C, bins)
+  positive = (similar & valid).astype(jnp.float32)[..., None]
+  h_pos = jnp.sum(weight * positive, axis=1)                             # (A, bins)
+  h_all = jnp.sum(weight * valid.astype(jnp.float32)[..., None], axis=1)
+  cum_pos, cum_all = jnp.cumsum(h_pos, axis=-1), jnp.cumsum(h_all, axis=-1)
+  ratio = jnp.where(cum_all > 0, cum_pos / jnp.where(cum_all > 0, cum_all, 1.0), 0.0)
+  num_pos = jnp.sum(positive[..., 0], axis=-1)
+  ap = jnp.sum(h_pos * ratio, axis=-1) / jnp.maximum(num_pos, 1.0)
+  per_anchor = jnp.where(num_pos > 0, 1.0 - ap, 0.0)
+  return jnp.sum(per_anchor) / (d.shape[0] if normaliser is None else normaliser)
+
+
 def item_infonce_on_codes(anchor_codes, candidate_codes, positive, negative, *, temperature,
                           num_bits, normaliser=None):
   """`info_nce` with logits = -d / temperature, d the relaxed Hamming distance in bits."""
@@ -57,6 +84,11 @@ def item_infonce_on_features(anchor_features, candidate_features, positive, nega
   c, _ = distance.normalize(candidate_features)
   cos = jnp.matmul(a, c.T, precision=jax.lax.Precision.HIGHEST)
   return info_nce(cos / temperature, positive, negative, normaliser=normaliser)
+
+
+# How the prefix of a split code (`class_bits` > 0) learns the type: pulled to fixed Hadamard
+# centres (`class_centres`), or by the category pair term alone, the types placed by the data.
+CLASS_PREFIXES = ("centres", "pairs")
 
 
 def centres_fit(num_classes: int, class_bits: int) -> bool:

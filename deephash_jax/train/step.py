@@ -156,8 +156,9 @@ def graded_loss(codes, pre_codes, logits, features, *, views: Views, masks: Pair
 
   Item level: this device's query views (anchors) against the gallery views of the global batch
   (candidates; column j = global catalogue item j of the batch), every other item a negative.
-  With `class_bits` > 0 the code is split: its first `class_bits` bits are pulled to the class's
-  Hadamard centre (in place of the pair term), the item InfoNCE reads the other bits only.
+  With `class_bits` > 0 the code is split and the item InfoNCE reads the bits after the first
+  `class_bits` only; the prefix is pulled to the class's Hadamard centre (`class_prefix =
+  "centres"`, in place of the pair term) or carries the pair term alone (`"pairs"`).
   """
   g = loss_config.graded
   n_local = views.query_first.shape[0]
@@ -166,7 +167,8 @@ def graded_loss(codes, pre_codes, logits, features, *, views: Views, masks: Pair
   terms = {"classification": singh2019.classification_loss(logits, views.labels,
                                                             normaliser=2 * n_global)}
   weights = {"classification": loss_config.classification_weight}
-  if class_bits:
+  prefix = g.get("class_prefix", "centres")
+  if class_bits and prefix == "centres":
     centres = graded.class_centres(num_classes, class_bits)
     terms["class_centre"] = graded.class_centre_loss(
         pre_codes[:, :class_bits], views.labels, centres, scale=g.centre_scale,
@@ -174,17 +176,24 @@ def graded_loss(codes, pre_codes, logits, features, *, views: Views, masks: Pair
     terms["class_centre_bits"] = graded.centre_bit_loss(
         pre_codes[:, :class_bits], views.labels, centres, normaliser=2 * n_global)
     weights.update(class_centre=g.centre_weight, class_centre_bits=g.centre_bit_weight)
-    item_codes = codes[:, class_bits:]
   else:
-    distances = distance.relaxed_hamming(codes, lax.all_gather(codes, AXIS, tiled=True),
-                                         num_bits=num_bits)
+    # The pair term on the whole code, or (class_prefix "pairs") on the prefix only, where the
+    # types find their own places, as in the paper's objective.
+    type_bits = class_bits or num_bits
+    type_codes = codes[:, :type_bits]
+    distances = distance.relaxed_hamming(
+        type_codes, lax.all_gather(type_codes, AXIS, tiled=True), num_bits=type_bits)
     m = masks
     terms["hamming"] = singh2019.cauchy_cross_entropy(
         distances, m.category_similar, m.valid, gamma=g.pair_gamma,
         num_similar=count(m.category_similar & m.valid),
         num_dissimilar=count(~m.category_similar & m.valid), threshold=g.pair_threshold)
     weights["hamming"] = g.pair_weight
-    item_codes = codes
+    if g.get("ap_weight", 0.0):
+      terms["type_ap"] = graded.fast_ap_loss(distances, m.category_similar, m.valid,
+                                             num_bits=type_bits, normaliser=2 * n_global)
+      weights["type_ap"] = g.ap_weight
+  item_codes = codes[:, class_bits:]
   gallery = lambda x: lax.all_gather(x[:n_local], AXIS, tiled=True)
   positive = views.index[n_local:] - n_global          # the anchor's own gallery column
   negative = ((gallery(views.items)[None, :] != views.items[n_local:, None])

@@ -147,3 +147,63 @@ def test_centre_bit_loss_matches_numpy_and_is_log2_at_zero():
   # Far on the right side of every bit: ~0, finite (no log of 0).
   far = graded.centre_bit_loss(jnp.asarray(centres[:2] * 50), jnp.array([0, 1]), centres)
   assert 0.0 <= float(far) < 1e-20
+
+
+def np_fast_ap_loss(distances, similar, valid, num_bits):
+  """Per anchor, with loops: triangular soft counts per bin, cumulative precision, 1 - AP."""
+  total = 0.0
+  for i in range(distances.shape[0]):
+    h_pos = np.zeros(num_bits + 1)
+    h_all = np.zeros(num_bits + 1)
+    for j in range(distances.shape[1]):
+      if not valid[i, j]:
+        continue
+      for b in range(num_bits + 1):
+        w = max(0.0, 1.0 - abs(float(distances[i, j]) - b))
+        h_all[b] += w
+        if similar[i, j]:
+          h_pos[b] += w
+    n_pos = np.sum(similar[i] & valid[i])
+    if n_pos == 0:
+      continue
+    cum_pos, cum_all = np.cumsum(h_pos), np.cumsum(h_all)
+    ap = sum(h_pos[b] * cum_pos[b] / cum_all[b] for b in range(num_bits + 1) if cum_all[b] > 0)
+    total += 1.0 - ap / n_pos
+  return total / distances.shape[0]
+
+
+def test_fast_ap_loss_matches_numpy_with_masks_and_fractional_distances():
+  rng = np.random.default_rng(3)
+  distances = rng.uniform(0, 8, size=(5, 7)).astype(np.float32)
+  distances[0, :3] = 2.0                 # ties on a bin centre
+  distances[1, 2] = 8.0                  # the last bin
+  similar = rng.uniform(size=(5, 7)) < 0.4
+  valid = rng.uniform(size=(5, 7)) < 0.8
+  similar[4] = False                     # an anchor with no similar column adds 0
+  got = graded.fast_ap_loss(jnp.asarray(distances), jnp.asarray(similar), jnp.asarray(valid),
+                            num_bits=8)
+  np.testing.assert_allclose(got, np_fast_ap_loss(distances, similar, valid, 8), rtol=1e-5)
+  np.testing.assert_allclose(
+      graded.fast_ap_loss(distances, similar, valid, num_bits=8, normaliser=10.0),
+      np_fast_ap_loss(distances, similar, valid, 8) * 5 / 10, rtol=1e-5)
+
+
+def test_fast_ap_loss_scores_the_order_not_the_closeness():
+  similar = np.array([[True, True, False, False]])
+  valid = np.ones((1, 4), bool)
+  # Every similar column ahead of every other one: AP 1, loss 0, however far apart the levels.
+  for near, far in ((0.0, 16.0), (5.0, 6.0), (7.0, 9.0)):
+    d = np.array([[near, near, far, far]], np.float32)
+    assert float(graded.fast_ap_loss(d, similar, valid, num_bits=16)) == 0.0
+  # All four tied: the precision of the tie, 2 / 4.
+  d = np.full((1, 4), 3.0, np.float32)
+  np.testing.assert_allclose(graded.fast_ap_loss(d, similar, valid, num_bits=16), 0.5, rtol=1e-6)
+  # Other types first: AP = (1/3 + 2/4) / 2; a similar column moved ahead of one raises it.
+  d = np.array([[4.0, 5.0, 1.0, 2.0]], np.float32)
+  loss = lambda x: float(graded.fast_ap_loss(np.array([x], np.float32), similar, valid,
+                                             num_bits=16))
+  np.testing.assert_allclose(loss(d[0]), 1 - (1 / 3 + 2 / 4) / 2, rtol=1e-6)
+  assert loss([0.0, 5.0, 1.0, 2.0]) < loss([0.5, 5.0, 1.0, 2.0]) < loss(d[0])
+  # Its gradient on the whole row: the similar columns pulled nearer on the whole.
+  grad = jax.grad(lambda x: graded.fast_ap_loss(x, similar, valid, num_bits=16))(jnp.asarray(d))
+  assert float(grad[0, 0] + grad[0, 1]) > 0, grad
