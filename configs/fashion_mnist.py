@@ -100,8 +100,6 @@ def get_config():
   # cross-entropy (centre_bit_weight), in place of the pair term (the pair_* fields unused); the
   # item InfoNCE reads the other bits (benchmark variant graded_split: 32 of 48).
   config.loss.graded.class_bits = 0
-  # "pairs": the prefix carries the pair term (pair_*) alone, no centres: any class_bits works.
-  config.loss.graded.class_prefix = "centres"
   config.loss.graded.centre_weight = 1.0
   config.loss.graded.centre_scale = 8.0
   config.loss.graded.centre_margin = 0.2

@@ -98,14 +98,6 @@ def _validate_graded(g) -> None:
 
 def _validate_split(g, num_bits: int, num_classes: int) -> None:
   class_bits = g.get("class_bits", 0)
-  prefix = g.get("class_prefix", "centres")
-  _require(prefix in graded.CLASS_PREFIXES, "loss.graded.class_prefix", prefix,
-           f"one of {graded.CLASS_PREFIXES}")
-  if prefix == "pairs":
-    _require(isinstance(class_bits, int) and 0 <= class_bits < num_bits,
-             "loss.graded.class_bits", class_bits,
-             f"0 (no split) or a number of bits below model.num_bits={num_bits}")
-    return
   _require(isinstance(class_bits, int) and 0 <= class_bits < num_bits
            and (class_bits == 0 or graded.centres_fit(num_classes, class_bits)),
            "loss.graded.class_bits", class_bits,

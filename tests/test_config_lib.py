@@ -25,7 +25,7 @@ def test_the_product_configs_are_valid():
     ("loss.graded.item_temperature", 0.0, "config.loss.graded.item_temperature=0.0: positive"),
     ("loss.graded.class_bits", 12, "config.loss.graded.class_bits=12: 0 (no split) or a power"),
     ("loss.graded.centre_scale", 0.0, "config.loss.graded.centre_scale=0.0: positive"),
-    ("loss.graded.class_prefix", "learnt", "config.loss.graded.class_prefix='learnt': one of"),
+    ("loss.graded.ap_weight", -1.0, "config.loss.graded.ap_weight=-1.0: non-negative"),
 ])
 def test_bad_values_are_named(field, value, message):
   config = config_lib.base_config("tiny")
@@ -39,18 +39,6 @@ def test_bad_values_are_named(field, value, message):
   if field.startswith("loss.graded.centre"):
     config.loss.graded.class_bits = 8       # the centre fields matter only with a split code
   with pytest.raises(config_lib.ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
-    config_lib.validate_config(config)
-
-
-def test_a_prefix_placed_by_pairs_takes_any_length_below_the_code():
-  config = config_lib.base_config("tiny")
-  config.method = "graded"
-  config.loss.graded.class_prefix = "pairs"
-  config.loss.graded.class_bits = 12     # not a power of 2: no centres needed
-  config_lib.validate_config(config)
-  config.loss.graded.class_bits = config.model.num_bits
-  with pytest.raises(config_lib.ConfigError,
-                     match="config.loss.graded.class_bits=16: 0 \\(no split\\) or a number of bits"):
     config_lib.validate_config(config)
 
 

@@ -86,11 +86,6 @@ def item_infonce_on_features(anchor_features, candidate_features, positive, nega
   return info_nce(cos / temperature, positive, negative, normaliser=normaliser)
 
 
-# How the prefix of a split code (`class_bits` > 0) learns the type: pulled to fixed Hadamard
-# centres (`class_centres`), or by the category pair term alone, the types placed by the data.
-CLASS_PREFIXES = ("centres", "pairs")
-
-
 def centres_fit(num_classes: int, class_bits: int) -> bool:
   """Whether `class_centres(num_classes, class_bits)` exists: class_bits a power of 2 with
   2 * (class_bits - 1) >= num_classes (the one rule; config_lib checks configs with it)."""

@@ -156,9 +156,9 @@ def graded_loss(codes, pre_codes, logits, features, *, views: Views, masks: Pair
 
   Item level: this device's query views (anchors) against the gallery views of the global batch
   (candidates; column j = global catalogue item j of the batch), every other item a negative.
-  With `class_bits` > 0 the code is split and the item InfoNCE reads the bits after the first
-  `class_bits` only; the prefix is pulled to the class's Hadamard centre (`class_prefix =
-  "centres"`, in place of the pair term) or carries the pair term alone (`"pairs"`).
+  With `class_bits` > 0 the code is split: its first `class_bits` bits are pulled to the class's
+  Hadamard centre (in place of the pair and FastAP terms), the item InfoNCE reads the other bits
+  only.
   """
   g = loss_config.graded
   n_local = views.query_first.shape[0]
@@ -167,8 +167,7 @@ def graded_loss(codes, pre_codes, logits, features, *, views: Views, masks: Pair
   terms = {"classification": singh2019.classification_loss(logits, views.labels,
                                                             normaliser=2 * n_global)}
   weights = {"classification": loss_config.classification_weight}
-  prefix = g.get("class_prefix", "centres")
-  if class_bits and prefix == "centres":
+  if class_bits:
     centres = graded.class_centres(num_classes, class_bits)
     terms["class_centre"] = graded.class_centre_loss(
         pre_codes[:, :class_bits], views.labels, centres, scale=g.centre_scale,
@@ -177,12 +176,8 @@ def graded_loss(codes, pre_codes, logits, features, *, views: Views, masks: Pair
         pre_codes[:, :class_bits], views.labels, centres, normaliser=2 * n_global)
     weights.update(class_centre=g.centre_weight, class_centre_bits=g.centre_bit_weight)
   else:
-    # The pair term on the whole code, or (class_prefix "pairs") on the prefix only, where the
-    # types find their own places, as in the paper's objective.
-    type_bits = class_bits or num_bits
-    type_codes = codes[:, :type_bits]
-    distances = distance.relaxed_hamming(
-        type_codes, lax.all_gather(type_codes, AXIS, tiled=True), num_bits=type_bits)
+    distances = distance.relaxed_hamming(codes, lax.all_gather(codes, AXIS, tiled=True),
+                                         num_bits=num_bits)
     m = masks
     terms["hamming"] = singh2019.cauchy_cross_entropy(
         distances, m.category_similar, m.valid, gamma=g.pair_gamma,
@@ -191,7 +186,7 @@ def graded_loss(codes, pre_codes, logits, features, *, views: Views, masks: Pair
     weights["hamming"] = g.pair_weight
     if g.get("ap_weight", 0.0):
       terms["type_ap"] = graded.fast_ap_loss(distances, m.category_similar, m.valid,
-                                             num_bits=type_bits, normaliser=2 * n_global)
+                                             num_bits=num_bits, normaliser=2 * n_global)
       weights["type_ap"] = g.ap_weight
   item_codes = codes[:, class_bits:]
   gallery = lambda x: lax.all_gather(x[:n_local], AXIS, tiled=True)

@@ -9,10 +9,9 @@ database (the category protocol, ties by expectation as the main job):
 * the Hamming distances between the first 2,000 test images, same type and other types;
 * mAP@all of a perfectly collapsed code of the same head (one-hot of its predicted class), the
   reference for a code that carries the class and nothing else;
-* with a split code (`loss.graded.class_bits` = C > 0): mAP@all of the prefix alone and of the
-  prefix with the item bits replaced by random bits (what item bits cost the type ranking); on
-  Hadamard centres (`class_prefix = "centres"`) also the prefix's nearest-centre accuracy and
-  the share of test images exactly on their centre.
+* with a split code (`loss.graded.class_bits` = C > 0): the prefix's nearest-centre accuracy,
+  the share of test images exactly on their centre, and mAP@all of the prefix alone and of the
+  prefix with the item bits replaced by random bits (what item bits cost the type ranking).
 """
 
 from __future__ import annotations
@@ -74,12 +73,11 @@ def diagnose(workdir: str) -> dict:
   one_hot = lambda p: np.where(np.eye(num_classes)[p] > 0, 1.0, -1.0)
   out["map_all_collapsed_head"] = _map_all(one_hot(pq), yq, one_hot(pd), yd)
   class_bits = config.loss.graded.get("class_bits", 0) if config.method == "graded" else 0
-  if class_bits and config.loss.graded.get("class_prefix", "centres") == "centres":
+  if class_bits:
     centres = graded.class_centres(num_classes, class_bits) > 0
     d = ((cq[:, None, :class_bits] > 0) != centres[None]).sum(-1)
     out["prefix_nearest_centre_accuracy"] = round(float((d.argmin(1) == yq).mean()), 4)
     out["prefix_on_own_centre"] = round(float((d[np.arange(len(yq)), yq] == 0).mean()), 4)
-  if class_bits:
     out["map_all_prefix_only"] = _map_all(cq[:, :class_bits], yq, cd[:, :class_bits], yd)
     rng = np.random.default_rng(0)
     noise = lambda c: np.concatenate(

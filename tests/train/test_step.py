@@ -36,15 +36,12 @@ def _one_step(config, devices, state, batch):
 
 @pytest.mark.parametrize("method,code_activation",
                          [("singh2019", "sign_ste"), ("singh2019", "tanh"), ("graded", "tanh"),
-                          ("graded_split", "tanh"), ("graded_split_pairs", "tanh"),
-                          ("graded_ap", "tanh"), ("dch", "tanh")])
+                          ("graded_split", "tanh"), ("graded_ap", "tanh"), ("dch", "tanh")])
 def test_eight_devices_equal_one_device(config, method, code_activation):
   assert jax.device_count() == 8
   if method == "graded_ap":               # the type level's FastAP term beside the pair term
     method, config.loss.graded.ap_weight = "graded", 1.0
-  if method.startswith("graded_split"):   # the 16-bit tiny code: an 8-bit class prefix, 8 item bits
-    if method.endswith("pairs"):
-      config.loss.graded.class_prefix = "pairs"
+  if method == "graded_split":            # the 16-bit tiny code: an 8-bit class prefix, 8 item bits
     method, config.loss.graded.class_bits = "graded", 8
   config.method = method
   if code_activation == "sign_ste":
@@ -176,19 +173,16 @@ def _items_with_marks(num_classes=4, per_class=8, seed=0):
                                                                          dtype=np.int32)}
 
 
-@pytest.mark.parametrize("class_bits,class_prefix", [(0, "centres"), (8, "centres"),
-                                                     (8, "pairs")])
+@pytest.mark.parametrize("class_bits,ap_weight", [(0, 0.0), (8, 0.0), (0, 5.0)])
 def test_graded_codes_put_the_same_item_nearer_than_its_type_nearer_than_other_types(
-    config, class_bits, class_prefix):
+    config, class_bits, ap_weight):
   """The property the graded objective is for: after a few steps on fake items, the mean
   Hamming distance of a query view to its own gallery view < to other items of its type < to
-  other types; with or without the split code (an 8-bit class prefix of the 16 bits, on
-  Hadamard centres or placed by the pair term)."""
+  other types; with or without the split code (an 8-bit class prefix of the 16 bits), and with
+  the type level's FastAP term."""
   config.method = "graded"
   config.loss.graded.class_bits = class_bits
-  config.loss.graded.class_prefix = class_prefix
-  if class_prefix == "pairs":
-    config.loss.graded.pair_threshold = 0.0     # the prefix carries the type: no dead zone
+  config.loss.graded.ap_weight = ap_weight
   config.loss.graded.item_temperature = 0.1 * (config.model.num_bits - class_bits)
   # Query views with the gallery's nuisances only: the property is the objective's ordering of
   # the levels, not robustness to strong nuisances, which a 16-bit tiny CNN does not learn in a
