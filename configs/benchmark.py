@@ -57,7 +57,7 @@ def benchmark_section():
       graded=dict(method="graded", model=dict(classifier_input="features"),   # configs/graded.py
                   input=dict(augment=dict(query=dict(config_lib.base_config(
                       "fashion_mnist").eval.closest_match.recipe))),
-                  train=dict(learning_rate=6e-3)),
+                  loss=dict(graded=dict(ap_weight=5.0)), train=dict(learning_rate=6e-3)),
       # The split code: a 32-bit class prefix pulled to Hadamard centres, 16 item bits.
       graded_split=dict(method="graded", model=dict(classifier_input="features"),
                         loss=dict(graded=dict(class_bits=32, item_temperature=1.6)),

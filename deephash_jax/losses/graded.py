@@ -4,6 +4,8 @@ Three forces, one per level (train/step.py `graded_loss` weights and combines th
 * category level: the Cauchy cross-entropy of losses/singh2019.py on every pair of views, with a
   dead zone for same-type pairs (`threshold` bits): other types are pushed apart, but same-type
   items are not pulled onto one code once they are within the band, so they keep room to differ;
+  and (`ap_weight`) FastAP of the type order (`fast_ap_loss`): the same type ahead of other
+  types, wherever the two bands sit;
 * item level: InfoNCE of each query view against the gallery views of the whole batch (in-batch
   negatives of every type), on the relaxed Hamming distance (`item_infonce_on_codes`) and on
   the encoder's features (`item_infonce_on_features`): the query's own garment must be the
