@@ -91,7 +91,7 @@ def _validate_graded(g) -> None:
   _require(g is not None, "loss.graded", g, "a ConfigDict (configs/fashion_mnist.py has one)")
   for name in ("pair_weight", "item_weight", "feature_item_weight", "pair_threshold",
                "ap_weight"):
-    _require(g.get(name, 0) >= 0, f"loss.graded.{name}", g.get(name), "non-negative")
+    _require(g[name] >= 0, f"loss.graded.{name}", g[name], "non-negative")
   for name in ("pair_gamma", "item_temperature", "feature_temperature"):
     _require(g[name] > 0, f"loss.graded.{name}", g[name], "positive")
 
