@@ -1,11 +1,11 @@
 # Set-up and the two commands the README promises, on a fresh Debian machine with Python 3.11:
-#   make run         creates .venv, installs the dataset, trains the default config, prints the evaluation
+#   make run         creates .venv, installs the dataset, trains configs/graded.py, prints the evaluation
 #   make test        creates .venv, installs the dataset, runs every test on 8 forced CPU devices
 #   make test-quick  the same without the slow end-to-end tests (for development)
 PYTHON ?= python3.11
 VENV ?= .venv
-WORKDIR ?= workdirs/fashion_mnist
-CONFIG ?= configs/fashion_mnist.py
+WORKDIR ?= workdirs/graded
+CONFIG ?= configs/graded.py
 FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=

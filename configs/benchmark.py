@@ -54,10 +54,11 @@ def benchmark_section():
                 loss=dict(classification_weight=classification_weight))
   b.variants = dict(
       ours={},   # method "singh2019", the paper's objective (configs/fashion_mnist.py)
-      graded=dict(method="graded", model=dict(classifier_input="features"),   # configs/graded.py
+      # configs/graded.py at the peers' schedule (15 epochs; `make run` trains it for 20).
+      graded=dict(method="graded", model=dict(classifier_input="features", shift_average=1),
                   input=dict(augment=dict(query=dict(config_lib.base_config(
                       "fashion_mnist").eval.closest_match.recipe))),
-                  loss=dict(graded=dict(ap_weight=5.0)), train=dict(learning_rate=6e-3)),
+                  loss=dict(graded=dict(ap_weight=8.0)), train=dict(learning_rate=6e-3)),
       # The split code: a 32-bit class prefix pulled to Hadamard centres, 16 item bits.
       graded_split=dict(method="graded", model=dict(classifier_input="features"),
                         loss=dict(graded=dict(class_bits=32, item_temperature=1.6)),

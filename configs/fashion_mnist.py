@@ -1,11 +1,12 @@
-r"""Default: the adversarial semantic hashing network on Fashion-MNIST, 48 bits, 2-core CPU budget.
+r"""The paper's adversarial semantic hashing network on Fashion-MNIST, 48 bits: every config's base.
 
     deephash train --config=configs/fashion_mnist.py --workdir=workdirs/fashion_mnist
     deephash evaluate --workdir=workdirs/fashion_mnist --json
 
 Protocol: queries = the 10,000 test images, database = the 60,000 training images, relevant =
 same clothing type. Expected (2 CPU cores, XLA:CPU; ties scored by expectation): mAP@all 0.9112,
-closest-match R@1 0.0025, about 19.5 min of training (README.md, Results).
+closest-match R@1 0.0025, about 19.5 min of training (README.md, Results). `make run` trains
+configs/graded.py, which builds on this one.
 Override any field on the command line, e.g. `--config.model.num_bits=64`.
 """
 

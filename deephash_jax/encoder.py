@@ -1,6 +1,6 @@
 """The public entry point: a trained model from a workdir that turns images into binary codes.
 
-    encoder = HashEncoder.from_workdir("workdirs/fashion_mnist")
+    encoder = HashEncoder.from_workdir("workdirs/graded")
     packed = encoder.encode(images_uint8)        # (N, ceil(num_bits / 8)) uint8, faiss layout
     bits = encoder.encode(images_uint8, packed=False)   # (N, num_bits) bool
     packed = encoder.encode_files(["shopper.jpg"])      # any image file, read by data/images.py

@@ -17,7 +17,7 @@
 #   WORKDIR          (workdirs/$RUN_NAME)       relative to REMOTE_DIR on the hosts
 #   DATA_DIR         (TFDS's default)           TFDS data dir on the hosts
 #   SOURCE_DIR       (/usr/share/datasets/fashion-mnist)  IDX files on the hosts (else: upstream)
-#   CONFIG           (configs/fashion_mnist.py)
+#   CONFIG           (configs/graded.py)
 #   TRAIN_ARGS       ()                         extra flags, e.g. --config.model.num_bits=64
 #   JAX_REQUIREMENT  (jax[cuda12]>=0.7.0,<0.11)
 #   REMOTE_PYTHON    (python3)                  e.g. a virtualenv's python on the hosts
@@ -37,7 +37,7 @@ RUN_NAME="${RUN_NAME:-gpu}"
 WORKDIR="${WORKDIR:-workdirs/$RUN_NAME}"
 DATA_DIR="${DATA_DIR:-}"
 SOURCE_DIR="${SOURCE_DIR:-/usr/share/datasets/fashion-mnist}"
-CONFIG="${CONFIG:-configs/fashion_mnist.py}"
+CONFIG="${CONFIG:-configs/graded.py}"
 TRAIN_ARGS="${TRAIN_ARGS:-}"
 JAX_REQUIREMENT="${JAX_REQUIREMENT:-jax[cuda12]>=0.7.0,<0.11}"
 REMOTE_PYTHON="${REMOTE_PYTHON:-python3}"

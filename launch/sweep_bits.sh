@@ -11,7 +11,7 @@
 # Environment (default):
 #   BITS          (16 32 48 64)
 #   TARGET        (local)                     local or tpu
-#   CONFIG        (configs/fashion_mnist.py)
+#   CONFIG        (configs/graded.py)
 #   SWEEP_NAME    (sweep_bits)
 #   WORKDIR_ROOT  (workdirs/$SWEEP_NAME)      local: $WORKDIR_ROOT/bits_<n>
 #   DEEPHASH      (deephash)                  local: the CLI (or python -m deephash_jax.main)
@@ -25,7 +25,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 read -ra BITS <<< "${BITS:-16 32 48 64}"
 TARGET="${TARGET:-local}"
-CONFIG="${CONFIG:-configs/fashion_mnist.py}"
+CONFIG="${CONFIG:-configs/graded.py}"
 SWEEP_NAME="${SWEEP_NAME:-sweep_bits}"
 WORKDIR_ROOT="${WORKDIR_ROOT:-workdirs/$SWEEP_NAME}"
 read -ra DEEPHASH <<< "${DEEPHASH:-deephash}"

@@ -21,7 +21,7 @@
 #   RUN_NAME          ($TPU_NAME)
 #   WORKDIR           (gs://$BUCKET/deephash/$RUN_NAME)  checkpoints, metrics, eval_results.json
 #   TFDS_DIR          (gs://$BUCKET/tfds)         TFDS data dir, prepared once by prepare_data
-#   CONFIG            (configs/fashion_mnist.py)
+#   CONFIG            (configs/graded.py)
 #   TRAIN_ARGS        ()                          extra flags, e.g. --config.model.num_bits=64
 #   JAX_REQUIREMENT   (jax[tpu]>=0.7.0,<0.11)
 #   WORKER_PYTHON     (python3)                   on the workers
@@ -49,7 +49,7 @@ BUCKET="${BUCKET:-}"
 RUN_NAME="${RUN_NAME:-$TPU_NAME}"
 WORKDIR="${WORKDIR:-${BUCKET:+gs://$BUCKET/deephash/$RUN_NAME}}"
 TFDS_DIR="${TFDS_DIR:-${BUCKET:+gs://$BUCKET/tfds}}"
-CONFIG="${CONFIG:-configs/fashion_mnist.py}"
+CONFIG="${CONFIG:-configs/graded.py}"
 TRAIN_ARGS="${TRAIN_ARGS:-}"
 JAX_REQUIREMENT="${JAX_REQUIREMENT:-jax[tpu]>=0.7.0,<0.11}"
 WORKER_PYTHON="${WORKER_PYTHON:-python3}"

@@ -124,7 +124,7 @@ def test_tpu_vm_all_prints_each_step_in_order(fake_tools):
   assert flags["--workdir"] == "gs://my-bucket/deephash/bits64"
   assert flags["--config.input.data_dir"] == "gs://my-bucket/tfds"
   assert flags["--config.model.num_bits"] == "64"
-  assert flags["--config"] == "configs/fashion_mnist.py"
+  assert flags["--config"] == "configs/graded.py"
 
   assert mkdir == [["mkdir", "-p", "workdirs/bits64"]]
   assert rsync == [["gsutil", "-m", "rsync", "-r", "-x", "^checkpoints/",
