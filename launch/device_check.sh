@@ -22,7 +22,7 @@
 #   THROUGHPUT_CONFIGS  (configs/fashion_mnist.py configs/image_folder_224.py)
 #   DTYPES              (float32 bfloat16)
 #   STEPS               (100)                     timed steps per throughput run
-#   TRAIN_CONFIG        (configs/graded.py)          the main job (make run)
+#   TRAIN_CONFIG        (configs/graded.py)       the main job (make run)
 #   TRAIN_ARGS          ()                        overrides for the training run
 #   SEARCH_ARGS         (--database_sizes=1000000 --bits=32,64,128 --num_queries=1024 --k=100
 #                        --scaling_sizes= --repeats=5 --threads=$(nproc))
