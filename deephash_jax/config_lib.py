@@ -148,6 +148,66 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     raise ConfigError(f"{path}: not valid JSON ({e})") from e
 
 
+_ABSENT = "(absent)"
+
+
+def _leaves(node, prefix: str = "") -> dict:
+  out = {}
+  for key, value in node.items():
+    if isinstance(value, dict):
+      out.update(_leaves(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
+def config_differences(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
+  """'field: saved -> config' for every leaf where a saved config.json and a config differ
+  (compared as JSON, so tuples and lists are equal), sorted by field."""
+  before, after = _leaves(saved), _leaves(json.loads(config.to_json_best_effort()))
+  return [f"{k}: {before.get(k, _ABSENT)!r} -> {after.get(k, _ABSENT)!r}"
+          for k in sorted(before.keys() | after.keys())
+          if before.get(k, _ABSENT) != after.get(k, _ABSENT)]
+
+
+# What a resumed run may change: how it is evaluated, logged, saved and watched, where its data
+# are read from and over how many devices (a step gives the same parameters on any mesh), not
+# what it trains. A field is named whole, a section by its trailing dot.
+RESUMABLE_FIELDS = ("eval.", "input.data_dir", "input.source_dir", "mesh",
+                    "train.log_every_steps", "train.checkpoint_every_steps",
+                    "train.keep_checkpoints", "train.hang_timeout_seconds")
+
+
+def _resumable(field: str) -> bool:
+  return any(field.startswith(f) if f.endswith(".") else field == f for f in RESUMABLE_FIELDS)
+
+
+def check_resumable(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Refuses to resume a workdir's checkpoints under another config than the one they were
+  trained with (its config.json), naming each field that differs as `saved -> given`.
+
+  Without it the run would overwrite config.json, so the workdir would no longer say what its
+  checkpoints were trained with, and go on training them with another objective, or fail to
+  restore them (another code length) and start again from scratch. Fields in RESUMABLE_FIELDS
+  may change. Call it only where the workdir holds a checkpoint.
+  """
+  path = workdir_path(workdir) / CONFIG_FILE
+  try:
+    saved = json.loads(path.read_text())
+  except FileNotFoundError:
+    return   # checkpoints without a config: nothing to compare with
+  except (OSError, json.JSONDecodeError) as e:
+    raise ConfigError(f"{path}: unreadable ({e}); the checkpoints beside it cannot be checked "
+                      "against the given config: restore the file, or use another workdir") from e
+  differences = [d for d in config_differences(saved, config) if not _resumable(d.split(":")[0])]
+  if differences:
+    raise ConfigError(
+        f"{workdir} holds checkpoints trained with another config than the one given "
+        "(field: saved -> given):\n  " + "\n  ".join(differences)
+        + "\nRerun with the config and overrides it was trained with, train in another "
+        f"--workdir, or move {path} and the checkpoints aside to train this one anew.")
+
+
 def flatten_for_hparams(config) -> dict:
   """Scalar leaves of the config as {"a.b": value} for TensorBoard's hparams tab."""
   out = {}

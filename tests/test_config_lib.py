@@ -76,3 +76,29 @@ def test_total_steps_from_epochs_or_steps():
   assert config_lib.total_steps(config, 60000) == 15 * (60000 // 128)
   config.train.num_steps = 7
   assert config_lib.total_steps(config, 60000) == 7
+
+
+def test_a_resumed_workdir_must_keep_what_it_trains(tmp_path):
+  workdir = str(tmp_path)
+  config = config_lib.base_config("graded")
+  config_lib.check_resumable(config, workdir)        # no config.json: nothing to compare
+  config_lib.save_config(config, workdir)
+  config_lib.check_resumable(config, workdir)
+  same_training = config.copy_and_resolve_references()
+  same_training.eval.closest_match.num_queries = 100
+  same_training.train.keep_checkpoints, same_training.input.data_dir = 9, "/elsewhere"
+  same_training.mesh = [("data", 2)]
+  config_lib.check_resumable(same_training, workdir)
+  other = config.copy_and_resolve_references()
+  other.loss.graded.ap_weight, other.train.num_epochs = 5.0, 15
+  del other.model["shift_average"]
+  with pytest.raises(config_lib.ConfigError) as e:
+    config_lib.check_resumable(other, workdir)
+  message = str(e.value)
+  assert "loss.graded.ap_weight: 8.0 -> 5.0" in message
+  assert "model.shift_average: 1 -> '(absent)'" in message
+  assert "train.num_epochs: 20 -> 15" in message
+  assert "eval." not in message and workdir in message
+  (tmp_path / config_lib.CONFIG_FILE).write_text('{"method": "gra')   # truncated
+  with pytest.raises(config_lib.ConfigError, match=r"config\.json: unreadable"):
+    config_lib.check_resumable(config, workdir)

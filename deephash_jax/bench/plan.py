@@ -164,28 +164,6 @@ class StaleRunError(config_lib.ConfigError):
   """Finished runs were trained with another config than the one the plan trains now."""
 
 
-_ABSENT = "(absent)"
-
-
-def _leaves(node, prefix: str = "") -> dict:
-  out = {}
-  for key, value in node.items():
-    if isinstance(value, dict):
-      out.update(_leaves(value, f"{prefix}{key}."))
-    else:
-      out[f"{prefix}{key}"] = value
-  return out
-
-
-def config_differences(saved: dict, planned: ml_collections.ConfigDict) -> list[str]:
-  """'field: saved -> planned' for every leaf where a saved config.json and a config differ
-  (compared as JSON, so tuples and lists are equal), sorted by field."""
-  before, after = _leaves(saved), _leaves(json.loads(planned.to_json_best_effort()))
-  return [f"{k}: {before.get(k, _ABSENT)!r} -> {after.get(k, _ABSENT)!r}"
-          for k in sorted(before.keys() | after.keys())
-          if before.get(k, _ABSENT) != after.get(k, _ABSENT)]
-
-
 def stale_differences(config, workdir: str, run: Run) -> list[str]:
   """For a finished run, where the config it was trained with (its config.json) differs from the
   one the plan trains now; [] when they agree or the run has not finished.
@@ -201,7 +179,7 @@ def stale_differences(config, workdir: str, run: Run) -> list[str]:
       saved = json.load(f)
   except (OSError, json.JSONDecodeError) as e:
     return [f"{config_lib.CONFIG_FILE}: unreadable ({e})"]
-  return config_differences(saved, run_config(config, run))
+  return config_lib.config_differences(saved, run_config(config, run))
 
 
 def check_not_stale(config, workdir: str, runs: Sequence[Run]) -> None:

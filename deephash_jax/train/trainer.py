@@ -1,6 +1,7 @@
 """`train_and_evaluate(config, workdir)`: the training loop, resumable, then the evaluation.
 
-On start the latest restorable checkpoint in `workdir` is restored (a corrupt one is set aside);
+On start the latest restorable checkpoint in `workdir` is restored (a corrupt one is set aside),
+only under the config it was trained with (config_lib.check_resumable names what differs);
 the batch of step s depends on (seed, s) only (data/sampler.py), so a resumed run sees exactly
 the batches an uninterrupted one sees. Metrics go to TensorBoard and the log (CLU writers), with
 progress and an ETA (CLU `ReportProgress`); a non-finite metric stops the run with an error.
@@ -47,9 +48,16 @@ class _Run:
 
 
 def _prepare(config, workdir: str) -> _Run:
-  """Validates, saves the config, builds the mesh and the sampler, restores or initialises."""
+  """Validates, checks a resumed workdir's config, saves the config, builds the mesh and the
+  sampler, restores or initialises."""
   config_lib.validate_config(config)
   config_lib.workdir_path(workdir).mkdir(parents=True, exist_ok=True)
+  manager = checkpoints.checkpoint_manager(workdir, config.train)
+  if manager.all_steps():
+    config_lib.check_resumable(config, workdir)
+  if jax.process_count() > 1:   # no process writes config.json before every one has read it
+    ocp.multihost.sync_global_processes("config_checked",
+                                        processes=set(range(jax.process_count())))
   if jax.process_index() == 0:
     config_lib.save_config(config, workdir)
   mesh = mesh_lib.create_mesh(config.mesh)
@@ -59,7 +67,6 @@ def _prepare(config, workdir: str) -> _Run:
       process_index=jax.process_index(), process_count=jax.process_count())
   total_steps = config_lib.total_steps(config, len(train_split))
   image_shape = train_split.images.shape[1:]
-  manager = checkpoints.checkpoint_manager(workdir, config.train)
   state, restored_step = checkpoints.restore_latest(manager, config, mesh, image_shape,
                                                     total_steps, set_aside=True)
   if state is None:

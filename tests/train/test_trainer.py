@@ -41,6 +41,17 @@ def test_train_and_evaluate_end_to_end_and_resume(config, tmp_path):
   resumed = str(tmp_path / "resumed")
   shutil.copytree(workdir, resumed)
   shutil.rmtree(os.path.join(resumed, "checkpoints", "30"))
+  # Under another objective the resume is refused, naming the field, and config.json is kept.
+  saved = open(os.path.join(resumed, config_lib.CONFIG_FILE)).read()
+  other = config.copy_and_resolve_references()
+  other.loss.adversarial_weight = config.loss.adversarial_weight + 0.5
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"(?s)trained with another config.*loss\.adversarial_weight: "):
+    trainer.train_and_evaluate(other, resumed)
+  assert open(os.path.join(resumed, config_lib.CONFIG_FILE)).read() == saved
+  # How it is evaluated and logged may change.
+  config = config.copy_and_resolve_references()
+  config.eval.batch_size, config.train.log_every_steps = 48, 5
   results2 = trainer.train_and_evaluate(config, resumed)
   assert results2["map_all"] == pytest.approx(results["map_all"], abs=1e-9)
   a = encoder.HashEncoder.from_workdir(workdir)
