@@ -170,6 +170,20 @@ def config_differences(saved: dict, config: ml_collections.ConfigDict) -> list[s
           if before.get(k, _ABSENT) != after.get(k, _ABSENT)]
 
 
+def config_changes(base: ml_collections.ConfigDict, config: ml_collections.ConfigDict) -> dict:
+  """The fields where `config` differs from `base`, as nested overrides of `base` (the values
+  `config` holds; compared as JSON, so tuples and lists are equal)."""
+  out = {}
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict) and isinstance(base.get(key),
+                                                                   ml_collections.ConfigDict):
+      if changes := config_changes(base[key], value):
+        out[key] = changes
+    elif key not in base or json.dumps(base[key], default=str) != json.dumps(value, default=str):
+      out[key] = value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value
+  return out
+
+
 # What a resumed run may change: how it is evaluated, logged, saved and watched, where its data
 # are read from and over how many devices (a step gives the same parameters on any mesh), not
 # what it trains. A field is named whole, a section by its trailing dot.

@@ -102,3 +102,27 @@ def test_a_resumed_workdir_must_keep_what_it_trains(tmp_path):
   (tmp_path / config_lib.CONFIG_FILE).write_text('{"method": "gra')   # truncated
   with pytest.raises(config_lib.ConfigError, match=r"config\.json: unreadable"):
     config_lib.check_resumable(config, workdir)
+
+
+def test_config_changes_are_the_overrides_that_make_one_config_of_another():
+  base, graded = config_lib.base_config("fashion_mnist"), config_lib.base_config("graded")
+  assert config_lib.config_changes(base, base) == {}
+  changes = config_lib.config_changes(base, graded)
+  assert changes["method"] == "graded" and changes["loss"] == {"graded": {"ap_weight": 8.0}}
+  assert "gallery" not in changes["input"]["augment"]      # unchanged sections are left out
+  rebuilt = base.copy_and_resolve_references()
+  rebuilt.update_from_flattened_dict({k: v for k, v in _flat(changes).items()})
+  assert rebuilt.to_json_best_effort(sort_keys=True) == graded.to_json_best_effort(sort_keys=True)
+  listed = base.copy_and_resolve_references()
+  listed.input.augment.query.scale_range = list(base.input.augment.query.scale_range)
+  assert config_lib.config_changes(base, listed) == {}      # a tuple equals its list
+
+
+def _flat(nested, prefix=""):
+  out = {}
+  for key, value in nested.items():
+    if isinstance(value, dict):
+      out.update(_flat(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
