@@ -109,6 +109,22 @@ def _initialize_distributed() -> None:
                jax.process_count(), jax.local_device_count(), jax.device_count())
 
 
+def _shutdown_distributed() -> None:
+  """Leaves the multi-controller runtime together, after a command that succeeded.
+
+  `jax.distributed.shutdown` is a barrier over every process. Left to JAX's exit hook, it runs
+  after the backends are torn down, and process 0, which hosts the coordination service, can
+  exit while a peer's client still polls it: a finished run then ends in SIGABRT. A command
+  that raised skips this, so that its peers are not held at a barrier it never reaches (their
+  heartbeat or hang watchdog ends them).
+  """
+  if "jax" not in sys.modules:
+    return
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.distributed.is_initialized():
+    jax.distributed.shutdown()
+
+
 def _train():
   from deephash_jax.train import trainer  # pylint: disable=g-import-not-at-top
   _print_results(trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir))
@@ -213,6 +229,7 @@ def main(argv):
   if "multihost" in command.flags:
     _initialize_distributed()
   command.run()
+  _shutdown_distributed()
 
 
 def run():

@@ -44,6 +44,12 @@ def _start(workdir, overrides, num_processes=2):
       for i in range(num_processes)]
 
 
+def _tails(outputs, chars=4000):
+  """The end of each process's output, for a failure message that shows why it exited."""
+  return "\n".join(f"--- process {i} (last {chars} chars) ---\n{out[-chars:]}"
+                   for i, out in enumerate(outputs))
+
+
 def _finish(processes, timeout=300):
   outputs = []
   try:
@@ -78,7 +84,7 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_the_rerun_equals_no_s
   root, overrides = data
   reference = str(root / "reference")
   codes, outputs = _finish(_start(reference, overrides))
-  assert codes == [0, 0], outputs
+  assert codes == [0, 0], _tails(outputs)
 
   workdir = str(root / "preempted")
   processes = _start(workdir, overrides)
@@ -88,7 +94,7 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_the_rerun_equals_no_s
   assert all(p.poll() is None for p in processes), "training ended before step 10"
   processes[1].send_signal(signal.SIGTERM)            # the notice reaches process 1 only
   codes, outputs = _finish(processes)
-  assert codes == [0, 0], outputs
+  assert codes == [0, 0], _tails(outputs)
   stopped = [int(out.split('"stopped_at_step": ')[1].split("}")[0]) for out in outputs]
   assert stopped[0] == stopped[1] < NUM_STEPS, (stopped, outputs)
   assert "Preemption notice: every process stops after step" in outputs[0]
@@ -97,7 +103,7 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_the_rerun_equals_no_s
   assert step == stopped[0]
 
   codes, outputs = _finish(_start(workdir, overrides))   # the rerun resumes to the end
-  assert codes == [0, 0], outputs
+  assert codes == [0, 0], _tails(outputs)
   (step, resumed), (ref_step, expected) = _leaves(workdir), _leaves(reference)
   assert step == ref_step == NUM_STEPS
   for a, b in zip(resumed, expected):
