@@ -7,11 +7,14 @@ database (the category protocol, ties by expectation as the main job):
 * the classifier head's accuracy on the test and the training images (clean, eval mode);
 * mAP@all over the queries the head gets right and over those it gets wrong;
 * the Hamming distances between the first 2,000 test images, same type and other types;
+* mAP@all over the queries of each clothing type (`map_all_per_class`, in label order);
 * mAP@all of a perfectly collapsed code of the same head (one-hot of its predicted class), the
   reference for a code that carries the class and nothing else;
 * with a split code (`loss.graded.class_bits` = C > 0): the prefix's nearest-centre accuracy,
   the share of test images exactly on their centre, and mAP@all of the prefix alone and of the
   prefix with the item bits replaced by random bits (what item bits cost the type ranking).
+A model trained without the classifier (the peers: `loss.classification_weight = 0`) has an
+untrained head: only its per-type and distance figures mean anything.
 """
 
 from __future__ import annotations
@@ -61,7 +64,9 @@ def diagnose(workdir: str) -> dict:
          "map_all": _map_all(cq, yq, cd, yd),
          "map_all_head_right": _map_all(cq[right], yq[right], cd, yd),
          "map_all_head_wrong": _map_all(cq[~right], yq[~right], cd, yd),
-         "queries_head_wrong": int((~right).sum())}
+         "queries_head_wrong": int((~right).sum()),
+         "map_all_per_class": [_map_all(cq[yq == c], yq[yq == c], cd, yd)
+                               for c in range(num_classes)]}
   packed = packing.pack_bits(cq[:2000])   # pair distances among the first 2,000 test images
   d = ranking.hamming_distances(packed, packed)
   same = (yq[:2000, None] == yq[None, :2000]) & ~np.eye(len(packed), dtype=bool)
