@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime
 import json
 
+import numpy as np
+
 _LEAD_METRICS = (("category/map_all", "mAP@all"), ("closest_match/recall_at_1", "closest R@1"),
                  ("closest_match/map_all", "closest mAP"))
 _CM_LABELS = {"recall_at_1": "R@1", "recall_at_10": "R@10", "map_all": "mAP"}
@@ -49,9 +51,11 @@ def _cell(results, method, bits, key) -> str:
 
 
 def leads(agg: dict, bench: dict, bits_list, ours_method: str) -> dict:
-  """{bits: {metric: (ours - best peer, best peer)}}: peers = the benchmark's methods that are
+  """{bits: {metric: (ours - best peer, best peer, sd)}}: peers = the benchmark's methods that are
   neither one of its `lead_methods` nor an ablation. Means over seeds; cells not run yet are
-  left out."""
+  left out. sd: the seeds' standard deviation that the difference is read against, as in "within
+  one standard deviation of the best peer": the sample deviation over seeds of the cell(s) with two
+  or more seeds, pooled (root mean square) when both have them; None where neither has."""
   ours_variants = set(bench.get("lead_methods") or ())
   for base, ablations in (bench.get("ablations") or {}).items():
     ours_variants |= {base, *ablations}
@@ -66,8 +70,18 @@ def leads(agg: dict, bench: dict, bits_list, ours_method: str) -> dict:
                 if agg.get(m, {}).get(str(bits), {}).get(key)]
       if scores and ours.get(key):
         best, name = max(scores)
-        out.setdefault(str(bits), {})[key] = (ours[key]["mean"] - best, name)
+        variances = [s["std"] ** 2 for s in (ours[key], agg[name][str(bits)][key])
+                     if s.get("std") is not None]
+        sd = float(np.sqrt(np.mean(variances))) if variances else None
+        out.setdefault(str(bits), {})[key] = (ours[key]["mean"] - best, name, sd)
   return out
+
+
+def _lead_cell(diff: float, peer: str, sd) -> str:
+  """"-0.0160 (hashnet; 12.3 sd)": the difference, and its size in seed deviations when known."""
+  if not sd:    # None (one seed each) or 0 (the seeds agreed exactly)
+    return f"{_signed(diff)} ({peer})"
+  return f"{_signed(diff)} ({peer}; {abs(diff) / sd:.1f} sd)"
 
 
 def _lead_section(results) -> list[str]:
@@ -79,12 +93,13 @@ def _lead_section(results) -> list[str]:
       continue
     lines += ["", f"## {ours_method} against the best peer", "",
               f"{ours_method} − the best peer method in that cell (which one in brackets); "
-              "positive = it leads.", "",
+              "positive = it leads. Where a cell has several seeds, the difference also in "
+              "the seeds' standard deviations (sd; pooled when both cells have seeds).", "",
               "| bits | " + " | ".join(label for _, label in _LEAD_METRICS) + " |",
               "|---|" + "---|" * len(_LEAD_METRICS)]
     for bits, row in table.items():
       lines.append(f"| {bits} | " + " | ".join(
-          f"{_signed(row[key][0])} ({row[key][1]})" if key in row else "…"
+          _lead_cell(*row[key]) if key in row else "…"
           for key, _ in _LEAD_METRICS) + " |")
   return lines
 

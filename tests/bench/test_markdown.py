@@ -41,17 +41,35 @@ def test_leads_are_against_the_best_peer_and_leave_the_variants_of_ours_out():
   results = _results()
   table = markdown.leads(results["aggregate"], results["benchmark"], (16, 32, 64), "ours")
   assert set(table) == {"16", "32"}                       # nothing at 64 bits yet
-  # 16 bits: ours' mean over seeds 0.82 against dch's 0.81; R@1 0.03 against dch's 0.05.
-  assert table["16"]["category/map_all"] == (pytest.approx(0.01), "dch")
-  assert table["16"]["closest_match/recall_at_1"] == (pytest.approx(-0.02), "dch")
-  assert table["16"]["closest_match/map_all"] == (pytest.approx(0.02), "dch")
-  assert table["32"]["category/map_all"] == (pytest.approx(-0.01), "dch")
+  # 16 bits: ours' mean over seeds 0.82 (sample sd 0.04 / sqrt 2) against dch's 0.81 (one seed);
+  # R@1 0.03 (sd 0.01 * sqrt 2) against dch's 0.05.
+  sd_map = 0.04 / 2 ** 0.5
+  assert table["16"]["category/map_all"] == (pytest.approx(0.01), "dch", pytest.approx(sd_map))
+  assert table["16"]["closest_match/recall_at_1"] == (pytest.approx(-0.02), "dch",
+                                                      pytest.approx(0.02 / 2 ** 0.5))
+  assert table["16"]["closest_match/map_all"] == (pytest.approx(0.02), "dch",
+                                                  pytest.approx(0.02 / 2 ** 0.5))
+  assert table["32"]["category/map_all"] == (pytest.approx(-0.01), "dch", None)   # one seed each
   lines = "\n".join(markdown._lead_section(results) + markdown._ablation_section(results))  # pylint: disable=protected-access
-  assert "| 16 | +0.0100 (dch) | -0.0200 (dch) | +0.0200 (dch) |" in lines
+  assert "| 16 | +0.0100 (dch; 0.4 sd) | -0.0200 (dch; 1.4 sd) | +0.0200 (dch; 1.4 sd) |" in lines
+  assert "| 32 | -0.0100 (dch) | +0.0100 (dch) | +0.0200 (dch) |" in lines
   # The ablation at every length both it and ours have run (none at 64 bits).
   assert re.findall(r"^\| ours_no_hamming \|.*$", lines, re.MULTILINE) == [
       "| ours_no_hamming | 16 | +0.1200 | +0.0000 | +0.0000 |",
       "| ours_no_hamming | 32 | +0.0500 | +0.0000 | -0.0200 |"]
+
+
+def test_a_lead_reads_against_the_pooled_deviation_when_both_cells_have_seeds():
+  runs = {f"r{i}": r for i, r in enumerate([
+      _run("ours", 16, 0, 0.80, 0.1, 0.1), _run("ours", 16, 1, 0.82, 0.1, 0.1),
+      _run("dch", 16, 0, 0.90, 0.0, 0.0), _run("dch", 16, 1, 0.86, 0.0, 0.0)])}
+  bench = {"methods": ["ours", "dch"], "bits": [16], "lead_methods": ["ours"]}
+  table = markdown.leads(report.aggregate(runs, ("map_all",)), bench, (16,), "ours")
+  # Sample variances 0.0002 and 0.0008: pooled sd sqrt(0.0005); R@1's are 0 for both.
+  assert table["16"]["category/map_all"] == (pytest.approx(-0.07), "dch",
+                                             pytest.approx(0.0005 ** 0.5))
+  assert table["16"]["closest_match/recall_at_1"] == (pytest.approx(0.1), "dch", 0.0)
+  assert markdown._lead_cell(*table["16"]["closest_match/recall_at_1"]) == "+0.1000 (dch)"  # pylint: disable=protected-access
 
 
 def test_a_cell_says_whether_it_is_pending_failed_or_not_planned():
