@@ -170,6 +170,18 @@ def _method_by_bits(results, key) -> list[str]:
   return rows
 
 
+def train_devices(runs: dict) -> str:
+  """The devices the finished runs trained on, from their records: "1 x cpu (12 runs)"; runs
+  whose record predates the field count as "not recorded"."""
+  counts = {}
+  for r in runs.values():
+    if r.get("status") == "done":
+      name = r.get("train_devices") or "not recorded"
+      counts[name] = counts.get(name, 0) + 1
+  return ", ".join(f"{name} ({n} run{'s' if n > 1 else ''})" for name, n in sorted(counts.items())
+                   ) or "none yet"
+
+
 def format_markdown(results: dict) -> str:
   """results.md: the tables of the comparison."""
   bench, status, machine = results["benchmark"], results["status"], results["machine"]
@@ -180,10 +192,11 @@ def format_markdown(results: dict) -> str:
            f"Runs: {status['done']} of {status['planned']} done"
            + (f", {status['failed']} failed" if status["failed"] else "")
            + (f", {status['stale']} stale" if status.get("stale") else "") + ". "
-           f"Hardware: {machine['cpu']} ({machine['cpu_count']} CPUs), {machine['devices']}, "
-           f"JAX {machine['jax']} ({machine['backend']}). Means over seeds ± sample standard "
-           "deviation; † = the codes collapsed; … = not run yet; stale = finished with another "
-           "config (listed below); — = not in the plan. Ranking: "
+           f"Hardware: {machine['cpu']} ({machine['cpu_count']} CPUs), JAX {machine['jax']} "
+           f"({machine['backend']}); training devices: {train_devices(results['runs'])}. "
+           "Means over seeds ± sample standard deviation; † = the codes collapsed; "
+           "… = not run yet; stale = finished with another config (listed below); "
+           "— = not in the plan. Ranking: "
            f"Hamming distance, {ties}.", "",
            f"## Both protocols at {bench['reference_bits']} bits", "",
            f"Category: the '{cat['query_split']}' split against '{cat['database_split']}', "

@@ -96,7 +96,8 @@ def run_record(config, workdir: str, run: plan_lib.Run, category_names) -> dict:
       closest_match={m: results.get(f"closest_match_{'map' if m == 'map_all' else m}")
                      for m in closest_match.METRICS},
       **{k: results.get(k) for k in ("codes_collapsed", "codes_unique_codes", "train_steps",
-                                     "train_seconds", "eval_seconds", "pr_curve")})
+                                     "train_seconds", "eval_seconds", "train_devices",
+                                     "pr_curve")})
   return record
 
 

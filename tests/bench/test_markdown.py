@@ -82,3 +82,12 @@ def test_a_cell_says_whether_it_is_pending_failed_or_not_planned():
   assert cell(results, "ours_no_hamming", 64, "category/map_all") == "failed"
   assert cell(results, "dch", 64, "category/map_all") == "—"
   assert cell(results, "ours", 16, "category/map_all") == "0.8200 ± 0.0283"
+
+
+def test_the_page_names_the_devices_the_runs_trained_on_from_their_records():
+  runs = {"a": {**_RUNS[0], "train_devices": "8 x cpu"},
+          "b": {**_RUNS[1], "train_devices": "8 x cpu"},
+          "c": {**_RUNS[2], "train_devices": "1 x cpu"}, "d": _RUNS[3],
+          "p": {"method": "dch", "bits": 64, "seed": 0, "status": "pending"}}
+  assert markdown.train_devices(runs) == "1 x cpu (1 run), 8 x cpu (2 runs), not recorded (1 run)"
+  assert markdown.train_devices({"p": runs["p"]}) == "none yet"

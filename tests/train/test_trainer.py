@@ -32,6 +32,7 @@ def test_train_and_evaluate_end_to_end_and_resume(config, tmp_path):
   assert results["num_bits"] == 16
   assert 0.3 < results["map_all"] <= 1.0  # Chance is 0.1 with 10 balanced classes.
   assert not results["codes_collapsed"]
+  assert results["train_devices"] == f"{jax.device_count()} x {jax.devices()[0].device_kind}"
   assert json.load(open(os.path.join(workdir, "eval_results.json")))["map_all"] == results[
       "map_all"]
   # TensorBoard event files were written.
