@@ -17,6 +17,12 @@ import numpy as np
 AXIS = "data"
 
 
+def describe_devices() -> str:
+  """"8 x cpu": how many devices this run sees (over every process) and of what kind."""
+  devices = jax.devices()
+  return f"{len(devices)} x {devices[0].device_kind}"
+
+
 def create_mesh(mesh_config) -> jax.sharding.Mesh:
   """A 1-D mesh over all devices from `config.mesh = [("data", -1)]`."""
   axes = [tuple(axis) for axis in mesh_config]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import datetime
 import json
 
@@ -173,11 +174,8 @@ def _method_by_bits(results, key) -> list[str]:
 def train_devices(runs: dict) -> str:
   """The devices the finished runs trained on, from their records: "1 x cpu (12 runs)"; runs
   whose record predates the field count as "not recorded"."""
-  counts = {}
-  for r in runs.values():
-    if r.get("status") == "done":
-      name = r.get("train_devices") or "not recorded"
-      counts[name] = counts.get(name, 0) + 1
+  counts = collections.Counter(r.get("train_devices") or "not recorded" for r in runs.values()
+                               if r.get("status") == "done")
   return ", ".join(f"{name} ({n} run{'s' if n > 1 else ''})" for name, n in sorted(counts.items())
                    ) or "none yet"
 

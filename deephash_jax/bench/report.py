@@ -18,6 +18,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from deephash_jax import mesh as mesh_lib
 from deephash_jax.bench import markdown
 from deephash_jax.bench import plan as plan_lib
 from deephash_jax.bench import plots
@@ -38,10 +39,9 @@ def machine_info() -> dict:
                  cpu)
   except OSError:
     pass
-  devices = jax.devices()
   return {"platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(),
           "python": platform.python_version(), "jax": jax.__version__,
-          "backend": jax.default_backend(), "devices": f"{len(devices)} x {devices[0].device_kind}"}
+          "backend": jax.default_backend(), "devices": mesh_lib.describe_devices()}
 
 
 def category_metric_names(config) -> tuple[str, ...]:

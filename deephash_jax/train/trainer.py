@@ -178,7 +178,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   results["eval_seconds"] = time.time() - eval_start
   results["train_seconds"] = train_seconds
   results["train_steps"] = run.total_steps
-  results["train_devices"] = f"{jax.device_count()} x {jax.devices()[0].device_kind}"
+  results["train_devices"] = mesh_lib.describe_devices()
   writer.write_scalars(run.total_steps, {f"eval/{k}": v for k, v in results.items()
                                          if isinstance(v, (int, float))})
   if jax.process_index() == 0:
