@@ -3,7 +3,7 @@
 Each finished run's figures come from its own `eval_results.json` (written by `deephash train`:
 both protocols, plan.py); the two non-learned references (pixel SAD and the float codes of
 `benchmark.references.float_method`, evaluators/references.py) are computed once and cached in
-`<workdir>/references.json` (keyed by what they were computed from). Writes results.json,
+`<workdir>/references.json` (each keyed by what it is computed from). Writes results.json,
 results.md, mAP_vs_bits.png and pr_curves.png to the output folder.
 """
 
@@ -18,6 +18,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from deephash_jax import encoder as encoder_lib
 from deephash_jax import mesh as mesh_lib
 from deephash_jax.bench import markdown
 from deephash_jax.bench import plan as plan_lib
@@ -131,30 +132,42 @@ def aggregate(runs: dict, category_names) -> dict:
 
 
 def references(config, workdir: str, runs: dict) -> dict:
-  """Pixel SAD and the float codes of the reference run (cached in references.json)."""
+  """Pixel SAD and the float codes of the reference run, each cached in references.json.
+
+  Each is keyed by what it is computed from: the evaluation and input settings, and for the
+  float codes also the reference model itself (its weights' fingerprint and step, not its run's
+  record: a new field in the records recomputes nothing, a retrained model recomputes them).
+  """
   refs, bench = config.benchmark.references, config.benchmark
   float_run = plan_lib.Run(refs.float_method, bench.reference_bits, 0)
-  float_done = runs.get(float_run.name, {}).get("status") == "done"
-  key = json.loads(json.dumps(dict(
-      eval=config.eval.to_dict(), input=config.input.to_dict(), references=refs.to_dict(),
-      float_run=runs[float_run.name] if float_done else None), default=_to_json))
+  setting = json.loads(json.dumps(dict(
+      eval=config.eval.to_dict(), input=config.input.to_dict(), references=refs.to_dict()),
+      default=_to_json))
   path = os.path.join(workdir, REFERENCES_JSON)
   cached = _read_json(path) or {}
-  if cached.get("key") == key:
-    return cached["references"]
-  logging.info("References: pixel SAD%s.", f" and the float codes of {float_run.name}"
-               if float_done else "")
-  out = {"sad": references_lib.pixel_sad(
+  out, entries, computed = {}, {}, []
+
+  def cached_or(name, key, compute):
+    entry = cached.get(name)
+    if not (isinstance(entry, dict) and entry.get("key") == key):
+      logging.info("References: computing %s.", name)
+      entry = {"key": key, "value": compute()}
+      computed.append(name)
+    entries[name], out[name] = entry, entry["value"]
+
+  cached_or("sad", setting, lambda: references_lib.pixel_sad(
       config, num_category_queries=refs.num_category_queries,
       timing_queries=refs.timing_queries, chunk_size=refs.sad_chunk_size,
-      batch=refs.query_batch_size)}
-  if float_done:
-    out["float_codes"] = references_lib.float_codes(
-        plan_lib.run_dir(workdir, float_run), num_category_queries=refs.num_category_queries,
-        timing_queries=refs.timing_queries, batch=refs.query_batch_size)
-    out["float_codes"]["run"] = float_run.name
-  if jax.process_index() == 0:
-    _write_atomic(path, json.dumps({"key": key, "references": out}, indent=2, default=_to_json))
+      batch=refs.query_batch_size))
+  if runs.get(float_run.name, {}).get("status") == "done":
+    encoder = encoder_lib.HashEncoder.from_workdir(plan_lib.run_dir(workdir, float_run))
+    cached_or("float_codes", {**setting, "model": encoder.model_id, "step": encoder.step},
+              lambda: {**references_lib.float_codes(
+                  encoder, num_category_queries=refs.num_category_queries,
+                  timing_queries=refs.timing_queries, batch=refs.query_batch_size),
+                       "run": float_run.name})
+  if jax.process_index() == 0 and computed:
+    _write_atomic(path, json.dumps(entries, indent=2, default=_to_json))
   return out
 
 

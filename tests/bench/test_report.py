@@ -85,3 +85,54 @@ def test_a_run_finished_with_another_config_is_stale_named_by_field_and_refused(
     f.write("{cut")
   assert plan.stale_differences(config, workdir, plan.Run("ours", 16, 0))[0].startswith(
       "config.json: unreadable")
+
+
+def test_each_reference_is_recomputed_only_when_what_it_is_computed_from_changes(
+    tmp_path, monkeypatch):
+  config = config_lib.base_config("benchmark_tiny")
+  workdir = str(tmp_path)
+  calls, model = [], {"id": "a"}
+
+  def fake_sad(*args, **kwargs):
+    calls.append("sad")
+    return {"sad_value": len(calls)}
+
+  def fake_float(encoder, **kwargs):
+    calls.append(f"float:{encoder.model_id}")
+    return {"float_value": len(calls)}
+
+  class FakeEncoder:
+    @classmethod
+    def from_workdir(cls, directory):
+      encoder = cls()
+      encoder.model_id, encoder.step = model["id"], 7
+      return encoder
+  monkeypatch.setattr(report.references_lib, "pixel_sad", fake_sad)
+  monkeypatch.setattr(report.references_lib, "float_codes", fake_float)
+  monkeypatch.setattr(report.encoder_lib, "HashEncoder", FakeEncoder)
+  float_run = plan.Run(config.benchmark.references.float_method,
+                       config.benchmark.reference_bits, 0)
+  runs = {float_run.name: {"status": "pending"}}
+  assert report.references(config, workdir, runs) == {"sad": {"sad_value": 1}}
+  runs = {float_run.name: {"status": "done", "train_seconds": 1.0}}
+  first = report.references(config, workdir, runs)
+  assert first == {"sad": {"sad_value": 1},
+                   "float_codes": {"float_value": 2, "run": float_run.name}}
+  # Another record of the same model (a timing, a new field): both from the cache.
+  runs[float_run.name].update(train_seconds=2.0, new_field=True)
+  assert report.references(config, workdir, runs) == first
+  assert calls == ["sad", "float:a"]
+  # Another model: its float codes again, not pixel SAD.
+  model["id"] = "b"
+  assert report.references(config, workdir, runs)["float_codes"]["float_value"] == 3
+  assert calls == ["sad", "float:a", "float:b"]
+  # Another evaluation setting: both again.
+  changed = config.copy_and_resolve_references()
+  changed.eval.closest_match.num_queries += 1
+  report.references(changed, workdir, runs)
+  assert calls == ["sad", "float:a", "float:b", "sad", "float:b"]
+  # An unreadable cache is recomputed, not an error.
+  with open(os.path.join(workdir, report.REFERENCES_JSON), "w") as f:
+    f.write("{truncated")
+  report.references(changed, workdir, runs)
+  assert calls[-2:] == ["sad", "float:b"]

@@ -91,11 +91,21 @@ def test_the_plan_trains_once_and_the_report_reads_every_finished_run(tiny_confi
   # Again: nothing is trained, the references come from their cache, the figures are the same.
   monkeypatch.setattr(trainer, "train_and_evaluate", _no_training)
   monkeypatch.setattr(report.references_lib, "pixel_sad", _no_training)
+  monkeypatch.setattr(report.references_lib, "float_codes", _no_training)
   assert runner.pending_commands(tiny_config, workdir, "configs/benchmark_tiny.py", {}) == []
   runner.run_plan(tiny_config, workdir)
   again = report.write_report(tiny_config, workdir, str(tmp_path / "report"))
   assert again["runs"] == json.loads(json.dumps(results["runs"]))
+  assert again["references"] == json.loads(json.dumps(refs))
   assert os.path.exists(tmp_path / "report" / "results.md")
+  # The float codes are keyed by the reference model, not by its run's record: another record
+  # (a new field, another timing) reuses them.
+  float_results = os.path.join(plan.run_dir(workdir, plan.Run("ours", 16, 0)), plan.RESULTS_FILE)
+  with open(float_results) as f:
+    record = json.load(f)
+  with open(float_results, "w") as f:
+    json.dump({**record, "train_seconds": record["train_seconds"] + 1, "a_new_field": 1}, f)
+  assert report.collect(tiny_config, workdir)["references"] == again["references"]
   # The plan changes: its finished runs are refused, not reported or resumed as the new config's.
   changed = tiny_config.copy_and_resolve_references()
   changed.train.learning_rate *= 2
