@@ -1,5 +1,6 @@
 # Set-up and the two commands the README promises, on a fresh Debian machine with Python 3.11:
-#   make run         creates .venv, installs the dataset, trains configs/graded.py, prints the evaluation
+#   make run         creates .venv, installs the dataset and tcmalloc, trains configs/graded.py,
+#                    prints the evaluation
 #   make test        creates .venv, installs the dataset, runs every test on 8 forced CPU devices
 #   make test-quick  the same without the slow end-to-end tests (for development)
 PYTHON ?= python3.11
@@ -7,10 +8,14 @@ VENV ?= .venv
 WORKDIR ?= workdirs/graded
 CONFIG ?= configs/graded.py
 FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
+# tcmalloc (Debian's libtcmalloc-minimal4) in place of glibc's malloc: XLA:CPU allocates each
+# step's buffers anew, and glibc maps and faults them in again every time (benchmarks/allocator.py
+# measures both). Expanded when a recipe runs, after `make malloc` has installed it.
+TCMALLOC = $(firstword $(wildcard /usr/lib/*/libtcmalloc_minimal.so.4))
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: venv data browser run test test-quick clean
+.PHONY: venv data browser malloc run test test-quick clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +31,13 @@ data:
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq dataset-fashion-mnist; \
 	fi
 
+malloc:
+	@if [ -z "$(TCMALLOC)" ]; then \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq libtcmalloc-minimal4 \
+	  || echo "libtcmalloc-minimal4 not installed: glibc's malloc (slower on XLA:CPU)"; \
+	fi
+
 # Headless Chromium + chromedriver for the demo's browser test (Debian packages).
 browser:
 	@if ! command -v chromedriver >/dev/null; then \
@@ -33,14 +45,14 @@ browser:
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium chromium-driver; \
 	fi
 
-run: venv data
-	$(VENV)/bin/deephash train --config=$(CONFIG) --workdir=$(WORKDIR) --json
+run: venv data malloc
+	LD_PRELOAD=$(TCMALLOC) $(VENV)/bin/deephash train --config=$(CONFIG) --workdir=$(WORKDIR) --json
 
-test: venv data browser
-	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(VENV)/bin/pytest -q $(PYTEST_ARGS)
+test: venv data browser malloc
+	LD_PRELOAD=$(TCMALLOC) XLA_FLAGS=--xla_force_host_platform_device_count=8 $(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
-test-quick: venv data
-	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(VENV)/bin/pytest -q -m "not slow" $(PYTEST_ARGS)
+test-quick: venv data malloc
+	LD_PRELOAD=$(TCMALLOC) XLA_FLAGS=--xla_force_host_platform_device_count=8 $(VENV)/bin/pytest -q -m "not slow" $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) workdirs

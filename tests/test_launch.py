@@ -1,6 +1,7 @@
 """launch/: the commands each script prints in its dry run, its idempotency guards, and a real
 multi-process run (2 processes x 4 CPU devices) that must end with the parameters of 1 x 8."""
 
+import glob
 import json
 import os
 import shlex
@@ -429,6 +430,31 @@ def test_the_throughput_breakdown_times_every_stage_of_each_method():
     assert set(figures["breakdown"]) == {f"{s}_ms" for s in stages}, method
     assert all(ms > 0 for ms in figures["breakdown"].values()), figures["breakdown"]
     assert figures["method"] == method and figures["finite"]
+
+
+@pytest.mark.slow
+def test_the_allocator_benchmark_measures_each_installed_allocator_against_glibc():
+  """benchmarks/allocator.py on the tiny config: one process per allocator, glibc the 1.0x."""
+  result = subprocess.run(
+      [sys.executable, "benchmarks/allocator.py", "--config=tiny", "--steps=3", "--warmup=1",
+       "--embed_images=128", "--repeats=1", "--json"],
+      cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "XLA_FLAGS": ""})
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads(result.stdout.strip().splitlines()[-1])
+  found = report["allocators"]
+  installed = {name for name, library in (("tcmalloc", "libtcmalloc_minimal.so.4"),
+                                          ("jemalloc", "libjemalloc.so.2"))
+               if glob.glob(f"/usr/lib/*/{library}")}
+  assert set(found) == {"glibc", *installed}
+  assert found["glibc"]["preload"] is None
+  assert found["glibc"]["train_steps_per_second_vs_glibc"] == 1.0
+  for name, figures in found.items():
+    assert figures["finite"], name
+    assert figures["train_steps_per_second"] > 0 and figures["embed_images_per_second"] > 0
+    assert figures["train_steps_per_second_vs_glibc"] == pytest.approx(
+        figures["train_steps_per_second"] / found["glibc"]["train_steps_per_second"])
+    if name != "glibc":
+      assert os.path.exists(figures["preload"]), name
 
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
