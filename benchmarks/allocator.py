@@ -55,6 +55,7 @@ def allocators() -> dict[str, str]:
 
 
 def _measure_here() -> dict:
+  """The child's measurement. JAX is imported here: the parent only starts the children."""
   # pylint: disable=import-outside-toplevel
   import jax
   from deephash_jax import config_lib
