@@ -8,14 +8,13 @@ every page is faulted in again (kernel time); tcmalloc keeps them. `make run` an
 preload tcmalloc (Debian's libtcmalloc-minimal4) where it is installed.
 
 Runs the same measurement in a fresh process per allocator (glibc; tcmalloc and jemalloc where
-their Debian libraries are installed, through LD_PRELOAD), alternating, `--repeats` times each:
-the full train step (synthetic batches, as benchmarks/train_throughput.py: compilation and
-`--warmup` steps excluded) and the embedding of `--embed_images` synthetic images
-by the evaluation's jitted embedding (the config's flip and shift averaging included); each
-process checks in /proc/self/maps that it runs on the allocator asked for. Prints
-each allocator's best figures, its ratio to glibc's measured in the same run, and the user and
-kernel CPU seconds of its processes. The results do not depend on the allocator (the ratio is
-of time only); `--json` prints one object.
+their Debian libraries are installed, through LD_PRELOAD), alternating, `--repeats` times each: the
+full train step (synthetic batches, as benchmarks/train_throughput.py: compilation and `--warmup`
+steps excluded) and the embedding of `--embed_images` synthetic images by the evaluation's jitted
+embedding (the config's flip and shift averaging included); each process checks in /proc/self/maps
+that it runs on the allocator asked for. Prints each allocator's best figures, its ratio to glibc's
+measured in the same run, and the user and kernel CPU seconds of its processes. The results do not
+depend on the allocator (the ratio is of time only); `--json` prints one object.
 """
 
 from __future__ import annotations
@@ -128,12 +127,12 @@ def _measure_in_process(preload: str) -> dict:
   return result
 
 
-def compare(found: dict[str, str], repeats: int, measure=_measure_in_process) -> dict:
+def compare(found: dict[str, str], repeats: int) -> dict:
   """{allocator: best figures over `repeats` alternating processes, with ratios to glibc}."""
   runs = {name: [] for name in found}
   for _ in range(repeats):
     for name, preload in found.items():
-      runs[name].append(measure(preload))
+      runs[name].append(_measure_in_process(preload))
   out = {}
   for name, results in runs.items():
     best = {k: max(r[k] for r in results) for k in
@@ -159,8 +158,8 @@ def main(argv):
     print(json.dumps({"config": FLAGS.config, "steps": FLAGS.steps, "repeats": FLAGS.repeats,
                       "cpu_count": os.cpu_count(), "allocators": results}, sort_keys=True))
     return
-  print(f"configs/{FLAGS.config}.py: {FLAGS.steps} train steps and {FLAGS.embed_images:,} embedded images "
-        f"per process, best of {FLAGS.repeats}; {os.cpu_count()} CPU cores")
+  print(f"configs/{FLAGS.config}.py: {FLAGS.steps} train steps and {FLAGS.embed_images:,} "
+        f"embedded images per process, best of {FLAGS.repeats}; {os.cpu_count()} CPU cores")
   print(f"{'allocator':10s} {'train steps/s':>14s} {'vs glibc':>9s} {'embed img/s':>12s} "
         f"{'vs glibc':>9s} {'user s':>8s} {'kernel s':>9s}")
   for name, r in results.items():
