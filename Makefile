@@ -1,7 +1,8 @@
 # Set-up and the two commands the README promises, on a fresh Debian machine with Python 3.11:
 #   make run         creates .venv, installs the dataset and tcmalloc, trains configs/graded.py,
 #                    prints the evaluation
-#   make test        creates .venv, installs the dataset, runs every test on 8 forced CPU devices
+#   make test        creates .venv, installs the dataset and tcmalloc, runs every test on 8 forced
+#                    CPU devices
 #   make test-quick  the same without the slow end-to-end tests (for development)
 PYTHON ?= python3.11
 VENV ?= .venv
