@@ -212,14 +212,11 @@ def pixel_sad(config, *, num_category_queries: int, timing_queries: int,
           "seconds": time.time() - started}
 
 
-def float_codes(model: str | encoder_lib.HashEncoder, *, num_category_queries: int,
+def float_codes(encoder: encoder_lib.HashEncoder, *, num_category_queries: int,
                 timing_queries: int, batch: int = 256) -> dict:
-  """Both protocols by cosine on a trained model's continuous codes, and the Hamming k-NN
-  queries/s of its binary codes on the closest-match database. `model`: a training workdir
-  or its loaded encoder."""
+  """Both protocols by cosine on a trained model's continuous codes (`HashEncoder.from_workdir`),
+  and the Hamming k-NN queries/s of its binary codes on the closest-match database."""
   started = time.time()
-  encoder = (model if isinstance(model, encoder_lib.HashEncoder)
-             else encoder_lib.HashEncoder.from_workdir(model))
   config = encoder.config
   query = registry.load_split(config.input, config.input.query_split)
   database = registry.load_split(config.input, config.input.database_split)
