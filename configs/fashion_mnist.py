@@ -45,7 +45,9 @@ def get_config():
   # where a pattern sits on the garment tells items apart (models.ConvEncoder.pool). 15 epochs,
   # "mean" -> "flatten": mAP@all 0.9023 -> 0.9112 for singh2019; 0.8381 -> 0.8482 for graded,
   # whose closest-match R@1 goes 0.1397 -> 0.1317 (experiments/graded_codes/README.md).
-  config.model.encoder_kwargs = ml_collections.ConfigDict(dict(pool="flatten"))
+  # conv: "auto" (the convolutions as one matmul over shifted slices on CPU, models.SlicedConv,
+  # where XLA:CPU's convolutions are slow; nn.Conv on accelerators), "xla" or "sliced".
+  config.model.encoder_kwargs = ml_collections.ConfigDict(dict(pool="flatten", conv="auto"))
   config.model.num_bits = 48
   config.model.classifier_input = "code"      # or "features"
   # "image": every image standardized (minus its mean, over its standard deviation) before the

@@ -27,7 +27,8 @@ def get_config():
   config.input.root = ""              # the tree: --config.input.root=/path/to/tree
   config.input.source_dir = None      # Fashion-MNIST only
   config.input.image_size = 64
-  config.model.encoder_kwargs = ml_collections.ConfigDict(dict(pool="mean"))   # any image size
+  # pool "mean": any image size; conv as in configs/fashion_mnist.py.
+  config.model.encoder_kwargs = ml_collections.ConfigDict(dict(pool="mean", conv="auto"))
   config.input.channels = 3
   config.input.train_split = "train"
   config.input.query_split = "query"

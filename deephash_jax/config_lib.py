@@ -9,6 +9,7 @@ import os
 from etils import epath
 import ml_collections
 
+from deephash_jax import models
 from deephash_jax.evaluators import ranking
 from deephash_jax.losses import baselines
 from deephash_jax.losses import graded
@@ -66,6 +67,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _require(encoder_kwargs["pool"] in ("mean", "flatten"), "model.encoder_kwargs.pool",
              encoder_kwargs["pool"],
              "'mean' or 'flatten' (the CNN's last feature map averaged or kept whole)")
+  if "conv" in encoder_kwargs:
+    _require(m.encoder.startswith("cnn"), "model.encoder_kwargs.conv", encoder_kwargs["conv"],
+             f"absent with model.encoder={m.encoder!r} (the option of the 'cnn' encoders)")
+    _require(encoder_kwargs["conv"] in models.CONV_IMPLS, "model.encoder_kwargs.conv",
+             encoder_kwargs["conv"],
+             f"one of {models.CONV_IMPLS} ('auto': 'sliced' on CPU, 'xla' on accelerators)")
   methods = ("singh2019", "graded", *sorted(baselines.BASELINES))
   method = config.get("method", "singh2019")
   _require(method in methods, "method", method, f"one of {methods}")

@@ -64,6 +64,46 @@ def standardize_images(images, eps: float = 1e-4):
   return (images - mean) * jax.lax.rsqrt(var + eps)
 
 
+class SlicedConv(nn.Module):
+  """A "SAME"-padded 2-D convolution without bias as one matmul over shifted slices (im2col).
+
+  The kernel's k*k taps are k*k strided slices of the padded input, concatenated on the channel
+  axis and multiplied by the (k*k*in, out) kernel: the same function as `nn.Conv(features,
+  (k, k), strides, padding="SAME", use_bias=False)` (the same padding, parameter name, shape and
+  initializer, so checkpoints and initial values are interchangeable), summed in another order.
+  Why: XLA:CPU runs the convolutions of ConvEncoder's shapes (4x4 to 14x14 maps, 4-128
+  channels) and their gradients well under its matmul rate; as one matmul, whose backward pass is
+  a matmul and slice-adds, they run nearer it (`python benchmarks/train_throughput.py
+  --config=configs/graded.py --config.model.encoder_kwargs.conv=<xla|sliced>`; README
+  "Throughput"). Accelerators keep `nn.Conv` (ConvEncoder.conv="auto").
+  """
+  features: int
+  kernel_size: int = 3
+  strides: int = 1
+  dtype: Any = None
+  kernel_init: Any = nn.initializers.lecun_normal()
+
+  @nn.compact
+  def __call__(self, x):
+    k, s = self.kernel_size, self.strides
+    kernel = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features),
+                        jnp.float32)
+    x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
+    b, h, w, c = x.shape
+    out_h, out_w = -(-h // s), -(-w // s)
+    pad_h, pad_w = max((out_h - 1) * s + k - h, 0), max((out_w - 1) * s + k - w, 0)
+    x = jnp.pad(x, ((0, 0), (pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2),
+                    (0, 0)))
+    taps = [x[:, i:i + (out_h - 1) * s + 1:s, j:j + (out_w - 1) * s + 1:s, :]
+            for i in range(k) for j in range(k)]
+    patches = jnp.concatenate(taps, axis=-1).reshape(b * out_h * out_w, k * k * c)
+    y = jnp.dot(patches, kernel.reshape(k * k * c, self.features))
+    return y.reshape(b, out_h, out_w, self.features)
+
+
+CONV_IMPLS = ("auto", "xla", "sliced")
+
+
 class ConvEncoder(nn.Module):
   """A lean CNN for small greyscale images (Fashion-MNIST, 28x28).
 
@@ -78,6 +118,9 @@ class ConvEncoder(nn.Module):
   layers: Sequence[tuple[int, int]] = ((32, 1), (64, 2), (64, 1), (128, 2), (128, 1))
   feature_dim: int = 256
   pool: str = "mean"   # "mean" (global average) or "flatten" (keeps where things are)
+  # "xla" (nn.Conv), "sliced" (SlicedConv: one matmul over shifted slices, the same function)
+  # or "auto": "sliced" on CPU, "xla" on accelerators.
+  conv: str = "auto"
   axis_name: str | None = None
   dtype: Any = None    # computation dtype (None: float32, as the parameters)
 
@@ -85,10 +128,20 @@ class ConvEncoder(nn.Module):
   def __call__(self, x, *, train: bool):
     norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
                              axis_name=self.axis_name if train else None, dtype=self.dtype)
+    if self.conv not in CONV_IMPLS:
+      raise ValueError(f"config.model.encoder_kwargs.conv={self.conv!r}: expected one of "
+                       f"{CONV_IMPLS}")
+    conv = self.conv
+    if conv == "auto":
+      conv = "sliced" if jax.default_backend() == "cpu" else "xla"
     x = space_to_depth(x)
-    for width, stride in self.layers:
-      x = nn.Conv(width, (3, 3), strides=(stride, stride), use_bias=False, dtype=self.dtype)(x)
-      x = nn.relu(norm()(x))
+    for i, (width, stride) in enumerate(self.layers):
+      if conv == "xla":
+        layer = nn.Conv(width, (3, 3), strides=(stride, stride), use_bias=False,
+                        dtype=self.dtype, name=f"Conv_{i}")
+      else:
+        layer = SlicedConv(width, 3, stride, dtype=self.dtype, name=f"Conv_{i}")
+      x = nn.relu(norm()(layer(x)))
     if self.pool == "mean":
       x = jnp.mean(x, axis=(1, 2))
     elif self.pool == "flatten":

@@ -22,6 +22,7 @@ def test_the_product_configs_are_valid():
     ("model.input_norm", "batch", "config.model.input_norm='batch': 'none' or 'image'"),
     ("model.shift_average", -1, "config.model.shift_average=-1: a non-negative integer"),
     ("model.encoder_kwargs.pool", "max", "config.model.encoder_kwargs.pool='max': 'mean' or"),
+    ("model.encoder_kwargs.conv", "cudnn", "config.model.encoder_kwargs.conv='cudnn': one of"),
     ("loss.graded.item_temperature", 0.0, "config.loss.graded.item_temperature=0.0: positive"),
     ("loss.graded.class_bits", 12, "config.loss.graded.class_bits=12: 0 (no split) or a power"),
     ("loss.graded.centre_scale", 0.0, "config.loss.graded.centre_scale=0.0: positive"),
@@ -48,6 +49,11 @@ def test_a_pool_for_the_alexnet_encoder_is_named():
   config.model.encoder_kwargs.pool = "flatten"
   with pytest.raises(config_lib.ConfigError,
                      match="config.model.encoder_kwargs.pool='flatten': absent with model.encoder"):
+    config_lib.validate_config(config)
+  del config.model.encoder_kwargs["pool"]
+  config.model.encoder_kwargs.conv = "sliced"
+  with pytest.raises(config_lib.ConfigError,
+                     match="config.model.encoder_kwargs.conv='sliced': absent with model.encoder"):
     config_lib.validate_config(config)
 
 

@@ -1,5 +1,6 @@
 """Shapes of every module, for each encoder variant."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -90,15 +91,19 @@ def test_sign_straight_through_has_identity_gradient():
   np.testing.assert_array_equal(vjp(jnp.array([1.0, -2.0, 3.0]))[0], [1.0, -2.0, 3.0])
 
 
-def test_bfloat16_runs_the_encoder_in_bfloat16_and_returns_float32():
+@pytest.mark.parametrize("conv", ["xla", "sliced"])
+def test_bfloat16_runs_the_encoder_in_bfloat16_and_returns_float32(conv):
   cfg = ml_collections.ConfigDict(dict(num_bits=16, encoder="cnn_tiny", classifier_input="code",
-                                       discriminator_hidden=(8,)))
+                                       discriminator_hidden=(8,), encoder_kwargs=dict(conv=conv)))
   net, _ = models.create_models(cfg, num_classes=3, compute_dtype="bfloat16")
   images = jnp.zeros((2, 28, 28, 1), jnp.float32)
   variables = net.init(jax.random.key(0), images, train=False)
   assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(variables))
   jaxpr = str(jax.make_jaxpr(lambda v: net.apply(v, images, train=False))(variables))
-  assert "conv_general_dilated" in jaxpr and "bf16[" in jaxpr
+  assert ("conv_general_dilated" in jaxpr) == (conv == "xla")
+  # The convolutions' patches (14 x 14 x (9 * 4) for the first layer) are multiplied in bf16.
+  assert "bf16[2,14,14,36]" in jaxpr or conv == "xla"
+  assert "bf16[" in jaxpr
   codes, inter = net.apply(variables, images, train=False)
   assert codes.dtype == inter["logits"].dtype == inter["pre_codes"].dtype == jnp.float32
   with pytest.raises(ValueError, match="compute_dtype='float16'"):
@@ -135,3 +140,76 @@ def test_input_norm_image_makes_the_codes_blind_to_brightness_and_contrast():
   with pytest.raises(ValueError, match="config.model.input_norm='batch'"):
     models.HashNetwork(num_bits=16, num_classes=3, input_norm="batch").init(
         jax.random.key(0), images, train=False)
+
+
+def _conv_same_numpy(x, kernel, stride):
+  """A "SAME" convolution, one output pixel at a time: TensorFlow's padding rule (the total
+  (out - 1) * stride + k - size, its smaller half before)."""
+  b, h, w, _ = x.shape
+  k = kernel.shape[0]
+  out_h, out_w = -(-h // stride), -(-w // stride)
+  pad_h, pad_w = max((out_h - 1) * stride + k - h, 0), max((out_w - 1) * stride + k - w, 0)
+  xp = np.pad(x, ((0, 0), (pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2),
+                  (0, 0)))
+  out = np.zeros((b, out_h, out_w, kernel.shape[-1]))
+  for i in range(out_h):
+    for j in range(out_w):
+      window = xp[:, i * stride:i * stride + k, j * stride:j * stride + k, :]
+      out[:, i, j] = np.einsum("bijc,ijcf->bf", window.astype(np.float64), kernel)
+  return out
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 6, 3), (1, 7, 7, 2), (2, 4, 4, 1), (1, 1, 3, 2)])
+@pytest.mark.parametrize("stride", [1, 2, 3])
+@pytest.mark.parametrize("kernel_size", [1, 3, 5])
+def test_sliced_conv_matches_numpy_and_nn_conv_values_and_gradients(shape, stride, kernel_size):
+  rng = np.random.default_rng(stride * 10 + kernel_size)
+  x = rng.normal(size=shape).astype(np.float32)
+  sliced = models.SlicedConv(4, kernel_size, stride)
+  conv = nn.Conv(4, (kernel_size, kernel_size), strides=(stride, stride), padding="SAME",
+                 use_bias=False)
+  variables = sliced.init(jax.random.key(0), x)
+  # The same parameter (name, shape, initializer): nn.Conv's initial kernel, drawn the same way.
+  np.testing.assert_array_equal(variables["params"]["kernel"],
+                                conv.init(jax.random.key(0), x)["params"]["kernel"])
+  out = np.asarray(sliced.apply(variables, x))
+  np.testing.assert_allclose(out, _conv_same_numpy(x, np.asarray(variables["params"]["kernel"]),
+                                                   stride), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(out, conv.apply(variables, x), rtol=1e-5, atol=1e-5)
+  cotangent = rng.normal(size=out.shape).astype(np.float32)
+  grads = [jax.grad(lambda v, x: jnp.sum(module.apply(v, x) * cotangent), argnums=(0, 1))(
+      variables, x) for module in (sliced, conv)]
+  for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_sliced_conv_in_bfloat16_is_close_to_float32():
+  x = np.random.default_rng(0).normal(size=(3, 7, 7, 8)).astype(np.float32)
+  module = models.SlicedConv(16, 3, 2)
+  variables = module.init(jax.random.key(0), x)
+  out = models.SlicedConv(16, 3, 2, dtype=jnp.bfloat16).apply(variables, x)
+  assert out.dtype == jnp.bfloat16 and variables["params"]["kernel"].dtype == jnp.float32
+  reference = np.asarray(module.apply(variables, x))
+  np.testing.assert_allclose(np.asarray(out, np.float32), reference,
+                             atol=0.02 * np.abs(reference).max())
+
+
+@pytest.mark.parametrize("pool", ["mean", "flatten"])
+def test_conv_encoder_sliced_and_xla_are_one_function_with_one_parameter_tree(pool):
+  x = jax.random.uniform(jax.random.key(3), (6, 28, 28, 1))
+  encoders = {conv: models.ConvEncoder(pool=pool, conv=conv) for conv in ("xla", "sliced")}
+  variables = {conv: enc.init(jax.random.key(0), x, train=False)
+               for conv, enc in encoders.items()}
+  assert jax.tree.structure(variables["xla"]) == jax.tree.structure(variables["sliced"])
+  for a, b in zip(jax.tree.leaves(variables["xla"]), jax.tree.leaves(variables["sliced"])):
+    np.testing.assert_array_equal(a, b)
+  for train in (False, True):
+    out = [enc.apply(variables["xla"], x, train=train, mutable=["batch_stats"])[0]
+           for enc in encoders.values()]
+    np.testing.assert_allclose(out[0], out[1], rtol=1e-4, atol=1e-4)
+  # "auto" is "sliced" here (CPU): no convolution op in the graph.
+  auto = models.ConvEncoder(pool=pool)
+  assert "conv_general_dilated" not in str(jax.make_jaxpr(
+      lambda v: auto.apply(v, x, train=False))(variables["xla"]))
+  with pytest.raises(ValueError, match="encoder_kwargs.conv='cudnn'"):
+    models.ConvEncoder(conv="cudnn").init(jax.random.key(0), x, train=False)

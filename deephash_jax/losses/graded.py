@@ -45,6 +45,26 @@ def info_nce(logits, positive, negative, *, normaliser=None):
   return jnp.sum(per_anchor) / (logits.shape[0] if normaliser is None else normaliser)
 
 
+def _triangular_histogram(d, weights, num_bits: int):
+  """(A, num_bits + 1): per row, sum over columns of weights * max(0, 1 - |d - l|) in bin l.
+
+  A distance touches two bins, floor(d) with 1 - frac and floor(d) + 1 with frac, so the counts
+  are two scatter-adds rather than an (A, C, bins) tensor (on XLA:CPU 1.6 ms against 33 for
+  fast_ap_loss's forward and backward at 256 x 256, 48 bits); the gradient flows through frac.
+  Bins outside 0..num_bits get nothing, as with the dense form.
+  """
+  lo = jnp.floor(jax.lax.stop_gradient(d))
+  frac = d - lo
+  lo = lo.astype(jnp.int32)
+  rows = jnp.broadcast_to(jnp.arange(d.shape[0])[:, None], d.shape)
+  hist = jnp.zeros((d.shape[0], num_bits + 1), jnp.float32)
+  for index, share in ((lo, 1.0 - frac), (lo + 1, frac)):
+    inside = (index >= 0) & (index <= num_bits)
+    hist = hist.at[rows, jnp.clip(index, 0, num_bits)].add(
+        jnp.where(inside, weights * share, 0.0))
+  return hist
+
+
 def fast_ap_loss(distances, similar, valid, *, num_bits, normaliser=None):
   """1 - FastAP (Cakir et al., "Deep metric learning to rank", CVPR 2019) per anchor (row):
   average precision of the ranking by distance, relaxed by a histogram with one triangular bin
@@ -59,14 +79,12 @@ def fast_ap_loss(distances, similar, valid, *, num_bits, normaliser=None):
   distances: (A, C) relaxed Hamming distances in [0, num_bits]; similar, valid: bool (A, C).
   """
   d = jnp.asarray(distances, jnp.float32)
-  centres = jnp.arange(num_bits + 1, dtype=jnp.float32)
-  weight = jnp.maximum(0.0, 1.0 - jnp.abs(d[..., None] - centres))      # (A, C, bins)
-  positive = (similar & valid).astype(jnp.float32)[..., None]
-  h_pos = jnp.sum(weight * positive, axis=1)                             # (A, bins)
-  h_all = jnp.sum(weight * valid.astype(jnp.float32)[..., None], axis=1)
+  positive = (similar & valid).astype(jnp.float32)
+  h_pos = _triangular_histogram(d, positive, num_bits)                  # (A, bins)
+  h_all = _triangular_histogram(d, valid.astype(jnp.float32), num_bits)
   cum_pos, cum_all = jnp.cumsum(h_pos, axis=-1), jnp.cumsum(h_all, axis=-1)
   ratio = jnp.where(cum_all > 0, cum_pos / jnp.where(cum_all > 0, cum_all, 1.0), 0.0)
-  num_pos = jnp.sum(positive[..., 0], axis=-1)
+  num_pos = jnp.sum(positive, axis=-1)
   ap = jnp.sum(h_pos * ratio, axis=-1) / jnp.maximum(num_pos, 1.0)
   per_anchor = jnp.where(num_pos > 0, 1.0 - ap, 0.0)
   return jnp.sum(per_anchor) / (d.shape[0] if normaliser is None else normaliser)

@@ -188,6 +188,33 @@ def test_fast_ap_loss_matches_numpy_with_masks_and_fractional_distances():
       np_fast_ap_loss(distances, similar, valid, 8) * 5 / 10, rtol=1e-5)
 
 
+def test_fast_ap_loss_gradient_matches_finite_differences_and_ignores_bins_outside():
+  """The histogram is two scatter-adds (floor(d) and floor(d) + 1): its gradient flows through
+  the fraction. Central differences of the NumPy reference at distances off the bin centres, and
+  distances just outside 0..num_bits count in the edge bin only as the triangle says."""
+  rng = np.random.default_rng(4)
+  distances = (rng.integers(0, 8, size=(4, 6)) + rng.uniform(0.1, 0.9, size=(4, 6)))
+  distances[0, 0], distances[1, 1], distances[2, 2] = -0.4, 8.3, 11.5   # outside 0..8
+  similar = rng.uniform(size=(4, 6)) < 0.5
+  similar[:, 0] = True
+  valid = np.ones((4, 6), bool)
+  got = jax.grad(lambda d: graded.fast_ap_loss(d, similar, valid, num_bits=8))(
+      jnp.asarray(distances, jnp.float32))
+  eps = 1e-4
+  expected = np.zeros_like(distances)
+  for i, j in np.ndindex(*distances.shape):
+    up, down = distances.copy(), distances.copy()
+    up[i, j] += eps
+    down[i, j] -= eps
+    expected[i, j] = (np_fast_ap_loss(up, similar, valid, 8)
+                      - np_fast_ap_loss(down, similar, valid, 8)) / (2 * eps)
+  np.testing.assert_allclose(got, expected, atol=2e-3)
+  assert float(got[2, 2]) == 0.0       # 11.5: in no bin, no gradient
+  np.testing.assert_allclose(graded.fast_ap_loss(distances.astype(np.float32), similar, valid,
+                                                 num_bits=8),
+                             np_fast_ap_loss(distances, similar, valid, 8), rtol=1e-5)
+
+
 def test_fast_ap_loss_scores_the_order_not_the_closeness():
   similar = np.array([[True, True, False, False]])
   valid = np.ones((1, 4), bool)
