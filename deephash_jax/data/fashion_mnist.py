@@ -132,11 +132,24 @@ def fashion_mnist_builder(data_dir: str | None = None,
 
 
 
+_SPLITS: dict[tuple, base.Split] = {}   # (data_dir, source_dir, split) -> the split, read once
+
+
 def load_split(input_config, split: str) -> base.Split:
-  """Builds (once) and reads one split of Fashion-MNIST into memory; item id = image index."""
-  builder = base.prepare_once(lambda: fashion_mnist_builder(input_config.get("data_dir"),
-                                                            input_config.get("source_dir")))
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (TF loads lazily)
-  arrays = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
-  labels = arrays["label"].astype(np.int32)
-  return base.Split(arrays["image"], labels, arrays["id"].astype(np.int32), FASHION_MNIST_CLASSES)
+  """Builds (once) and reads one split of Fashion-MNIST into memory; item id = image index.
+
+  Read once per process (decoding the 60,000 training PNGs takes seconds, and training and then
+  evaluation read the same splits): every caller gets the same Split, its arrays read-only.
+  """
+  key = (input_config.get("data_dir"), input_config.get("source_dir"), split)
+  if key not in _SPLITS:
+    builder = base.prepare_once(lambda: fashion_mnist_builder(input_config.get("data_dir"),
+                                                              input_config.get("source_dir")))
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (TF loads lazily)
+    arrays = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
+    images = arrays["image"]
+    labels, items = arrays["label"].astype(np.int32), arrays["id"].astype(np.int32)
+    for array in (images, labels, items):
+      array.flags.writeable = False
+    _SPLITS[key] = base.Split(images, labels, items, FASHION_MNIST_CLASSES)
+  return _SPLITS[key]

@@ -56,3 +56,9 @@ def test_tfds_builder_reads_local_idx_files(tmp_path):
   np.testing.assert_array_equal(train.images, images[train.items])
   np.testing.assert_array_equal(train.labels, labels[train.items])
   assert len(registry.load_split(config, "test")) == 10
+  # Read once per process: the same split again is the same object, its arrays read-only.
+  assert registry.load_split(config, "train") is train
+  assert not (train.images.flags.writeable or train.labels.flags.writeable
+              or train.items.flags.writeable)
+  with pytest.raises(ValueError, match="read-only"):
+    train.images[0, 0, 0, 0] = 1
