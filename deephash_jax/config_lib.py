@@ -256,9 +256,11 @@ def config_module(name: str):
   return module
 
 
-def base_config(name: str) -> ml_collections.ConfigDict:
-  """`get_config()` of `configs/<name>.py`, for variants that override a few fields."""
-  return config_module(name).get_config()
+def base_config(name: str, variant: str | None = None) -> ml_collections.ConfigDict:
+  """`get_config()` (or `get_config(variant)`, what `--config=configs/<name>.py:<variant>`
+  loads) of `configs/<name>.py`, for variants that override a few fields."""
+  module = config_module(name)
+  return module.get_config() if variant is None else module.get_config(variant)
 
 
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")

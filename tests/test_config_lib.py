@@ -103,7 +103,7 @@ def test_a_resumed_workdir_must_keep_what_it_trains(tmp_path):
   message = str(e.value)
   assert "loss.graded.ap_weight: 8.0 -> 5.0" in message
   assert "model.shift_average: 1 -> '(absent)'" in message
-  assert "train.num_epochs: 20 -> 15" in message
+  assert "train.num_epochs: 18 -> 15" in message
   assert "eval." not in message and workdir in message
   (tmp_path / config_lib.CONFIG_FILE).write_text('{"method": "gra')   # truncated
   with pytest.raises(config_lib.ConfigError, match=r"config\.json: unreadable"):
@@ -116,9 +116,14 @@ def test_config_changes_are_the_overrides_that_make_one_config_of_another():
   changes = config_lib.config_changes(base, graded)
   assert changes["method"] == "graded" and changes["loss"] == {"graded": {"ap_weight": 8.0}}
   assert "gallery" not in changes["input"]["augment"]      # unchanged sections are left out
+  assert changes["model"]["encoder_kwargs"] == {"layers": ((32, 1), (64, 2), (128, 2), (128, 1))}
   rebuilt = base.copy_and_resolve_references()
   rebuilt.update_from_flattened_dict({k: v for k, v in _flat(changes).items()})
   assert rebuilt.to_json_best_effort(sort_keys=True) == graded.to_json_best_effort(sort_keys=True)
+  assert "encoder_kwargs" not in config_lib.config_changes(
+      base, config_lib.base_config("graded", "full"))["model"]
+  with pytest.raises(ValueError, match="configs/graded.py:tiny: expected one of"):
+    config_lib.base_config("graded", "tiny")
   listed = base.copy_and_resolve_references()
   listed.input.augment.query.scale_range = list(base.input.augment.query.scale_range)
   assert config_lib.config_changes(base, listed) == {}      # a tuple equals its list
