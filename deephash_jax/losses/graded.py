@@ -49,9 +49,9 @@ def _triangular_histogram(d, weights, num_bits: int):
   """(A, num_bits + 1): per row, sum over columns of weights * max(0, 1 - |d - l|) in bin l.
 
   A distance touches two bins, floor(d) with 1 - frac and floor(d) + 1 with frac, so the counts
-  are two scatter-adds rather than an (A, C, bins) tensor (on XLA:CPU 1.6 ms against 33 for
-  fast_ap_loss's forward and backward at 256 x 256, 48 bits); the gradient flows through frac.
-  Bins outside 0..num_bits get nothing, as with the dense form.
+  are two scatter-adds of A*C values each rather than an (A, C, num_bits + 1) tensor of weights
+  and its products; the gradient flows through frac. Bins outside 0..num_bits get nothing, as
+  with the dense form.
   """
   lo = jnp.floor(jax.lax.stop_gradient(d))
   frac = d - lo
