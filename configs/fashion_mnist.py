@@ -47,9 +47,9 @@ def get_config():
   # whose closest-match R@1 goes 0.1397 -> 0.1317 (experiments/graded_codes/README.md).
   # conv: "auto" (the convolutions as one matmul over shifted slices on CPU, models.SlicedConv,
   # where XLA:CPU's convolutions are slow; nn.Conv on accelerators), "xla" or "sliced".
-  # layers: (width, stride) of each 3x3 convolution after the 2x2 space-to-depth stem.
-  config.model.encoder_kwargs = ml_collections.ConfigDict(dict(
-      layers=((32, 1), (64, 2), (64, 1), (128, 2), (128, 1)), pool="flatten", conv="auto"))
+  # The CNN's convolutions are models.ConvEncoder's `layers` ((width, stride) each; an
+  # `encoder_kwargs.layers` set here would replace "cnn_tiny"'s too, configs/graded.py sets one).
+  config.model.encoder_kwargs = ml_collections.ConfigDict(dict(pool="flatten", conv="auto"))
   config.model.num_bits = 48
   config.model.classifier_input = "code"      # or "features"
   # "image": every image standardized (minus its mean, over its standard deviation) before the
