@@ -100,6 +100,9 @@ def get_config():
   config.loss.graded.item_temperature = 4.8
   config.loss.graded.feature_item_weight = 1.0
   config.loss.graded.feature_temperature = 0.1
+  # True: both item terms averaged with the reverse direction, each gallery view against the
+  # batch's query views (CLIP's symmetric InfoNCE).
+  config.loss.graded.item_symmetric = False
   # class_bits > 0 splits the code: the first class_bits bits (a power of 2) are pulled to the
   # class's Hadamard centre by a cosine-margin softmax (centre_scale, centre_margin) and a per-bit
   # cross-entropy (centre_bit_weight), in place of the pair term (the pair_* fields unused); the

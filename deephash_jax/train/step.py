@@ -155,7 +155,8 @@ def graded_loss(codes, pre_codes, logits, features, *, views: Views, masks: Pair
   """(total, terms) of the graded objective (losses/graded.py) on this device's views.
 
   Item level: this device's query views (anchors) against the gallery views of the global batch
-  (candidates; column j = global catalogue item j of the batch), every other item a negative.
+  (candidates; column j = global catalogue item j of the batch), every other item a negative;
+  with `item_symmetric`, averaged with the reverse direction (gallery views against query views).
   With `class_bits` > 0 the code is split: its first `class_bits` bits are pulled to the class's
   Hadamard centre (in place of the pair and FastAP terms), the item InfoNCE reads the other bits
   only.
@@ -193,15 +194,27 @@ def graded_loss(codes, pre_codes, logits, features, *, views: Views, masks: Pair
   positive = views.index[n_local:] - n_global          # the anchor's own gallery column
   negative = ((gallery(views.items)[None, :] != views.items[n_local:, None])
               | (gallery(views.labels)[None, :] != views.labels[n_local:, None]))
-  terms.update({
-      "item": graded.item_infonce_on_codes(
-          item_codes[n_local:], gallery(item_codes), positive, negative,
-          temperature=g.item_temperature, num_bits=num_bits - class_bits, normaliser=n_global),
-      "item_features": graded.item_infonce_on_features(
-          features[n_local:], gallery(features), positive, negative,
-          temperature=g.feature_temperature, normaliser=n_global),
-      "quantization": singh2019.quantization_loss(codes, normaliser=2 * n_global * num_bits),
-  })
+  item_terms = {
+      "item": lambda anchors, candidates, pos, neg: graded.item_infonce_on_codes(
+          anchors, candidates, pos, neg, temperature=g.item_temperature,
+          num_bits=num_bits - class_bits, normaliser=n_global),
+      "item_features": lambda anchors, candidates, pos, neg: graded.item_infonce_on_features(
+          anchors, candidates, pos, neg, temperature=g.feature_temperature,
+          normaliser=n_global),
+  }
+  outputs = {"item": item_codes, "item_features": features}
+  for name, term in item_terms.items():
+    x = outputs[name]
+    terms[name] = term(x[n_local:], gallery(x), positive, negative)
+    if g.get("item_symmetric", False):
+      # And each gallery view against the batch's query views (its own query view the
+      # positive, CLIP's symmetric form): the two directions averaged.
+      query = lambda y: lax.all_gather(y[n_local:], AXIS, tiled=True)
+      reverse_negative = ((query(views.items)[None, :] != views.items[:n_local, None])
+                          | (query(views.labels)[None, :] != views.labels[:n_local, None]))
+      reverse = term(x[:n_local], query(x), views.index[:n_local], reverse_negative)
+      terms[name] = 0.5 * (terms[name] + reverse)
+  terms["quantization"] = singh2019.quantization_loss(codes, normaliser=2 * n_global * num_bits)
   weights.update(item=g.item_weight, item_features=g.feature_item_weight,
                  quantization=loss_config.quantization_weight)
   total = sum(weights[name] * value for name, value in terms.items())

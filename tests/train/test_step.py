@@ -214,3 +214,56 @@ def test_graded_codes_put_the_same_item_nearer_than_its_type_nearer_than_other_t
   other = labels[:, None] != labels[None, :]
   means = [d[m].mean() for m in (same_item, same_type, other)]
   assert means[0] < means[1] < means[2], means
+
+
+def _np_info_nce(logits, positive, negative):
+  rows = []
+  for i in range(logits.shape[0]):
+    cols = [j for j in range(logits.shape[1]) if negative[i, j] or j == positive[i]]
+    row = logits[i, cols].astype(np.float64)
+    rows.append(np.log(np.sum(np.exp(row - row.max()))) + row.max() - logits[i, positive[i]])
+  return float(np.mean(rows))
+
+
+@pytest.mark.parametrize("num_devices", [1, 8])
+def test_symmetric_item_terms_average_both_directions(config, num_devices):
+  """`item_symmetric`: each item term is the mean of the query -> gallery InfoNCE and the
+  gallery -> query one, against a NumPy reference on the gathered views; items 0 and 3 are the
+  same garment twice in the batch, so neither is a negative of the other in either direction."""
+  n, num_bits = 8, 16
+  n_local = n // num_devices
+  rng = np.random.default_rng(3)
+  codes = np.tanh(rng.normal(size=(2, n, num_bits)) * 2).astype(np.float32)  # gallery, query
+  features = rng.normal(size=(2, n, 8)).astype(np.float32)
+  labels = rng.integers(0, 3, n).astype(np.int32)
+  items = np.arange(n, dtype=np.int32)
+  items[3], labels[3] = items[0], labels[0]
+  config.method = "graded"
+  config.loss.graded.item_symmetric = True
+  mesh = Mesh(np.array(jax.devices()[:num_devices]), ("data",))
+
+  def local(c, f, lab, it):   # this device's gallery views, then its query views
+    i0 = jax.lax.axis_index("data") * n_local + jnp.arange(n_local)
+    views = step_lib.Views(images=None, labels=jnp.concatenate([lab, lab]),
+                           items=jnp.concatenate([it, it]),
+                           index=jnp.concatenate([i0, n + i0]),
+                           query_first=jnp.zeros(n_local, bool))
+    _, terms = step_lib.graded_loss(
+        jnp.concatenate([c[0], c[1]]), jnp.concatenate([c[0], c[1]]), jnp.zeros((2 * n_local, 3)),
+        jnp.concatenate([f[0], f[1]]), views=views, masks=step_lib.pair_masks(views),
+        loss_config=config.loss, num_bits=num_bits, num_classes=3)
+    return {k: jax.lax.psum(terms[k], "data") for k in ("item", "item_features")}
+
+  got = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P(None, "data"), P(None, "data"),
+                                                          P("data"), P("data")),
+                              out_specs=P(), check_vma=False))(codes, features, labels, items)
+  negative = (items[:, None] != items[None, :]) | (labels[:, None] != labels[None, :])
+  unit = lambda x: x / np.sqrt(np.sum(x * x, -1, keepdims=True) + 1e-6)
+  g = config.loss.graded
+  hamming = num_bits / 2 * (1 - unit(codes[1]) @ unit(codes[0]).T)   # (query, gallery)
+  cosine = unit(features[1]) @ unit(features[0]).T
+  for name, logits in (("item", -hamming / g.item_temperature),
+                       ("item_features", cosine / g.feature_temperature)):
+    want = 0.5 * (_np_info_nce(logits, np.arange(n), negative)
+                  + _np_info_nce(logits.T, np.arange(n), negative.T))
+    np.testing.assert_allclose(float(got[name]), want, rtol=2e-5, err_msg=name)
