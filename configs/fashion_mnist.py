@@ -103,6 +103,11 @@ def get_config():
   # True: both item terms averaged with the reverse direction, each gallery view against the
   # batch's query views (CLIP's symmetric InfoNCE).
   config.loss.graded.item_symmetric = False
+  # > 0: a cross-batch memory (XBM, Wang et al., CVPR 2020) of the last memory_size gallery
+  # views (a multiple of the batch's items), more negatives of each query view's item terms from
+  # step memory_start_step on (the codes of earlier steps drift less once training settles).
+  config.loss.graded.memory_size = 0
+  config.loss.graded.memory_start_step = 1000
   # class_bits > 0 splits the code: the first class_bits bits (a power of 2) are pulled to the
   # class's Hadamard centre by a cosine-margin softmax (centre_scale, centre_margin) and a per-bit
   # cross-entropy (centre_bit_weight), in place of the pair term (the pair_* fields unused); the

@@ -79,6 +79,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if method == "graded":
     _validate_graded(l.get("graded"))
     _validate_split(l.graded, m.num_bits, config.input.num_classes)
+    _validate_memory(l.graded, config.train.batch_size // 2)
   # Sign codes are +-1 already: the quantization term would be 0 with 0 gradient, a weight that
   # silently does nothing.
   _require(not (method == "singh2019" and activation == "sign_ste" and l.quantization_weight > 0),
@@ -101,6 +102,17 @@ def _validate_graded(g) -> None:
     _require(g[name] >= 0, f"loss.graded.{name}", g[name], "non-negative")
   for name in ("pair_gamma", "item_temperature", "feature_temperature"):
     _require(g[name] > 0, f"loss.graded.{name}", g[name], "positive")
+
+
+def _validate_memory(g, batch_items: int) -> None:
+  size = g.get("memory_size", 0)
+  _require(isinstance(size, int) and size >= 0 and size % batch_items == 0,
+           "loss.graded.memory_size", size,
+           f"0 (no memory) or a multiple of the batch's items (train.batch_size / 2 = "
+           f"{batch_items})")
+  start = g.get("memory_start_step", 0)
+  _require(isinstance(start, int) and start >= 0, "loss.graded.memory_start_step", start,
+           "a non-negative int")
 
 
 def _validate_split(g, num_bits: int, num_classes: int) -> None:

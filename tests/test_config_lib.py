@@ -27,6 +27,9 @@ def test_the_product_configs_are_valid():
     ("loss.graded.class_bits", 12, "config.loss.graded.class_bits=12: 0 (no split) or a power"),
     ("loss.graded.centre_scale", 0.0, "config.loss.graded.centre_scale=0.0: positive"),
     ("loss.graded.ap_weight", -1.0, "config.loss.graded.ap_weight=-1.0: non-negative"),
+    ("loss.graded.memory_size", 20, "config.loss.graded.memory_size=20: 0 (no memory) or a "
+     "multiple of the batch's items (train.batch_size / 2 = 16)"),
+    ("loss.graded.memory_start_step", -5, "config.loss.graded.memory_start_step=-5: a non-neg"),
 ])
 def test_bad_values_are_named(field, value, message):
   config = config_lib.base_config("tiny")

@@ -36,3 +36,17 @@ def relaxed_hamming(row_codes, col_codes, *, num_bits: int | None = None,
   diff = a_hat[:, None, :] - b_hat[None, :, :]
   squared = jnp.sum(diff * diff, axis=-1) + a_res[:, None] + b_res[None, :]
   return 0.25 * num_bits * jnp.maximum(squared, 0.0)
+
+
+def relaxed_hamming_matmul(row_codes, col_codes, *, num_bits: int | None = None,
+                           eps: float = NORM_EPS):
+  """`relaxed_hamming` as K/2 * (1 - <a_hat, b_hat>), one matmul at Precision.HIGHEST, clamped
+  at 0: the same function with O(Na * Nb) memory, exact but for float32 round-off near
+  distance 0, where the subtraction cancels. For columns that are other items' codes (the
+  cross-batch memory of the graded objective: thousands of columns, none of them the anchor's
+  own view), not for pairs that are meant to coincide."""
+  num_bits = row_codes.shape[-1] if num_bits is None else num_bits
+  a_hat, _ = normalize(row_codes, eps)
+  b_hat, _ = normalize(col_codes, eps)
+  cos = jnp.matmul(a_hat, b_hat.T, precision=jax.lax.Precision.HIGHEST)
+  return 0.5 * num_bits * jnp.maximum(1.0 - cos, 0.0)

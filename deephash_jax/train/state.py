@@ -24,6 +24,19 @@ class TrainState(struct.PyTreeNode):
   disc_opt_state: Any
   tx: optax.GradientTransformation = struct.field(pytree_node=False)
   disc_tx: optax.GradientTransformation = struct.field(pytree_node=False)
+  # method="graded" with loss.graded.memory_size > 0: the gallery views of the latest steps
+  # (`create_memory`), extra negatives of the item terms; None otherwise (no leaves).
+  memory: Any = None
+
+
+def create_memory(size: int, code_bits: int, feature_dim: int) -> dict:
+  """An empty cross-batch memory: `size` rows of item codes and features, their item ids and
+  labels (-1: an empty row, never a negative). Step s writes its batch's gallery views at rows
+  (s * batch_items) % size onwards, so the row of a view depends on the step alone."""
+  return {"codes": jnp.zeros((size, code_bits), jnp.float32),
+          "features": jnp.zeros((size, feature_dim), jnp.float32),
+          "items": jnp.full((size,), -1, jnp.int32),
+          "labels": jnp.full((size,), -1, jnp.int32)}
 
 
 def learning_rate_schedule(train_config, total_steps: int):
@@ -48,10 +61,18 @@ def create_train_state(config, rng, total_steps: int, image_shape) -> TrainState
       optax.adamw(learning_rate_schedule(config.train, total_steps),
                   weight_decay=config.train.weight_decay))
   disc_tx = optax.adam(config.train.disc_learning_rate)
+  memory = None
+  graded = config.loss.get("graded") or {}
+  if config.get("method") == "graded" and graded.get("memory_size", 0):
+    _, inter = jax.eval_shape(lambda v: net.apply(v, dummy, train=False), variables)
+    memory = create_memory(graded.memory_size,
+                           config.model.num_bits - graded.get("class_bits", 0),
+                           inter["features"].shape[-1])
   return TrainState(
       step=jnp.zeros((), jnp.int32), params=variables["params"],
       batch_stats=variables["batch_stats"], opt_state=tx.init(variables["params"]),
-      disc_params=disc_params, disc_opt_state=disc_tx.init(disc_params), tx=tx, disc_tx=disc_tx)
+      disc_params=disc_params, disc_opt_state=disc_tx.init(disc_params), tx=tx, disc_tx=disc_tx,
+      memory=memory)
 
 
 def abstract_state(config, mesh, image_shape, total_steps):

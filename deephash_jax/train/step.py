@@ -114,6 +114,15 @@ def pair_masks(views: Views) -> PairMasks:
                    item_similar=kinds == singh2019.PAIR_SAME_ITEM)
 
 
+def update_memory(memory, step, *, codes, features, items, labels):
+  """The memory with this step's gathered gallery views written at rows (step * N) % size on
+  (N the global batch's items; size a multiple of N, config_lib checks), the oldest replaced."""
+  start = (step * items.shape[0]) % memory["items"].shape[0]
+  new = {"codes": codes, "features": features, "items": items, "labels": labels}
+  return {k: lax.dynamic_update_slice_in_dim(memory[k], lax.stop_gradient(new[k]).astype(
+      memory[k].dtype), start, axis=0) for k in memory}
+
+
 def count(mask):
   """The number of True entries over all devices."""
   return lax.psum(jnp.sum(mask), AXIS)
@@ -151,12 +160,14 @@ def singh2019_loss(codes, logits, *, views: Views, masks: PairMasks, disc, disc_
 
 
 def graded_loss(codes, pre_codes, logits, features, *, views: Views, masks: PairMasks,
-                loss_config, num_bits: int, num_classes: int):
+                loss_config, num_bits: int, num_classes: int, memory=None, step=None):
   """(total, terms) of the graded objective (losses/graded.py) on this device's views.
 
   Item level: this device's query views (anchors) against the gallery views of the global batch
   (candidates; column j = global catalogue item j of the batch), every other item a negative;
   with `item_symmetric`, averaged with the reverse direction (gallery views against query views).
+  `memory` (state.memory, from step `memory_start_step` on): the gallery views of earlier steps
+  as more negatives of each query view, other items only.
   With `class_bits` > 0 the code is split: its first `class_bits` bits are pulled to the class's
   Hadamard centre (in place of the pair and FastAP terms), the item InfoNCE reads the other bits
   only.
@@ -194,18 +205,25 @@ def graded_loss(codes, pre_codes, logits, features, *, views: Views, masks: Pair
   positive = views.index[n_local:] - n_global          # the anchor's own gallery column
   negative = ((gallery(views.items)[None, :] != views.items[n_local:, None])
               | (gallery(views.labels)[None, :] != views.labels[n_local:, None]))
+  stored = {}
+  if memory is not None:
+    use = (memory["items"][None, :] >= 0) & (step >= g.get("memory_start_step", 0))
+    stored = {"memory_negative": use & (memory["items"][None, :] != views.items[n_local:, None])}
   item_terms = {
-      "item": lambda anchors, candidates, pos, neg: graded.item_infonce_on_codes(
+      "item": lambda anchors, candidates, pos, neg, **mem: graded.item_infonce_on_codes(
           anchors, candidates, pos, neg, temperature=g.item_temperature,
-          num_bits=num_bits - class_bits, normaliser=n_global),
-      "item_features": lambda anchors, candidates, pos, neg: graded.item_infonce_on_features(
-          anchors, candidates, pos, neg, temperature=g.feature_temperature,
-          normaliser=n_global),
+          num_bits=num_bits - class_bits, normaliser=n_global,
+          **({"memory_codes": memory["codes"], **mem} if mem else {})),
+      "item_features": lambda anchors, candidates, pos, neg, **mem:
+          graded.item_infonce_on_features(
+              anchors, candidates, pos, neg, temperature=g.feature_temperature,
+              normaliser=n_global,
+              **({"memory_features": memory["features"], **mem} if mem else {})),
   }
   outputs = {"item": item_codes, "item_features": features}
   for name, term in item_terms.items():
     x = outputs[name]
-    terms[name] = term(x[n_local:], gallery(x), positive, negative)
+    terms[name] = term(x[n_local:], gallery(x), positive, negative, **stored)
     if g.get("item_symmetric", False):
       # And each gallery view against the batch's query views (its own query view the
       # positive, CLIP's symmetric form): the two directions averaged.
@@ -307,7 +325,8 @@ def make_train_step(config, mesh) -> Callable:
     elif method == "graded":
       loss_fn = lambda c, p, l, f: graded_loss(
           c, p, l, f, views=views, masks=pair_masks(views), loss_config=config.loss,
-          num_bits=num_bits, num_classes=config.input.num_classes)
+          num_bits=num_bits, num_classes=config.input.num_classes, memory=state.memory,
+          step=state.step)
       (total, terms), (d_codes, d_pre, d_logits_cls, d_features) = jax.value_and_grad(
           loss_fn, argnums=(0, 1, 2, 3), has_aux=True)(codes, pre_codes, logits, features)
     else:
@@ -323,10 +342,19 @@ def make_train_step(config, mesh) -> Callable:
     metrics = step_metrics(total=total, terms=terms, disc_loss=disc_loss, d_logits=d_logits,
                            logits=logits, codes=codes, views=views, grads=grads,
                            num_bits=num_bits)
+    memory = state.memory
+    if memory is not None:   # graded with a cross-batch memory: this step's gallery views
+      n_local = views.query_first.shape[0]
+      gathered = lambda x: lax.all_gather(x[:n_local], AXIS, tiled=True)
+      class_bits = config.loss.graded.get("class_bits", 0)
+      memory = update_memory(memory, state.step, codes=gathered(codes[:, class_bits:]),
+                             features=gathered(features), items=gathered(views.items),
+                             labels=gathered(views.labels))
     new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params,
                                                                               updates),
                               batch_stats=batch_stats, opt_state=opt_state,
-                              disc_params=disc_params, disc_opt_state=disc_opt_state)
+                              disc_params=disc_params, disc_opt_state=disc_opt_state,
+                              memory=memory)
     return new_state, metrics
 
   sharded = jax.shard_map(body, mesh=mesh, in_specs=(P(), P(AXIS), P()),

@@ -52,3 +52,23 @@ def test_bfloat16_inputs_are_measured_in_float32():
       jnp.float32)), 32)
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
   assert np.all(np.diag(np.asarray(distance.relaxed_hamming(a, a))) < 1e-5)
+
+
+@pytest.mark.parametrize("num_bits", [8, 48])
+def test_matmul_form_is_the_same_distance_clamped_at_zero(num_bits):
+  rng = np.random.default_rng(num_bits + 1)
+  a = rng.normal(size=(5, num_bits)).astype(np.float32)
+  b = rng.normal(size=(7, num_bits)).astype(np.float32)
+  b[3] = a[0]                               # identical codes: 0, never negative
+  b[4] = np.sign(a[1])                      # and binary ones
+  got = np.asarray(distance.relaxed_hamming_matmul(a, b, num_bits=num_bits))
+  np.testing.assert_allclose(got, np_relaxed_hamming(a, b, num_bits), rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(got, distance.relaxed_hamming(a, b, num_bits=num_bits), atol=1e-4)
+  assert got.min() >= 0.0
+  bits_a, bits_b = np.sign(a), np.sign(b)
+  hamming = (bits_a[:, None, :] != bits_b[None, :, :]).sum(-1)
+  np.testing.assert_allclose(distance.relaxed_hamming_matmul(bits_a, bits_b), hamming, atol=1e-3)
+  # bfloat16 inputs: measured in float32.
+  np.testing.assert_allclose(
+      distance.relaxed_hamming_matmul(jnp.asarray(bits_a, jnp.bfloat16),
+                                      jnp.asarray(bits_b, jnp.bfloat16)), hamming, atol=1e-3)

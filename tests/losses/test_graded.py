@@ -234,3 +234,35 @@ def test_fast_ap_loss_scores_the_order_not_the_closeness():
   # Its gradient on the whole row: the similar columns pulled nearer on the whole.
   grad = jax.grad(lambda x: graded.fast_ap_loss(x, similar, valid, num_bits=16))(jnp.asarray(d))
   assert float(grad[0, 0] + grad[0, 1]) > 0, grad
+
+
+def test_memory_columns_are_more_negatives_without_gradient():
+  """The cross-batch memory: its rows are extra columns of the InfoNCE (codes and features),
+  masked per anchor by `memory_negative`, and nothing flows back into them."""
+  rng = np.random.default_rng(4)
+  anchors = np.tanh(2 * rng.normal(size=(3, 16))).astype(np.float32)
+  candidates = np.tanh(2 * rng.normal(size=(3, 16))).astype(np.float32)
+  memory = np.tanh(2 * rng.normal(size=(5, 16))).astype(np.float32)
+  memory[1] = anchors[0]                       # a tie at distance 0, masked for anchor 0 only
+  positive, negative = np.arange(3), ~np.eye(3, dtype=bool)
+  memory_negative = np.ones((3, 5), bool)
+  memory_negative[0, 1] = False
+  memory_negative[:, 4] = False                # an empty row
+  unit = lambda x: x / np.sqrt((x * x).sum(-1, keepdims=True) + 1e-6)
+  d = lambda x, y: 8.0 * (1 - unit(x) @ unit(y).T)
+  want = np_info_nce(-np.concatenate([d(anchors, candidates), d(anchors, memory)], 1) / 2.0,
+                     positive, np.concatenate([negative, memory_negative], 1))
+  codes = lambda m: graded.item_infonce_on_codes(
+      anchors, candidates, positive, negative, temperature=2.0, num_bits=16, memory_codes=m,
+      memory_negative=memory_negative)
+  np.testing.assert_allclose(codes(memory), want, rtol=1e-4)
+  assert not np.isclose(float(codes(memory)), float(graded.item_infonce_on_codes(
+      anchors, candidates, positive, negative, temperature=2.0, num_bits=16)))
+  cos = np.concatenate([unit(anchors) @ unit(candidates).T, unit(anchors) @ unit(memory).T], 1)
+  features = lambda m: graded.item_infonce_on_features(
+      anchors, candidates, positive, negative, temperature=0.5, memory_features=m,
+      memory_negative=memory_negative)
+  np.testing.assert_allclose(features(memory), np_info_nce(
+      cos / 0.5, positive, np.concatenate([negative, memory_negative], 1)), rtol=1e-4)
+  for fn in (codes, features):
+    assert not np.any(np.asarray(jax.grad(fn)(jnp.asarray(memory))))

@@ -267,3 +267,46 @@ def test_symmetric_item_terms_average_both_directions(config, num_devices):
     want = 0.5 * (_np_info_nce(logits, np.arange(n), negative)
                   + _np_info_nce(logits.T, np.arange(n), negative.T))
     np.testing.assert_allclose(float(got[name]), want, rtol=2e-5, err_msg=name)
+
+
+def test_the_memory_holds_the_last_steps_gallery_views_and_is_the_same_on_8_devices(config):
+  """loss.graded.memory_size: step s writes its batch's gallery views at rows (s * N) % size
+  (N = 16 items here), in the batch's item order; from memory_start_step on they are negatives
+  of later steps' query views (the item loss changes), the same on 8 devices as on 1."""
+  config.method = "graded"
+  config.loss.graded.memory_size, config.loss.graded.memory_start_step = 48, 1
+  config.train.warmup_steps = 0
+  state = state_lib.create_train_state(config, jax.random.key(0), 10, (28, 28, 1))
+  assert state.memory["codes"].shape == (48, config.model.num_bits)
+  assert np.all(np.asarray(state.memory["items"]) == -1)
+  copy = lambda s: jax.tree.map(np.array, s)
+  batches = [_batch(16, seed=0), _batch(16, seed=1)]
+  batches[1]["item"] = batches[1]["item"] + 100
+  runs = {}
+  for devices in (jax.devices(), jax.devices()[:1]):
+    s, metrics = copy(state), []
+    for b in batches:
+      s, m = _one_step(config, devices, s, b)
+      metrics.append(m)
+    runs[len(devices)] = (s, metrics)
+  s1, m1 = runs[1]
+  items = np.asarray(s1.memory["items"])
+  np.testing.assert_array_equal(items[:16], batches[0]["item"])
+  np.testing.assert_array_equal(items[16:32], batches[1]["item"])
+  assert np.all(items[32:] == -1)
+  np.testing.assert_array_equal(np.asarray(s1.memory["labels"])[:32],
+                                np.concatenate([b["label"] for b in batches]))
+  assert np.all(np.abs(np.asarray(s1.memory["codes"])[:32]) > 0)
+  s8, m8 = runs[8]
+  for key in ("codes", "features", "items", "labels"):
+    np.testing.assert_allclose(s8.memory[key], s1.memory[key], rtol=2e-4, atol=1e-5,
+                               err_msg=key)
+  np.testing.assert_allclose(m8[1]["loss_item"], m1[1]["loss_item"], rtol=2e-4)
+  # Step 2 read the memory: from the same parameters (step 1 neither read nor needed it), its
+  # item loss is higher than without one, the logsumexp over 16 more negatives.
+  config.loss.graded.memory_size = 0
+  plain = state_lib.create_train_state(config, jax.random.key(0), 10, (28, 28, 1))
+  assert plain.memory is None
+  for b in batches:
+    plain, m = _one_step(config, jax.devices()[:1], plain, b)
+  assert float(m1[1]["loss_item"]) > float(m["loss_item"]) + 1e-3
