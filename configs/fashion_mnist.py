@@ -108,6 +108,8 @@ def get_config():
   # step memory_start_step on (the codes of earlier steps drift less once training settles).
   config.loss.graded.memory_size = 0
   config.loss.graded.memory_start_step = 1000
+  # True: the memory's rows are also columns of the FastAP type order (ap_weight > 0).
+  config.loss.graded.memory_type_ap = False
   # class_bits > 0 splits the code: the first class_bits bits (a power of 2) are pulled to the
   # class's Hadamard centre by a cosine-margin softmax (centre_scale, centre_margin) and a per-bit
   # cross-entropy (centre_bit_weight), in place of the pair term (the pair_* fields unused); the

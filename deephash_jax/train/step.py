@@ -167,7 +167,8 @@ def graded_loss(codes, pre_codes, logits, features, *, views: Views, masks: Pair
   (candidates; column j = global catalogue item j of the batch), every other item a negative;
   with `item_symmetric`, averaged with the reverse direction (gallery views against query views).
   `memory` (state.memory, from step `memory_start_step` on): the gallery views of earlier steps
-  as more negatives of each query view, other items only.
+  as more negatives of each query view, other items only, and with `memory_type_ap` more
+  columns of the FastAP type order of every view.
   With `class_bits` > 0 the code is split: its first `class_bits` bits are pulled to the class's
   Hadamard centre (in place of the pair and FastAP terms), the item InfoNCE reads the other bits
   only.
@@ -197,8 +198,19 @@ def graded_loss(codes, pre_codes, logits, features, *, views: Views, masks: Pair
         num_dissimilar=count(~m.category_similar & m.valid), threshold=g.pair_threshold)
     weights["hamming"] = g.pair_weight
     if g.get("ap_weight", 0.0):
-      terms["type_ap"] = graded.fast_ap_loss(distances, m.category_similar, m.valid,
-                                             num_bits=num_bits, normaliser=2 * n_global)
+      d, similar, valid = distances, m.category_similar, m.valid
+      if memory is not None and g.get("memory_type_ap", False):
+        # The memory's rows as more columns of the type order: thousands of views per anchor
+        # rather than the batch's 2N.
+        d = jnp.concatenate([d, distance.relaxed_hamming_matmul(
+            codes, lax.stop_gradient(memory["codes"]), num_bits=num_bits)], axis=1)
+        filled = (memory["items"][None, :] >= 0) & (step >= g.get("memory_start_step", 0))
+        similar = jnp.concatenate(
+            [similar, views.labels[:, None] == memory["labels"][None, :]], axis=1)
+        valid = jnp.concatenate([valid, jnp.broadcast_to(filled, (codes.shape[0],
+                                                                  filled.shape[1]))], axis=1)
+      terms["type_ap"] = graded.fast_ap_loss(d, similar, valid, num_bits=num_bits,
+                                             normaliser=2 * n_global)
       weights["type_ap"] = g.ap_weight
   item_codes = codes[:, class_bits:]
   gallery = lambda x: lax.all_gather(x[:n_local], AXIS, tiled=True)

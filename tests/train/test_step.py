@@ -310,3 +310,45 @@ def test_the_memory_holds_the_last_steps_gallery_views_and_is_the_same_on_8_devi
   for b in batches:
     plain, m = _one_step(config, jax.devices()[:1], plain, b)
   assert float(m1[1]["loss_item"]) > float(m["loss_item"]) + 1e-3
+
+
+@pytest.mark.parametrize("step", [0, 5])
+def test_the_memory_joins_the_type_order_of_fast_ap(config, step):
+  """`memory_type_ap`: FastAP's columns are the batch's views plus the memory's filled rows
+  (similar = the same type), from `memory_start_step` (5) on; before it, the batch's alone."""
+  from deephash_jax.losses import graded
+  n, num_bits, size = 4, 16, 6
+  rng = np.random.default_rng(5)
+  codes = np.tanh(rng.normal(size=(2 * n, num_bits)) * 2).astype(np.float32)
+  labels = np.array([0, 1, 0, 2], np.int32)
+  memory = {"codes": np.tanh(rng.normal(size=(size, num_bits)) * 2).astype(np.float32),
+            "features": rng.normal(size=(size, 8)).astype(np.float32),
+            "items": np.array([10, 11, 12, 13, -1, -1], np.int32),
+            "labels": np.array([0, 2, 1, 0, -1, -1], np.int32)}
+  config.method = "graded"
+  g = config.loss.graded
+  g.ap_weight, g.memory_type_ap, g.memory_start_step = 1.0, True, 5
+  mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
+
+  def local(c, mem):
+    views = step_lib.Views(images=None, labels=jnp.concatenate([labels, labels]),
+                           items=jnp.arange(2 * n) % n, index=jnp.arange(2 * n),
+                           query_first=jnp.zeros(n, bool))
+    _, terms = step_lib.graded_loss(
+        c, c, jnp.zeros((2 * n, 3)), jnp.zeros((2 * n, 8)), views=views,
+        masks=step_lib.pair_masks(views), loss_config=config.loss, num_bits=num_bits,
+        num_classes=3, memory=mem, step=jnp.int32(step))
+    return terms["type_ap"]
+
+  got = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P(), P()), out_specs=P(),
+                              check_vma=False))(codes, memory)
+  unit = lambda x: x / np.sqrt(np.sum(x * x, -1, keepdims=True) + 1e-6)
+  d = num_bits / 2 * (1 - unit(codes) @ unit(np.concatenate([codes, memory["codes"]])).T)
+  all_labels = np.concatenate([labels, labels, memory["labels"]])
+  view_labels = np.concatenate([labels, labels])
+  similar = view_labels[:, None] == all_labels[None, :]
+  valid = np.concatenate([~np.eye(2 * n, dtype=bool),
+                          np.broadcast_to(memory["items"] >= 0, (2 * n, size)) & (step >= 5)], 1)
+  want = graded.fast_ap_loss(np.maximum(d, 0).astype(np.float32), similar, valid,
+                             num_bits=num_bits)
+  np.testing.assert_allclose(float(got), float(want), rtol=1e-4, atol=1e-6)
