@@ -12,8 +12,9 @@ configs/fashion_mnist.py's learning rate, and codes averaged over the image move
 
 Two variants (2 CPU cores, XLA:CPU, tcmalloc; experiments/graded_codes/README.md):
 * "budget" (the default, `make run`): the CNN without the stride-1 convolution on the 7x7 map
-  (32-64-128-128), 18 epochs: mAP@all 0.9005, closest-match R@1 0.1060; 12.5 min of training and
-  1.7 of evaluation, 14.7 min for the whole command;
+  (32-64-128-128), 18 epochs: mAP@all 0.9006 ± 0.0009, closest-match R@1 0.1025 ± 0.0039 (seeds
+  0-2; seed 0 0.9005 and 0.1060); 12.2-12.6 min of training and 1.7-1.9 of evaluation, 14.5-14.9
+  min for the whole command;
 * "full": the 5-convolution CNN every method of the benchmark shares (32-64-64-128-128), 20
   epochs: 0.9078 and 0.1104; 17.6 min of training and 2.6 of evaluation.
 The split code (a 32-bit type prefix on Hadamard centres, 16 item bits; the benchmark's
