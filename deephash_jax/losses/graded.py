@@ -91,16 +91,16 @@ def fast_ap_loss(distances, similar, valid, *, num_bits, normaliser=None):
 
 
 def item_infonce_on_codes(anchor_codes, candidate_codes, positive, negative, *, temperature,
-                          num_bits, normaliser=None, memory_codes=None, memory_negative=None):
+                          num_bits, normaliser=None, memory=None, memory_negative=None):
   """`info_nce` with logits = -d / temperature, d the relaxed Hamming distance in bits.
 
-  `memory_codes` (M, K), `memory_negative` bool (A, M): more candidates after the batch's (the
+  `memory` (M, K) codes, `memory_negative` bool (A, M): more candidates after the batch's (the
   cross-batch memory of earlier steps' gallery views), no gradient through them; their
   distances by `distance.relaxed_hamming_matmul`.
   """
   logits = -distance.relaxed_hamming(anchor_codes, candidate_codes, num_bits=num_bits)
-  if memory_codes is not None:
-    stored = distance.relaxed_hamming_matmul(anchor_codes, jax.lax.stop_gradient(memory_codes),
+  if memory is not None:
+    stored = distance.relaxed_hamming_matmul(anchor_codes, jax.lax.stop_gradient(memory),
                                              num_bits=num_bits)
     logits = jnp.concatenate([logits, -stored], axis=1)
     negative = jnp.concatenate([negative, memory_negative], axis=1)
@@ -108,14 +108,13 @@ def item_infonce_on_codes(anchor_codes, candidate_codes, positive, negative, *, 
 
 
 def item_infonce_on_features(anchor_features, candidate_features, positive, negative, *,
-                             temperature, normaliser=None, memory_features=None,
-                             memory_negative=None):
-  """`info_nce` with logits = cos(a, c) / temperature on the encoder's features; `memory_*` as
-  in `item_infonce_on_codes`."""
+                             temperature, normaliser=None, memory=None, memory_negative=None):
+  """`info_nce` with logits = cos(a, c) / temperature on the encoder's features; `memory` (M, F)
+  features and `memory_negative` as in `item_infonce_on_codes`."""
   a, _ = distance.normalize(anchor_features)
   c, _ = distance.normalize(candidate_features)
-  if memory_features is not None:
-    stored, _ = distance.normalize(jax.lax.stop_gradient(memory_features))
+  if memory is not None:
+    stored, _ = distance.normalize(jax.lax.stop_gradient(memory))
     c = jnp.concatenate([c, stored], axis=0)
     negative = jnp.concatenate([negative, memory_negative], axis=1)
   cos = jnp.matmul(a, c.T, precision=jax.lax.Precision.HIGHEST)

@@ -22,6 +22,7 @@ One step does, in order (each stage a module-level function, testable alone):
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, NamedTuple
 
 import jax
@@ -114,13 +115,17 @@ def pair_masks(views: Views) -> PairMasks:
                    item_similar=kinds == singh2019.PAIR_SAME_ITEM)
 
 
-def update_memory(memory, step, *, codes, features, items, labels):
-  """The memory with this step's gathered gallery views written at rows (step * N) % size on
+def update_memory(memory, step, views: Views, *, codes, features, class_bits: int):
+  """The memory with this step's gallery views (gathered over devices: their item codes, the
+  codes' last num_bits - class_bits bits, and features) written at rows (step * N) % size on
   (N the global batch's items; size a multiple of N, config_lib checks), the oldest replaced."""
-  start = (step * items.shape[0]) % memory["items"].shape[0]
-  new = {"codes": codes, "features": features, "items": items, "labels": labels}
-  return {k: lax.dynamic_update_slice_in_dim(memory[k], lax.stop_gradient(new[k]).astype(
-      memory[k].dtype), start, axis=0) for k in memory}
+  n_local = views.query_first.shape[0]
+  gallery = lambda x: lax.stop_gradient(lax.all_gather(x[:n_local], AXIS, tiled=True))
+  new = {"codes": gallery(codes[:, class_bits:]), "features": gallery(features),
+         "items": gallery(views.items), "labels": gallery(views.labels)}
+  start = (step * new["items"].shape[0]) % memory["items"].shape[0]
+  return {k: lax.dynamic_update_slice_in_dim(memory[k], new[k].astype(memory[k].dtype), start,
+                                             axis=0) for k in memory}
 
 
 def count(mask):
@@ -180,6 +185,9 @@ def graded_loss(codes, pre_codes, logits, features, *, views: Views, masks: Pair
   terms = {"classification": singh2019.classification_loss(logits, views.labels,
                                                             normaliser=2 * n_global)}
   weights = {"classification": loss_config.classification_weight}
+  filled = None   # (1, M): the memory's rows in use at this step
+  if memory is not None:
+    filled = (memory["items"][None, :] >= 0) & (step >= g.get("memory_start_step", 0))
   if class_bits:
     centres = graded.class_centres(num_classes, class_bits)
     terms["class_centre"] = graded.class_centre_loss(
@@ -199,12 +207,11 @@ def graded_loss(codes, pre_codes, logits, features, *, views: Views, masks: Pair
     weights["hamming"] = g.pair_weight
     if g.get("ap_weight", 0.0):
       d, similar, valid = distances, m.category_similar, m.valid
-      if memory is not None and g.get("memory_type_ap", False):
+      if filled is not None and g.get("memory_type_ap", False):
         # The memory's rows as more columns of the type order: thousands of views per anchor
         # rather than the batch's 2N.
         d = jnp.concatenate([d, distance.relaxed_hamming_matmul(
             codes, lax.stop_gradient(memory["codes"]), num_bits=num_bits)], axis=1)
-        filled = (memory["items"][None, :] >= 0) & (step >= g.get("memory_start_step", 0))
         similar = jnp.concatenate(
             [similar, views.labels[:, None] == memory["labels"][None, :]], axis=1)
         valid = jnp.concatenate([valid, jnp.broadcast_to(filled, (codes.shape[0],
@@ -217,31 +224,27 @@ def graded_loss(codes, pre_codes, logits, features, *, views: Views, masks: Pair
   positive = views.index[n_local:] - n_global          # the anchor's own gallery column
   negative = ((gallery(views.items)[None, :] != views.items[n_local:, None])
               | (gallery(views.labels)[None, :] != views.labels[n_local:, None]))
-  stored = {}
+  memory_negative = None
   if memory is not None:
-    use = (memory["items"][None, :] >= 0) & (step >= g.get("memory_start_step", 0))
-    stored = {"memory_negative": use & (memory["items"][None, :] != views.items[n_local:, None])}
-  item_terms = {
-      "item": lambda anchors, candidates, pos, neg, **mem: graded.item_infonce_on_codes(
-          anchors, candidates, pos, neg, temperature=g.item_temperature,
-          num_bits=num_bits - class_bits, normaliser=n_global,
-          **({"memory_codes": memory["codes"], **mem} if mem else {})),
-      "item_features": lambda anchors, candidates, pos, neg, **mem:
-          graded.item_infonce_on_features(
-              anchors, candidates, pos, neg, temperature=g.feature_temperature,
-              normaliser=n_global,
-              **({"memory_features": memory["features"], **mem} if mem else {})),
-  }
-  outputs = {"item": item_codes, "item_features": features}
-  for name, term in item_terms.items():
-    x = outputs[name]
-    terms[name] = term(x[n_local:], gallery(x), positive, negative, **stored)
+    memory_negative = filled & (memory["items"][None, :] != views.items[n_local:, None])
+  if g.get("item_symmetric", False):
+    query = lambda x: lax.all_gather(x[n_local:], AXIS, tiled=True)
+    reverse_negative = ((query(views.items)[None, :] != views.items[:n_local, None])
+                        | (query(views.labels)[None, :] != views.labels[:n_local, None]))
+  item_terms = (
+      ("item", item_codes, "codes", functools.partial(
+          graded.item_infonce_on_codes, temperature=g.item_temperature,
+          num_bits=num_bits - class_bits, normaliser=n_global)),
+      ("item_features", features, "features", functools.partial(
+          graded.item_infonce_on_features, temperature=g.feature_temperature,
+          normaliser=n_global)))
+  for name, x, memory_key, term in item_terms:
+    terms[name] = term(x[n_local:], gallery(x), positive, negative,
+                       memory=None if memory is None else memory[memory_key],
+                       memory_negative=memory_negative)
     if g.get("item_symmetric", False):
       # And each gallery view against the batch's query views (its own query view the
       # positive, CLIP's symmetric form): the two directions averaged.
-      query = lambda y: lax.all_gather(y[n_local:], AXIS, tiled=True)
-      reverse_negative = ((query(views.items)[None, :] != views.items[:n_local, None])
-                          | (query(views.labels)[None, :] != views.labels[:n_local, None]))
       reverse = term(x[:n_local], query(x), views.index[:n_local], reverse_negative)
       terms[name] = 0.5 * (terms[name] + reverse)
   terms["quantization"] = singh2019.quantization_loss(codes, normaliser=2 * n_global * num_bits)
@@ -356,12 +359,8 @@ def make_train_step(config, mesh) -> Callable:
                            num_bits=num_bits)
     memory = state.memory
     if memory is not None:   # graded with a cross-batch memory: this step's gallery views
-      n_local = views.query_first.shape[0]
-      gathered = lambda x: lax.all_gather(x[:n_local], AXIS, tiled=True)
-      class_bits = config.loss.graded.get("class_bits", 0)
-      memory = update_memory(memory, state.step, codes=gathered(codes[:, class_bits:]),
-                             features=gathered(features), items=gathered(views.items),
-                             labels=gathered(views.labels))
+      memory = update_memory(memory, state.step, views, codes=codes, features=features,
+                             class_bits=config.loss.graded.get("class_bits", 0))
     new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params,
                                                                               updates),
                               batch_stats=batch_stats, opt_state=opt_state,

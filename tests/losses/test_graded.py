@@ -253,14 +253,14 @@ def test_memory_columns_are_more_negatives_without_gradient():
   want = np_info_nce(-np.concatenate([d(anchors, candidates), d(anchors, memory)], 1) / 2.0,
                      positive, np.concatenate([negative, memory_negative], 1))
   codes = lambda m: graded.item_infonce_on_codes(
-      anchors, candidates, positive, negative, temperature=2.0, num_bits=16, memory_codes=m,
+      anchors, candidates, positive, negative, temperature=2.0, num_bits=16, memory=m,
       memory_negative=memory_negative)
   np.testing.assert_allclose(codes(memory), want, rtol=1e-4)
   assert not np.isclose(float(codes(memory)), float(graded.item_infonce_on_codes(
       anchors, candidates, positive, negative, temperature=2.0, num_bits=16)))
   cos = np.concatenate([unit(anchors) @ unit(candidates).T, unit(anchors) @ unit(memory).T], 1)
   features = lambda m: graded.item_infonce_on_features(
-      anchors, candidates, positive, negative, temperature=0.5, memory_features=m,
+      anchors, candidates, positive, negative, temperature=0.5, memory=m,
       memory_negative=memory_negative)
   np.testing.assert_allclose(features(memory), np_info_nce(
       cos / 0.5, positive, np.concatenate([negative, memory_negative], 1)), rtol=1e-4)
