@@ -179,47 +179,73 @@ def graded_loss(codes, pre_codes, logits, features, *, views: Views, masks: Pair
   only.
   """
   g = loss_config.graded
-  n_local = views.query_first.shape[0]
-  n_global = _global_size(n_local)
-  class_bits = g.get("class_bits", 0)
-  terms = {"classification": singh2019.classification_loss(logits, views.labels,
-                                                            normaliser=2 * n_global)}
-  weights = {"classification": loss_config.classification_weight}
+  n_global = _global_size(views.query_first.shape[0])
   filled = None   # (1, M): the memory's rows in use at this step
   if memory is not None:
     filled = (memory["items"][None, :] >= 0) & (step >= g.get("memory_start_step", 0))
+  terms = {"classification": singh2019.classification_loss(logits, views.labels,
+                                                            normaliser=2 * n_global)}
+  weights = {"classification": loss_config.classification_weight}
+  type_terms, type_weights = _graded_type_terms(
+      codes, pre_codes, views=views, masks=masks, g=g, num_bits=num_bits,
+      num_classes=num_classes, memory=memory, filled=filled)
+  item_terms = _graded_item_terms(codes, features, views=views, g=g, num_bits=num_bits,
+                                  memory=memory, filled=filled)
+  terms.update(type_terms, **item_terms)
+  terms["quantization"] = singh2019.quantization_loss(codes, normaliser=2 * n_global * num_bits)
+  weights.update(type_weights, item=g.item_weight, item_features=g.feature_item_weight,
+                 quantization=loss_config.quantization_weight)
+  total = sum(weights[name] * value for name, value in terms.items())
+  return total, terms
+
+
+def _graded_type_terms(codes, pre_codes, *, views: Views, masks: PairMasks, g, num_bits: int,
+                       num_classes: int, memory, filled):
+  """(terms, weights) of the graded objective's type level: the Hadamard class centres of the
+  first `class_bits` bits, or the Cauchy pair term and FastAP over the whole code."""
+  n_global = _global_size(views.query_first.shape[0])
+  class_bits = g.get("class_bits", 0)
   if class_bits:
     centres = graded.class_centres(num_classes, class_bits)
-    terms["class_centre"] = graded.class_centre_loss(
-        pre_codes[:, :class_bits], views.labels, centres, scale=g.centre_scale,
-        margin=g.centre_margin, normaliser=2 * n_global)
-    terms["class_centre_bits"] = graded.centre_bit_loss(
-        pre_codes[:, :class_bits], views.labels, centres, normaliser=2 * n_global)
-    weights.update(class_centre=g.centre_weight, class_centre_bits=g.centre_bit_weight)
-  else:
-    distances = distance.relaxed_hamming(codes, lax.all_gather(codes, AXIS, tiled=True),
-                                         num_bits=num_bits)
-    m = masks
-    terms["hamming"] = singh2019.cauchy_cross_entropy(
-        distances, m.category_similar, m.valid, gamma=g.pair_gamma,
-        num_similar=count(m.category_similar & m.valid),
-        num_dissimilar=count(~m.category_similar & m.valid), threshold=g.pair_threshold)
-    weights["hamming"] = g.pair_weight
-    if g.get("ap_weight", 0.0):
-      d, similar, valid = distances, m.category_similar, m.valid
-      if filled is not None and g.get("memory_type_ap", False):
-        # The memory's rows as more columns of the type order: thousands of views per anchor
-        # rather than the batch's 2N.
-        d = jnp.concatenate([d, distance.relaxed_hamming_matmul(
-            codes, lax.stop_gradient(memory["codes"]), num_bits=num_bits)], axis=1)
-        similar = jnp.concatenate(
-            [similar, views.labels[:, None] == memory["labels"][None, :]], axis=1)
-        valid = jnp.concatenate([valid, jnp.broadcast_to(filled, (codes.shape[0],
-                                                                  filled.shape[1]))], axis=1)
-      terms["type_ap"] = graded.fast_ap_loss(d, similar, valid, num_bits=num_bits,
-                                             normaliser=2 * n_global)
-      weights["type_ap"] = g.ap_weight
-  item_codes = codes[:, class_bits:]
+    terms = {
+        "class_centre": graded.class_centre_loss(
+            pre_codes[:, :class_bits], views.labels, centres, scale=g.centre_scale,
+            margin=g.centre_margin, normaliser=2 * n_global),
+        "class_centre_bits": graded.centre_bit_loss(
+            pre_codes[:, :class_bits], views.labels, centres, normaliser=2 * n_global)}
+    return terms, {"class_centre": g.centre_weight, "class_centre_bits": g.centre_bit_weight}
+  distances = distance.relaxed_hamming(codes, lax.all_gather(codes, AXIS, tiled=True),
+                                       num_bits=num_bits)
+  m = masks
+  terms = {"hamming": singh2019.cauchy_cross_entropy(
+      distances, m.category_similar, m.valid, gamma=g.pair_gamma,
+      num_similar=count(m.category_similar & m.valid),
+      num_dissimilar=count(~m.category_similar & m.valid), threshold=g.pair_threshold)}
+  weights = {"hamming": g.pair_weight}
+  if g.get("ap_weight", 0.0):
+    d, similar, valid = distances, m.category_similar, m.valid
+    if filled is not None and g.get("memory_type_ap", False):
+      # The memory's rows as more columns of the type order: thousands of views per anchor
+      # rather than the batch's 2N.
+      d = jnp.concatenate([d, distance.relaxed_hamming_matmul(
+          codes, lax.stop_gradient(memory["codes"]), num_bits=num_bits)], axis=1)
+      similar = jnp.concatenate(
+          [similar, views.labels[:, None] == memory["labels"][None, :]], axis=1)
+      valid = jnp.concatenate(
+          [valid, jnp.broadcast_to(filled, (codes.shape[0], filled.shape[1]))], axis=1)
+    terms["type_ap"] = graded.fast_ap_loss(d, similar, valid, num_bits=num_bits,
+                                           normaliser=2 * n_global)
+    weights["type_ap"] = g.ap_weight
+  return terms, weights
+
+
+def _graded_item_terms(codes, features, *, views: Views, g, num_bits: int, memory, filled):
+  """The graded objective's item InfoNCE terms on the codes' last num_bits - class_bits bits
+  and on the features: each query view against the global batch's gallery views (and the
+  memory's rows), with `item_symmetric` averaged with the reverse direction."""
+  n_local = views.query_first.shape[0]
+  n_global = _global_size(n_local)
+  class_bits = g.get("class_bits", 0)
   gallery = lambda x: lax.all_gather(x[:n_local], AXIS, tiled=True)
   positive = views.index[n_local:] - n_global          # the anchor's own gallery column
   negative = ((gallery(views.items)[None, :] != views.items[n_local:, None])
@@ -227,31 +253,29 @@ def graded_loss(codes, pre_codes, logits, features, *, views: Views, masks: Pair
   memory_negative = None
   if memory is not None:
     memory_negative = filled & (memory["items"][None, :] != views.items[n_local:, None])
-  if g.get("item_symmetric", False):
+  symmetric = g.get("item_symmetric", False)
+  if symmetric:
     query = lambda x: lax.all_gather(x[n_local:], AXIS, tiled=True)
     reverse_negative = ((query(views.items)[None, :] != views.items[:n_local, None])
                         | (query(views.labels)[None, :] != views.labels[:n_local, None]))
   item_terms = (
-      ("item", item_codes, "codes", functools.partial(
+      ("item", codes[:, class_bits:], "codes", functools.partial(
           graded.item_infonce_on_codes, temperature=g.item_temperature,
           num_bits=num_bits - class_bits, normaliser=n_global)),
       ("item_features", features, "features", functools.partial(
           graded.item_infonce_on_features, temperature=g.feature_temperature,
           normaliser=n_global)))
+  terms = {}
   for name, x, memory_key, term in item_terms:
     terms[name] = term(x[n_local:], gallery(x), positive, negative,
                        memory=None if memory is None else memory[memory_key],
                        memory_negative=memory_negative)
-    if g.get("item_symmetric", False):
+    if symmetric:
       # And each gallery view against the batch's query views (its own query view the
       # positive, CLIP's symmetric form): the two directions averaged.
       reverse = term(x[:n_local], query(x), views.index[:n_local], reverse_negative)
       terms[name] = 0.5 * (terms[name] + reverse)
-  terms["quantization"] = singh2019.quantization_loss(codes, normaliser=2 * n_global * num_bits)
-  weights.update(item=g.item_weight, item_features=g.feature_item_weight,
-                 quantization=loss_config.quantization_weight)
-  total = sum(weights[name] * value for name, value in terms.items())
-  return total, terms
+  return terms
 
 
 def baseline_loss(pre_codes, logits, *, views: Views, method: str, hyper: dict, loss_config,
