@@ -103,6 +103,10 @@ def get_config():
   # True: both item terms averaged with the reverse direction, each gallery view against the
   # batch's query views (CLIP's symmetric InfoNCE).
   config.loss.graded.item_symmetric = False
+  # In [0, 1]: the item term's code distance weighted per bit by 1 - discount * |the anchor's
+  # type's mean code on the bit| (mean 1 over the bits; losses/graded.py type_bit_weights): the
+  # items spread on the bits their type does not agree on. Not with memory_size > 0.
+  config.loss.graded.item_type_bit_discount = 0.0
   # > 0: a cross-batch memory (XBM, Wang et al., CVPR 2020) of the last memory_size gallery
   # views (a multiple of the batch's items), more negatives of each query view's item terms from
   # step memory_start_step on (the codes of earlier steps drift less once training settles).

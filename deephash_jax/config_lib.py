@@ -102,6 +102,12 @@ def _validate_graded(g) -> None:
     _require(g[name] >= 0, f"loss.graded.{name}", g[name], "non-negative")
   for name in ("pair_gamma", "item_temperature", "feature_temperature"):
     _require(g[name] > 0, f"loss.graded.{name}", g[name], "positive")
+  discount = g.get("item_type_bit_discount", 0.0)
+  _require(0.0 <= discount <= 1.0, "loss.graded.item_type_bit_discount", discount,
+           "between 0 and 1")
+  _require(discount == 0.0 or not g.get("memory_size", 0),
+           "loss.graded.item_type_bit_discount", discount,
+           "0 with loss.graded.memory_size > 0 (the memory's distances are not weighted)")
 
 
 def _validate_memory(g, batch_items: int) -> None:

@@ -30,6 +30,8 @@ def test_the_product_configs_are_valid():
     ("loss.graded.memory_size", 20, "config.loss.graded.memory_size=20: 0 (no memory) or a "
      "multiple of the batch's items (train.batch_size / 2 = 16)"),
     ("loss.graded.memory_start_step", -5, "config.loss.graded.memory_start_step=-5: a non-neg"),
+    ("loss.graded.item_type_bit_discount", 1.5,
+     "config.loss.graded.item_type_bit_discount=1.5: between 0 and 1"),
 ])
 def test_bad_values_are_named(field, value, message):
   config = config_lib.base_config("tiny")
@@ -43,6 +45,17 @@ def test_bad_values_are_named(field, value, message):
   if field.startswith("loss.graded.centre"):
     config.loss.graded.class_bits = 8       # the centre fields matter only with a split code
   with pytest.raises(config_lib.ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    config_lib.validate_config(config)
+
+
+def test_the_type_bit_discount_with_a_memory_is_named():
+  config = config_lib.base_config("tiny")
+  config.method = "graded"
+  config.loss.graded.item_type_bit_discount = 0.5
+  config_lib.validate_config(config)
+  config.loss.graded.memory_size = 32
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"item_type_bit_discount=0.5: 0 with loss.graded.memory_size > 0"):
     config_lib.validate_config(config)
 
 

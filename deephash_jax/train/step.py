@@ -190,7 +190,7 @@ def graded_loss(codes, pre_codes, logits, features, *, views: Views, masks: Pair
       codes, pre_codes, views=views, masks=masks, g=g, num_bits=num_bits,
       num_classes=num_classes, memory=memory, filled=filled)
   item_terms = _graded_item_terms(codes, features, views=views, g=g, num_bits=num_bits,
-                                  memory=memory, filled=filled)
+                                  num_classes=num_classes, memory=memory, filled=filled)
   terms.update(type_terms, **item_terms)
   terms["quantization"] = singh2019.quantization_loss(codes, normaliser=2 * n_global * num_bits)
   weights.update(type_weights, item=g.item_weight, item_features=g.feature_item_weight,
@@ -239,7 +239,8 @@ def _graded_type_terms(codes, pre_codes, *, views: Views, masks: PairMasks, g, n
   return terms, weights
 
 
-def _graded_item_terms(codes, features, *, views: Views, g, num_bits: int, memory, filled):
+def _graded_item_terms(codes, features, *, views: Views, g, num_bits: int, num_classes: int,
+                       memory, filled):
   """The graded objective's item InfoNCE terms on the codes' last num_bits - class_bits bits
   and on the features: each query view against the global batch's gallery views (and the
   memory's rows), with `item_symmetric` averaged with the reverse direction."""
@@ -265,15 +266,25 @@ def _graded_item_terms(codes, features, *, views: Views, g, num_bits: int, memor
       ("item_features", features, "features", functools.partial(
           graded.item_infonce_on_features, temperature=g.feature_temperature,
           normaliser=n_global)))
+  # With item_type_bit_discount: the code distance weighted per bit, the bits each type agrees
+  # on (over the global batch's views) weighing less, so the items spread off their type's place.
+  weights = lambda anchor_labels: {}
+  if g.get("item_type_bit_discount", 0.0):
+    x = codes[:, class_bits:]
+    weights = lambda anchor_labels: {"bit_weights": graded.type_bit_weights(
+        lax.all_gather(x, AXIS, tiled=True), lax.all_gather(views.labels, AXIS, tiled=True),
+        anchor_labels, num_classes=num_classes, discount=g.item_type_bit_discount)}
   terms = {}
   for name, x, memory_key, term in item_terms:
+    extra = weights(views.labels[n_local:]) if name == "item" else {}
     terms[name] = term(x[n_local:], gallery(x), positive, negative,
                        memory=None if memory is None else memory[memory_key],
-                       memory_negative=memory_negative)
+                       memory_negative=memory_negative, **extra)
     if symmetric:
       # And each gallery view against the batch's query views (its own query view the
       # positive, CLIP's symmetric form): the two directions averaged.
-      reverse = term(x[:n_local], query(x), views.index[:n_local], reverse_negative)
+      extra = weights(views.labels[:n_local]) if name == "item" else {}
+      reverse = term(x[:n_local], query(x), views.index[:n_local], reverse_negative, **extra)
       terms[name] = 0.5 * (terms[name] + reverse)
   return terms
 

@@ -72,3 +72,44 @@ def test_matmul_form_is_the_same_distance_clamped_at_zero(num_bits):
   np.testing.assert_allclose(
       distance.relaxed_hamming_matmul(jnp.asarray(bits_a, jnp.bfloat16),
                                       jnp.asarray(bits_b, jnp.bfloat16)), hamming, atol=1e-3)
+
+
+def np_weighted_relaxed_hamming(a, b, w, num_bits, eps=1e-6):
+  a = np.asarray(a, np.float64)
+  b = np.asarray(b, np.float64)
+  na = (a * a).sum(-1, keepdims=True) + eps
+  nb = (b * b).sum(-1, keepdims=True) + eps
+  a_hat, b_hat = a / np.sqrt(na), b / np.sqrt(nb)
+  out = np.zeros((len(a), len(b)))
+  for i in range(len(a)):
+    for j in range(len(b)):
+      out[i, j] = 0.25 * num_bits * (np.sum(w[i] * (a_hat[i] - b_hat[j]) ** 2)
+                                     + eps / na[i, 0] + eps / nb[j, 0])
+  return out
+
+
+def test_weighted_form_matches_numpy_is_weighted_hamming_on_binary_codes_and_ones_are_plain():
+  rng = np.random.default_rng(7)
+  a = rng.normal(size=(5, 12)).astype(np.float32)
+  b = rng.normal(size=(6, 12)).astype(np.float32)
+  b[2] = a[1]                                        # identical codes
+  w = rng.uniform(0.1, 2.0, size=(5, 12)).astype(np.float32)
+  w /= w.mean(-1, keepdims=True)
+  got = np.asarray(distance.weighted_relaxed_hamming(a, b, w))
+  np.testing.assert_allclose(got, np_weighted_relaxed_hamming(a, b, w, 12), rtol=1e-4,
+                             atol=1e-5)
+  assert got[1, 2] >= 0 and got[1, 2] < 1e-5 and got.min() >= 0
+  np.testing.assert_allclose(distance.weighted_relaxed_hamming(a, b, np.ones_like(w)),
+                             distance.relaxed_hamming(a, b), rtol=1e-6, atol=1e-6)
+  bits_a, bits_b = np.sign(a), np.sign(b)
+  weighted = ((bits_a[:, None, :] != bits_b[None, :, :]) * w[:, None, :]).sum(-1)
+  np.testing.assert_allclose(distance.weighted_relaxed_hamming(bits_a, bits_b, w), weighted,
+                             rtol=1e-4, atol=1e-3)
+  half = jnp.asarray(a, jnp.bfloat16)
+  got16 = distance.weighted_relaxed_hamming(half, half[::-1], w)
+  assert got16.dtype == jnp.float32
+  np.testing.assert_allclose(got16, np_weighted_relaxed_hamming(
+      np.asarray(half.astype(jnp.float32)), np.asarray(half[::-1].astype(jnp.float32)), w, 12),
+                             rtol=1e-4, atol=1e-4)
+  grad = jax.grad(lambda c: jnp.sum(distance.weighted_relaxed_hamming(c, c, w)))(jnp.asarray(a))
+  assert np.all(np.isfinite(grad))

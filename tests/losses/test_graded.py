@@ -67,6 +67,37 @@ def test_item_infonce_on_codes_uses_hamming_distance_over_temperature():
   np.testing.assert_allclose(got16, got, rtol=1e-4)
 
 
+def test_type_bit_weights_match_numpy_have_mean_one_and_are_uniform_without_the_type():
+  codes = np.array([[1.0, 1.0, -1.0, 0.5], [1.0, -1.0, -1.0, -0.5], [-1.0, 1.0, 1.0, 0.0]],
+                   np.float32)
+  labels = np.array([0, 0, 1])
+  anchor_labels = np.array([0, 1, 2])            # type 2 is not in `codes`
+  got = np.asarray(graded.type_bit_weights(codes, labels, anchor_labels, num_classes=3,
+                                           discount=0.5))
+  means = np.array([[1.0, 0.0, -1.0, 0.0], [-1.0, 1.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+  want = 1.0 - 0.5 * np.abs(means[anchor_labels])
+  want /= want.mean(-1, keepdims=True)
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  np.testing.assert_allclose(got.mean(-1), 1.0, rtol=1e-6)
+  assert got[0, 1] > got[0, 0]                   # the bit type 0 disagrees on weighs more
+  np.testing.assert_allclose(got[2], 1.0)
+  np.testing.assert_allclose(graded.type_bit_weights(codes, labels, anchor_labels,
+                                                     num_classes=3, discount=0.0), 1.0)
+  # The weighted item InfoNCE: ones are the plain one; weights change the distances it reads.
+  rng = np.random.default_rng(4)
+  anchors = np.tanh(rng.normal(size=(3, 4)) * 2).astype(np.float32)
+  positive, negative = np.array([0, 1, 2]), np.ones((3, 3), bool)
+  plain = graded.item_infonce_on_codes(anchors, codes, positive, negative, temperature=1.0,
+                                       num_bits=4)
+  ones = graded.item_infonce_on_codes(anchors, codes, positive, negative, temperature=1.0,
+                                      num_bits=4, bit_weights=np.ones((3, 4), np.float32))
+  np.testing.assert_allclose(ones, plain, rtol=1e-6)
+  with pytest.raises(ValueError, match="bit_weights and memory"):
+    graded.item_infonce_on_codes(anchors, codes, positive, negative, temperature=1.0,
+                                 num_bits=4, bit_weights=got, memory=codes,
+                                 memory_negative=negative)
+
+
 def test_item_infonce_on_features_uses_cosine_and_pulls_the_positive_closer():
   rng = np.random.default_rng(2)
   a = rng.normal(size=(3, 8)).astype(np.float32)

@@ -225,11 +225,13 @@ def _np_info_nce(logits, positive, negative):
   return float(np.mean(rows))
 
 
-@pytest.mark.parametrize("num_devices", [1, 8])
-def test_symmetric_item_terms_average_both_directions(config, num_devices):
+@pytest.mark.parametrize("num_devices,discount", [(1, 0.0), (8, 0.0), (1, 0.8), (8, 0.8)])
+def test_symmetric_item_terms_average_both_directions(config, num_devices, discount):
   """`item_symmetric`: each item term is the mean of the query -> gallery InfoNCE and the
   gallery -> query one, against a NumPy reference on the gathered views; items 0 and 3 are the
-  same garment twice in the batch, so neither is a negative of the other in either direction."""
+  same garment twice in the batch, so neither is a negative of the other in either direction.
+  With `item_type_bit_discount` the code distance is weighted per bit by the anchor's type's
+  mean code over all the global batch's views."""
   n, num_bits = 8, 16
   n_local = n // num_devices
   rng = np.random.default_rng(3)
@@ -240,6 +242,7 @@ def test_symmetric_item_terms_average_both_directions(config, num_devices):
   items[3], labels[3] = items[0], labels[0]
   config.method = "graded"
   config.loss.graded.item_symmetric = True
+  config.loss.graded.item_type_bit_discount = discount
   mesh = Mesh(np.array(jax.devices()[:num_devices]), ("data",))
 
   def local(c, f, lab, it):   # this device's gallery views, then its query views
@@ -260,12 +263,22 @@ def test_symmetric_item_terms_average_both_directions(config, num_devices):
   negative = (items[:, None] != items[None, :]) | (labels[:, None] != labels[None, :])
   unit = lambda x: x / np.sqrt(np.sum(x * x, -1, keepdims=True) + 1e-6)
   g = config.loss.graded
-  hamming = num_bits / 2 * (1 - unit(codes[1]) @ unit(codes[0]).T)   # (query, gallery)
+  means = np.stack([codes[:, labels == t].mean(axis=(0, 1)) if np.any(labels == t)
+                    else np.zeros(num_bits) for t in range(3)])
+  w = 1.0 - discount * np.abs(means[labels])              # (n, K), per anchor's type
+  w /= w.mean(-1, keepdims=True)
+  residual = lambda x: 1e-6 / (np.sum(x * x, -1) + 1e-6)
+  # (anchors, candidates): K/4 * (sum_b w_b (a_hat_b - c_hat_b)^2 + residuals)
+  hamming = lambda a, c: num_bits / 4 * (
+      np.einsum("ab,acb->ac", w, (unit(a)[:, None, :] - unit(c)[None, :, :]) ** 2)
+      + residual(a)[:, None] + residual(c)[None, :])
   cosine = unit(features[1]) @ unit(features[0]).T
-  for name, logits in (("item", -hamming / g.item_temperature),
-                       ("item_features", cosine / g.feature_temperature)):
-    want = 0.5 * (_np_info_nce(logits, np.arange(n), negative)
-                  + _np_info_nce(logits.T, np.arange(n), negative.T))
+  for name, forward, backward in (
+      ("item", -hamming(codes[1], codes[0]) / g.item_temperature,
+       -hamming(codes[0], codes[1]) / g.item_temperature),
+      ("item_features", cosine / g.feature_temperature, cosine.T / g.feature_temperature)):
+    want = 0.5 * (_np_info_nce(forward, np.arange(n), negative)
+                  + _np_info_nce(backward, np.arange(n), negative.T))
     np.testing.assert_allclose(float(got[name]), want, rtol=2e-5, err_msg=name)
 
 
