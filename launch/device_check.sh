@@ -15,14 +15,18 @@
 #
 # Environment (default):
 #   OUT_DIR             (workdirs/device_check)   device_check.json and the parts it is made of
-#   VENV                (.venv-device)
+#   VENV                (.venv-device)            "none": PYTHON as it is, for an image that
+#                                                 already holds JAX with its accelerator plugin
+#                                                 (and no network); WHEELS then adds only the
+#                                                 packages it lacks (pip --target, no deps)
 #   PYTHON              (python3)                 makes the venv
 #   JAX_PACKAGE         (jax[cuda12])             "jax" for a CPU-only check
 #   WHEELS              ()                        install from this folder, offline
 #   THROUGHPUT_CONFIGS  (configs/fashion_mnist.py configs/image_folder_224.py)
 #   DTYPES              (float32 bfloat16)
 #   STEPS               (100)                     timed steps per throughput run
-#   TRAIN_CONFIG        (configs/graded.py)       the main job (make run)
+#   TRAIN_CONFIG        (configs/graded.py)       the main job (make run); "" skips it (it
+#                                                 needs TensorFlow, for TFDS and CLU's writer)
 #   TRAIN_ARGS          ()                        overrides for the training run
 #   SEARCH_ARGS         (--database_sizes=1000000 --bits=32,64,128 --num_queries=1024 --k=100
 #                        --scaling_sizes= --repeats=5 --threads=$(nproc))
@@ -38,18 +42,27 @@ WHEELS="${WHEELS:-}"
 read -ra THROUGHPUT_CONFIGS <<< "${THROUGHPUT_CONFIGS:-configs/fashion_mnist.py configs/image_folder_224.py}"
 read -ra DTYPES <<< "${DTYPES:-float32 bfloat16}"
 STEPS="${STEPS:-100}"
-TRAIN_CONFIG="${TRAIN_CONFIG:-configs/graded.py}"
+TRAIN_CONFIG="${TRAIN_CONFIG-configs/graded.py}"
 read -ra TRAIN_ARGS <<< "${TRAIN_ARGS:-}"
 read -ra SEARCH_ARGS <<< "${SEARCH_ARGS:---database_sizes=1000000 --bits=32,64,128 --num_queries=1024 --k=100 --scaling_sizes= --repeats=5 --threads=$(nproc)}"
 
 PIP_SOURCE=()
 if [[ -n "$WHEELS" ]]; then PIP_SOURCE=(--no-index "--find-links=$WHEELS"); fi
-PY="$VENV/bin/python"
 
 run mkdir -p "$OUT_DIR"
-run_unless test -x "$PY" -- "$PYTHON" -m venv "$VENV"
-run_unless "$PY" -c "import jax, deephash_jax, faiss" -- \
-  "$PY" -m pip install -q ${PIP_SOURCE[@]+"${PIP_SOURCE[@]}"} -e ".[test]" "$JAX_PACKAGE"
+if [[ "$VENV" == none ]]; then
+  PY="$PYTHON"
+  SITE="$OUT_DIR/site"
+  export PYTHONPATH="$PWD:$SITE${PYTHONPATH:+:$PYTHONPATH}"
+  if [[ -n "$WHEELS" ]]; then
+    run "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$SITE" "$WHEELS"/*.whl
+  fi
+else
+  PY="$VENV/bin/python"
+  run_unless test -x "$PY" -- "$PYTHON" -m venv "$VENV"
+  run_unless "$PY" -c "import jax, deephash_jax, faiss" -- \
+    "$PY" -m pip install -q ${PIP_SOURCE[@]+"${PIP_SOURCE[@]}"} -e ".[test]" "$JAX_PACKAGE"
+fi
 run_to "$OUT_DIR/devices.json" "$PY" -c \
   'import jax, json; d = jax.devices(); print(json.dumps({"platform": jax.default_backend(), "device_kind": d[0].device_kind, "num_devices": len(d), "jax": jax.__version__}))'
 for config in "${THROUGHPUT_CONFIGS[@]}"; do
@@ -59,7 +72,9 @@ for config in "${THROUGHPUT_CONFIGS[@]}"; do
       --config="$config" --config.train.compute_dtype="$dtype" --steps="$STEPS" --json
   done
 done
-run_to "$OUT_DIR/train.json" "$PY" -m deephash_jax.main train --config="$TRAIN_CONFIG" \
-  --workdir="$OUT_DIR/train_run" --json ${TRAIN_ARGS[@]+"${TRAIN_ARGS[@]}"}
+if [[ -n "$TRAIN_CONFIG" ]]; then
+  run_to "$OUT_DIR/train.json" "$PY" -m deephash_jax.main train --config="$TRAIN_CONFIG" \
+    --workdir="$OUT_DIR/train_run" --json ${TRAIN_ARGS[@]+"${TRAIN_ARGS[@]}"}
+fi
 run "$PY" benchmarks/search_benchmark.py "${SEARCH_ARGS[@]}" --json="$OUT_DIR/search.json"
 run "$PY" launch/device_check_report.py "$OUT_DIR"

@@ -23,12 +23,13 @@ def main(out: str) -> dict:
       "devices": load(os.path.join(out, "devices.json")),
       "throughput": {os.path.basename(p)[len("throughput_"):-len(".json")]: load(p)
                      for p in sorted(glob.glob(os.path.join(out, "throughput_*.json")))},
-      "train": load(os.path.join(out, "train.json")),
+      "train": (load(os.path.join(out, "train.json"))
+                if os.path.exists(os.path.join(out, "train.json")) else None),   # TRAIN_CONFIG=""
       "search": load(os.path.join(out, "search.json")),
   }
   with open(os.path.join(out, "device_check.json"), "w") as f:
     json.dump(parts, f, indent=2, sort_keys=True)
-  print(json.dumps({k: sorted(v) for k, v in parts.items()}))
+  print(json.dumps({k: sorted(v) if isinstance(v, dict) else v for k, v in parts.items()}))
   return parts
 
 
