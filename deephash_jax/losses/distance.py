@@ -27,29 +27,21 @@ def normalize(x, eps: float = NORM_EPS):
 
 
 def relaxed_hamming(row_codes, col_codes, *, num_bits: int | None = None,
-                    eps: float = NORM_EPS):
+                    eps: float = NORM_EPS, row_weights=None):
   """(Na, Nb) relaxed Hamming distances K/2 * (1 - cos) between the rows of two code matrices,
-  float32, >= 0 (module docstring); K = `num_bits`, by default the codes' width."""
+  float32, >= 0 (module docstring); K = `num_bits`, by default the codes' width.
+
+  `row_weights` (Na, K) non-negative, optional: each bit's term weighted per row, K/4 * (sum_b
+  w_ab (a_hat_b - b_hat_b)^2 + res_a + res_b); for +-1 codes and weights of mean 1 the weighted
+  Hamming distance sum_b w_ab [a_b != b_b], all-ones weights the plain distance."""
   num_bits = row_codes.shape[-1] if num_bits is None else num_bits
   a_hat, a_res = normalize(row_codes, eps)
   b_hat, b_res = normalize(col_codes, eps)
   diff = a_hat[:, None, :] - b_hat[None, :, :]
-  squared = jnp.sum(diff * diff, axis=-1) + a_res[:, None] + b_res[None, :]
-  return 0.25 * num_bits * jnp.maximum(squared, 0.0)
-
-
-def weighted_relaxed_hamming(row_codes, col_codes, row_weights, *, num_bits: int | None = None,
-                             eps: float = NORM_EPS):
-  """`relaxed_hamming` with each bit's term weighted per row: K/4 * (sum_b w_ab (a_hat_b -
-  b_hat_b)^2 + res_a + res_b), `row_weights` (Na, K) non-negative. For +-1 codes and weights of
-  mean 1 it is the weighted Hamming distance sum_b w_ab [a_b != b_b]; all-ones weights give
-  `relaxed_hamming` exactly. Same cancellation-free form, O(Na * Nb * K) memory."""
-  num_bits = row_codes.shape[-1] if num_bits is None else num_bits
-  a_hat, a_res = normalize(row_codes, eps)
-  b_hat, b_res = normalize(col_codes, eps)
-  diff = a_hat[:, None, :] - b_hat[None, :, :]
-  w = jnp.asarray(row_weights, jnp.float32)[:, None, :]
-  squared = jnp.sum(w * diff * diff, axis=-1) + a_res[:, None] + b_res[None, :]
+  squared = diff * diff
+  if row_weights is not None:
+    squared = jnp.asarray(row_weights, jnp.float32)[:, None, :] * squared
+  squared = jnp.sum(squared, axis=-1) + a_res[:, None] + b_res[None, :]
   return 0.25 * num_bits * jnp.maximum(squared, 0.0)
 
 

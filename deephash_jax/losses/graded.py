@@ -90,19 +90,19 @@ def fast_ap_loss(distances, similar, valid, *, num_bits, normaliser=None):
   return jnp.sum(per_anchor) / (d.shape[0] if normaliser is None else normaliser)
 
 
-def type_bit_weights(codes, labels, anchor_labels, *, num_classes: int, discount: float):
-  """(A, K) per-bit weights of each anchor's item distance, mean 1 over the bits: 1 - discount *
-  |m_tb|, m_t the mean code of the anchor's type t over `codes` (N, K) with `labels` (N,) (no
-  gradient), rescaled to mean 1. A bit on which the type agrees (|m_tb| near 1: a bit that
-  places the type) weighs little, so the item term spreads a type's items on the bits its
-  views do not agree on and leaves the type's place alone. A type absent from `codes` has m = 0,
-  uniform weights; discount 0 gives all ones."""
+def type_bit_weights(codes, labels, *, num_classes: int, discount: float):
+  """(T, K) per-bit weights of the item distance of an anchor of each type t, mean 1 over the
+  bits: 1 - discount * |m_tb|, m_t the mean code of type t over `codes` (N, K) with `labels`
+  (N,) (no gradient), rescaled to mean 1; index it by the anchors' labels. A bit on which the
+  type agrees (|m_tb| near 1: a bit that places the type) weighs little, so the item term
+  spreads a type's items on the bits its views do not agree on and leaves the type's place
+  alone. A type absent from `codes` has m = 0, uniform weights; discount 0 gives all ones."""
   codes = jax.lax.stop_gradient(jnp.asarray(codes, jnp.float32))
   onehot = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)            # (N, T)
   counts = jnp.sum(onehot, axis=0)[:, None]
   means = jnp.matmul(onehot.T, codes, precision=jax.lax.Precision.HIGHEST) / jnp.maximum(
       counts, 1.0)
-  w = 1.0 - discount * jnp.abs(means[anchor_labels])
+  w = 1.0 - discount * jnp.abs(means)
   return w / jnp.maximum(jnp.mean(w, axis=-1, keepdims=True), 1e-6)
 
 
@@ -114,16 +114,12 @@ def item_infonce_on_codes(anchor_codes, candidate_codes, positive, negative, *, 
   `memory` (M, K) codes, `memory_negative` bool (A, M): more candidates after the batch's (the
   cross-batch memory of earlier steps' gallery views), no gradient through them; their
   distances by `distance.relaxed_hamming_matmul`. `bit_weights` (A, K): d weighted per bit
-  (`distance.weighted_relaxed_hamming`, e.g. `type_bit_weights`); not with `memory`.
+  (`distance.relaxed_hamming`'s row_weights, e.g. rows of `type_bit_weights`); not with `memory`.
   """
-  if bit_weights is not None:
-    if memory is not None:
-      raise ValueError("item_infonce_on_codes: bit_weights and memory together are not "
-                       "supported")
-    logits = -distance.weighted_relaxed_hamming(anchor_codes, candidate_codes, bit_weights,
-                                                num_bits=num_bits)
-    return info_nce(logits / temperature, positive, negative, normaliser=normaliser)
-  logits = -distance.relaxed_hamming(anchor_codes, candidate_codes, num_bits=num_bits)
+  if bit_weights is not None and memory is not None:
+    raise ValueError("item_infonce_on_codes: bit_weights and memory together are not supported")
+  logits = -distance.relaxed_hamming(anchor_codes, candidate_codes, num_bits=num_bits,
+                                     row_weights=bit_weights)
   if memory is not None:
     stored = distance.relaxed_hamming_matmul(anchor_codes, jax.lax.stop_gradient(memory),
                                              num_bits=num_bits)

@@ -270,11 +270,11 @@ def _graded_item_terms(codes, features, *, views: Views, g, num_bits: int, num_c
   # on (over the global batch's views) weighing less, so the items spread off their type's place.
   weights = lambda anchor_labels: {}
   if g.get("item_type_bit_discount", 0.0):
-    all_item_codes = lax.all_gather(codes[:, class_bits:], AXIS, tiled=True)
-    all_labels = lax.all_gather(views.labels, AXIS, tiled=True)
-    weights = lambda anchor_labels: {"bit_weights": graded.type_bit_weights(
-        all_item_codes, all_labels, anchor_labels, num_classes=num_classes,
-        discount=g.item_type_bit_discount)}
+    per_type = graded.type_bit_weights(
+        lax.all_gather(codes[:, class_bits:], AXIS, tiled=True),
+        lax.all_gather(views.labels, AXIS, tiled=True), num_classes=num_classes,
+        discount=g.item_type_bit_discount)
+    weights = lambda anchor_labels: {"bit_weights": per_type[anchor_labels]}
   terms = {}
   for name, x, memory_key, term in item_terms:
     extra = weights(views.labels[n_local:]) if name == "item" else {}

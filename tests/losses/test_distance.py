@@ -95,21 +95,21 @@ def test_weighted_form_matches_numpy_is_weighted_hamming_on_binary_codes_and_one
   b[2] = a[1]                                        # identical codes
   w = rng.uniform(0.1, 2.0, size=(5, 12)).astype(np.float32)
   w /= w.mean(-1, keepdims=True)
-  got = np.asarray(distance.weighted_relaxed_hamming(a, b, w))
+  got = np.asarray(distance.relaxed_hamming(a, b, row_weights=w))
   np.testing.assert_allclose(got, np_weighted_relaxed_hamming(a, b, w, 12), rtol=1e-4,
                              atol=1e-5)
   assert got[1, 2] >= 0 and got[1, 2] < 1e-5 and got.min() >= 0
-  np.testing.assert_allclose(distance.weighted_relaxed_hamming(a, b, np.ones_like(w)),
+  np.testing.assert_allclose(distance.relaxed_hamming(a, b, row_weights=np.ones_like(w)),
                              distance.relaxed_hamming(a, b), rtol=1e-6, atol=1e-6)
   bits_a, bits_b = np.sign(a), np.sign(b)
   weighted = ((bits_a[:, None, :] != bits_b[None, :, :]) * w[:, None, :]).sum(-1)
-  np.testing.assert_allclose(distance.weighted_relaxed_hamming(bits_a, bits_b, w), weighted,
+  np.testing.assert_allclose(distance.relaxed_hamming(bits_a, bits_b, row_weights=w), weighted,
                              rtol=1e-4, atol=1e-3)
   half = jnp.asarray(a, jnp.bfloat16)
-  got16 = distance.weighted_relaxed_hamming(half, half[::-1], w)
+  got16 = distance.relaxed_hamming(half, half[::-1], row_weights=w)
   assert got16.dtype == jnp.float32
   np.testing.assert_allclose(got16, np_weighted_relaxed_hamming(
       np.asarray(half.astype(jnp.float32)), np.asarray(half[::-1].astype(jnp.float32)), w, 12),
                              rtol=1e-4, atol=1e-4)
-  grad = jax.grad(lambda c: jnp.sum(distance.weighted_relaxed_hamming(c, c, w)))(jnp.asarray(a))
+  grad = jax.grad(lambda c: jnp.sum(distance.relaxed_hamming(c, c, row_weights=w)))(jnp.asarray(a))
   assert np.all(np.isfinite(grad))
