@@ -186,10 +186,30 @@ def _leaves(node, prefix: str = "") -> dict:
   return out
 
 
+# Fields added to the configs after runs were saved without them, each with the value that trains
+# what the code before it trained: a saved config that lacks the field compares equal to a config
+# that holds this value (a finished run is not stale, a workdir resumes). The CNN's `conv` "auto"
+# is `models.SlicedConv` on CPU, the same function and parameters as the nn.Conv before it.
+ADDED_FIELDS = {
+    "loss.graded.item_symmetric": False,
+    "loss.graded.item_type_bit_discount": 0.0,
+    "loss.graded.memory_size": 0,
+    "loss.graded.memory_start_step": 1000,
+    "loss.graded.memory_type_ap": False,
+    "model.encoder_kwargs.conv": "auto",
+}
+
+
 def config_differences(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
   """'field: saved -> config' for every leaf where a saved config.json and a config differ
-  (compared as JSON, so tuples and lists are equal), sorted by field."""
+  (compared as JSON, so tuples and lists are equal), sorted by field; a field of ADDED_FIELDS
+  that the saved config lacks counts as its value there."""
   before, after = _leaves(saved), _leaves(json.loads(config.to_json_best_effort()))
+  for field, value in ADDED_FIELDS.items():
+    parent = field.rpartition(".")[0]
+    if (field in after and field not in before
+        and any(k.startswith(f"{parent}.") for k in before)):
+      before[field] = value      # the section was saved, without this field
   return [f"{k}: {before.get(k, _ABSENT)!r} -> {after.get(k, _ABSENT)!r}"
           for k in sorted(before.keys() | after.keys())
           if before.get(k, _ABSENT) != after.get(k, _ABSENT)]

@@ -9,7 +9,8 @@ r"""The `deephash` command: a thin dispatcher. Each command owns its flags, then
     deephash predict --workdir=workdirs/fm --image=query.png [--index=fm.dhidx] [--k=10] \
         [--json] [--grid=matches.png]
     deephash benchmark --config=configs/benchmark.py --workdir=workdirs/benchmark \
-        [--print_plan | --worker=0/2 | --report [--output=docs/benchmark]]
+        [--print_plan | --worker=0/2 | --report [--output=docs/benchmark]] \
+        [--previous_report=docs/benchmark/results.json]
 
 Your own catalogue, step by step: docs/CATALOGUE.md. Prediction: docs/PREDICT.md.
 """
@@ -71,6 +72,10 @@ flags.DEFINE_bool("print_plan", False, "Print the `deephash train` command of ev
 flags.DEFINE_string("worker", None, "'i/n': train every n-th run of the plan from the i-th (runs "
                     "another process holds are left to it); no report.")
 flags.DEFINE_bool("report", False, "Train nothing: write the report of the runs finished so far.")
+flags.DEFINE_string("previous_report", None,
+                    "An earlier report's results.json: its finished runs count as done for the "
+                    "planned runs not finished under --workdir (checked against the plan by the "
+                    "config each record carries; --print_plan and the runner leave them out).")
 
 _MULTIHOST = ("multihost", "coordinator_address", "num_processes", "process_id")
 
@@ -175,16 +180,19 @@ def _benchmark():
     raise app.UsageError("--print_plan, --worker and --report exclude each other")
   overrides = config_flags.get_override_values(FLAGS["config"])
   try:
+    previous = FLAGS.previous_report
+    skip = report.carried_runs(FLAGS.config, FLAGS.workdir, previous) if previous else set()
     if FLAGS.print_plan:
       config_file = config_flags.get_config_filename(FLAGS["config"]).split(":")[0]
       print("\n".join(runner.pending_commands(FLAGS.config, FLAGS.workdir, config_file,
-                                              overrides)))
+                                              overrides, skip=skip)))
       return
     if not FLAGS.report:
       runner.run_plan(FLAGS.config, FLAGS.workdir, worker=plan.parse_worker(FLAGS.worker),
-                      overrides=overrides)
+                      overrides=overrides, skip=skip)
     if FLAGS.report or not FLAGS.worker:
-      results = report.write_report(FLAGS.config, FLAGS.workdir, FLAGS.output)
+      results = report.write_report(FLAGS.config, FLAGS.workdir, FLAGS.output,
+                                    previous_report=previous)
       if FLAGS.json:
         print(json.dumps(results, sort_keys=True, default=str))
   except config_lib.ConfigError as e:
@@ -201,7 +209,8 @@ COMMANDS = {
         "output", "images_dir", "labels_csv", "fashion_mnist_dir", "split_ratios", "split_seed",
         "per_class_limit")),
     "benchmark": Command(_benchmark, ("config", "workdir", "print_plan", "worker", "report",
-                                      "output", *_MULTIHOST), ("config", "workdir")),
+                                      "previous_report", "output", *_MULTIHOST),
+                         ("config", "workdir")),
 }
 _ALL_COMMAND_FLAGS = {name for command in COMMANDS.values() for name in command.flags}
 

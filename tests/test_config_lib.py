@@ -126,6 +126,29 @@ def test_a_resumed_workdir_must_keep_what_it_trains(tmp_path):
     config_lib.check_resumable(config, workdir)
 
 
+def test_a_config_saved_before_a_field_was_added_compares_as_its_neutral_value():
+  import json
+  config = config_lib.base_config("graded")
+  for field, value in config_lib.ADDED_FIELDS.items():   # the configs' defaults are those values
+    assert config_lib._leaves(json.loads(config.to_json_best_effort()))[field] == value, field
+  saved = json.loads(config.to_json_best_effort())
+  del saved["loss"]["graded"]["item_type_bit_discount"], saved["model"]["encoder_kwargs"]["conv"]
+  assert config_lib.config_differences(saved, config) == []
+  changed = config.copy_and_resolve_references()
+  changed.loss.graded.item_type_bit_discount = 0.5      # not the value the old code trained
+  assert config_lib.config_differences(saved, changed) == [
+      "loss.graded.item_type_bit_discount: 0.0 -> 0.5"]
+  # A field the current config lacks too (another encoder's kwargs) stays absent on both sides.
+  alexnet = config_lib.base_config("image_folder_224")
+  saved = json.loads(alexnet.to_json_best_effort())
+  assert "model.encoder_kwargs.conv" not in config_lib._leaves(saved)
+  assert config_lib.config_differences(saved, alexnet) == []
+  # A section saved whole without the field is filled; one not saved at all is not.
+  del saved["loss"]
+  assert ("loss.graded.memory_size: '(absent)' -> 0"
+          in config_lib.config_differences(saved, alexnet))
+
+
 def test_config_changes_are_the_overrides_that_make_one_config_of_another():
   base, graded = config_lib.base_config("fashion_mnist"), config_lib.base_config("graded")
   assert config_lib.config_changes(base, base) == {}

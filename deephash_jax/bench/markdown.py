@@ -180,6 +180,26 @@ def train_devices(runs: dict) -> str:
                    ) or "none yet"
 
 
+def _carried_section(results) -> list[str]:
+  """The runs whose figures come from an earlier report (deephash benchmark --previous_report),
+  by source; those whose record predates records that carry their config are named as such."""
+  by_source: dict = {}
+  for name, r in results["runs"].items():
+    if r["status"] == "done" and "source" in r:
+      by_source.setdefault(r["source"], []).append((name, r.get("config_checked", True)))
+  lines = []
+  for source, runs in sorted(by_source.items()):
+    unchecked = [name for name, checked in runs if not checked]
+    lines += ["", f"## Runs from an earlier report: {source}", "",
+              f"Trained elsewhere and taken with their figures ({len(runs)}): "
+              + ", ".join(name for name, _ in runs) + "."
+              + (f" Recorded without their config, so not checked against the plan: "
+                 + ", ".join(unchecked) + "." if unchecked else "")
+              + (" The config each record carries matches the plan's."
+                 if len(unchecked) < len(runs) else "")]
+  return lines
+
+
 def format_markdown(results: dict) -> str:
   """results.md: the tables of the comparison."""
   bench, status, machine = results["benchmark"], results["status"], results["machine"]
@@ -188,6 +208,8 @@ def format_markdown(results: dict) -> str:
           if results["ties"] == "expected" else "ties broken by the lower database index")
   lines = [f"# Benchmark: {results['dataset']}", "",
            f"Runs: {status['done']} of {status['planned']} done"
+           + (f" ({status['carried']} of them from an earlier report, listed at the end)"
+              if status.get("carried") else "")
            + (f", {status['failed']} failed" if status["failed"] else "")
            + (f", {status['stale']} stale" if status.get("stale") else "") + ". "
            f"Hardware: {machine['cpu']} ({machine['cpu_count']} CPUs), JAX {machine['jax']} "
@@ -215,6 +237,7 @@ def format_markdown(results: dict) -> str:
   if stale:
     lines += ["", "## Stale runs (finished with another config; not in the tables)", ""] + [
         f"- {name}: {'; '.join(r['differences'])}" for name, r in stale]
+  lines += _carried_section(results)
   lines += ["", "## Closest-match recipe", "",
             f"Query i = augment.query_view(test image i, fold_in(key({cm['seed']}), i), recipe), "
             "rounded to uint8:", "", "```", json.dumps(cm["recipe"], sort_keys=True), "```", ""]

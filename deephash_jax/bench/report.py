@@ -5,6 +5,10 @@ both protocols, plan.py); the two non-learned references (pixel SAD and the floa
 `benchmark.references.float_method`, evaluators/references.py) are computed once and cached in
 `<workdir>/references.json` (each keyed by what it is computed from). Writes results.json,
 results.md, mAP_vs_bits.png and pr_curves.png to the output folder.
+
+Each finished run's record carries the config it trained with, so that a later report can take
+it (`--previous_report=<earlier results.json>`) for a run whose folder is not on this machine,
+checked against the plan as a local run is (carry_previous).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from deephash_jax import config_lib
 from deephash_jax import encoder as encoder_lib
 from deephash_jax import mesh as mesh_lib
 from deephash_jax.bench import markdown
@@ -93,13 +98,90 @@ def run_record(config, workdir: str, run: plan_lib.Run, category_names) -> dict:
         return {**record, "status": "failed", "error": f.readline().strip()}
     return {**record, "status": "running" if plan_lib.is_locked(directory) else "pending"}
   record.update(
-      status="done", category={k: results.get(k) for k in category_names},
+      status="done", config=_read_json(os.path.join(directory, config_lib.CONFIG_FILE)),
+      category={k: results.get(k) for k in category_names},
       closest_match={m: results.get(f"closest_match_{'map' if m == 'map_all' else m}")
                      for m in closest_match.METRICS},
       **{k: results.get(k) for k in ("codes_collapsed", "codes_unique_codes", "train_steps",
                                      "train_seconds", "eval_seconds", "train_devices",
                                      "pr_curve")})
   return record
+
+
+def read_previous(path: str) -> dict:
+  """An earlier report's results.json, checked to be one; a missing or broken file is named."""
+  try:
+    with open(path) as f:
+      previous = json.load(f)
+  except FileNotFoundError as e:
+    raise config_lib.ConfigError(f"--previous_report={path}: no such file") from e
+  except (OSError, json.JSONDecodeError) as e:
+    raise config_lib.ConfigError(f"--previous_report={path}: unreadable ({e})") from e
+  if not (isinstance(previous, dict) and isinstance(previous.get("runs"), dict)):
+    raise config_lib.ConfigError(f"--previous_report={path}: not a benchmark report's "
+                                 f"{RESULTS_JSON} (no 'runs')")
+  return previous
+
+
+def protocols(config) -> dict:
+  """What the figures are measured on: the dataset, the two protocols and the tie rule."""
+  cm = config.eval.closest_match
+  return json.loads(json.dumps({
+      "dataset": config.input.dataset, "ties": config.eval.get("ties", "expected"),
+      "protocols": {
+          "category": {"query_split": config.input.query_split,
+                       "database_split": config.input.database_split,
+                       "metrics": category_metric_names(config)},
+          "closest_match": {"num_queries": cm.num_queries, "seed": cm.seed,
+                            "recipe": dict(cm.recipe)}}}, default=_to_json))
+
+
+# Where a run read its data and over which devices it trained (the same parameters on any
+# mesh): fields that differ from machine to machine without changing what a run trains.
+_PLACE_FIELDS = ("input.data_dir:", "input.source_dir:", "mesh:")
+
+
+def carry_previous(config, runs: dict, previous: dict, source: str) -> dict:
+  """`runs` with each planned run that has not finished here (pending) taken from an earlier
+  report when it finished there: marked with `source`; stale (as a local run would be) when the
+  config it recorded differs from the plan's in what it trains (not in where its data were or
+  over which devices); `config_checked: False` when the record predates records that carry
+  their config.
+
+  A report of another dataset, protocol or tie rule is refused, naming the field: its figures
+  measure something else.
+  """
+  mine = protocols(config)
+  for key in ("dataset", "ties", "protocols"):
+    if previous.get(key) != mine[key]:
+      raise config_lib.ConfigError(
+          f"--previous_report={source}: {key} {previous.get(key)!r} is not this benchmark's "
+          f"{mine[key]!r}; its figures measure something else")
+  out = dict(runs)
+  for name, record in runs.items():
+    earlier = previous["runs"].get(name)
+    if record["status"] != "pending" or not earlier or earlier.get("status") != "done":
+      continue
+    carried = {**earlier, "workdir": record["workdir"], "source": source}
+    saved = earlier.get("config")
+    if saved is None:
+      carried["config_checked"] = False
+    elif differences := [
+        d for d in config_lib.config_differences(saved, plan_lib.run_config(config, name))
+        if not d.startswith(_PLACE_FIELDS)]:
+      carried = {**record, "status": "stale", "differences": differences, "source": source}
+    out[name] = carried
+  return out
+
+
+def carried_runs(config, workdir: str, previous_report: str) -> set[str]:
+  """The planned runs an earlier report holds finished (and not stale) that have not finished
+  here: what `--print_plan` and the runner leave out when given `--previous_report`."""
+  category_names = category_metric_names(config)
+  runs = {run.name: run_record(config, workdir, run, category_names)
+          for run in plan_lib.planned_runs(config.benchmark)}
+  runs = carry_previous(config, runs, read_previous(previous_report), previous_report)
+  return {name for name, r in runs.items() if r["status"] == "done" and "source" in r}
 
 
 def _mean_std(values):
@@ -131,7 +213,7 @@ def aggregate(runs: dict, category_names) -> dict:
   return out
 
 
-def references(config, workdir: str, runs: dict) -> dict:
+def references(config, workdir: str, runs: dict, previous: dict | None = None) -> dict:
   """Pixel SAD and the float codes of the reference run, each cached in references.json.
 
   Each is keyed by what it is computed from: the evaluation and input settings, and for the
@@ -159,7 +241,13 @@ def references(config, workdir: str, runs: dict) -> dict:
       config, num_category_queries=refs.num_category_queries,
       timing_queries=refs.timing_queries, chunk_size=refs.sad_chunk_size,
       batch=refs.query_batch_size))
-  if runs.get(float_run.name, {}).get("status") == "done":
+  float_record = runs.get(float_run.name, {})
+  if float_record.get("status") == "done" and "source" in float_record:
+    # Its model is not here: its float codes as the earlier report measured them.
+    earlier = ((previous or {}).get("references") or {}).get("float_codes")
+    if earlier and earlier.get("run") == float_run.name:
+      out["float_codes"] = {**earlier, "source": float_record["source"]}
+  elif float_record.get("status") == "done":
     encoder = encoder_lib.HashEncoder.from_workdir(plan_lib.run_dir(workdir, float_run))
     cached_or("float_codes", {**setting, "model": encoder.model_id, "step": encoder.step},
               lambda: {**references_lib.float_codes(
@@ -171,39 +259,41 @@ def references(config, workdir: str, runs: dict) -> dict:
   return out
 
 
-def collect(config, workdir: str, *, with_references: bool = True) -> dict:
-  """Everything the report shows, as one JSON-serialisable dict."""
+def collect(config, workdir: str, *, with_references: bool = True,
+            previous_report: str | None = None) -> dict:
+  """Everything the report shows, as one JSON-serialisable dict; with `previous_report` (an
+  earlier report's results.json) the runs not finished here are taken from it where they
+  finished there (carry_previous)."""
   bench = config.benchmark
   category_names = category_metric_names(config)
   plan = plan_lib.planned_runs(bench)
   runs = {run.name: run_record(config, workdir, run, category_names) for run in plan}
-  cm = config.eval.closest_match
+  previous = read_previous(previous_report) if previous_report else None
+  if previous is not None:
+    runs = carry_previous(config, runs, previous, previous_report)
   results = {
-      "dataset": config.input.dataset, "benchmark": json.loads(json.dumps(
-          bench.to_dict(), default=_to_json)),
-      "machine": machine_info(), "ties": config.eval.get("ties", "expected"),
-      "protocols": {
-          "category": {"query_split": config.input.query_split,
-                       "database_split": config.input.database_split,
-                       "metrics": category_names},
-          "closest_match": {"num_queries": cm.num_queries, "seed": cm.seed,
-                            "recipe": json.loads(json.dumps(dict(cm.recipe),
-                                                            default=_to_json))}},
+      **protocols(config),
+      "benchmark": json.loads(json.dumps(bench.to_dict(), default=_to_json)),
+      "machine": machine_info(),
       "runs": runs,
       "status": {s: sum(r["status"] == s for r in runs.values())
                  for s in ("done", "running", "pending", "failed", "stale")},
       "aggregate": aggregate(runs, category_names),
   }
   results["status"]["planned"] = len(plan)
-  results["references"] = references(config, workdir, runs) if with_references else None
+  results["status"]["carried"] = sum(r["status"] == "done" and "source" in r
+                                     for r in runs.values())
+  results["references"] = (references(config, workdir, runs, previous)
+                           if with_references else None)
   return results
 
 
 def write_report(config, workdir: str, output: str | None = None, *,
-                 with_references: bool = True) -> dict:
+                 with_references: bool = True, previous_report: str | None = None) -> dict:
   """Collects the finished runs and writes the report's four files to `output` (or workdir)."""
   plan_lib.validate_benchmark(config)
-  results = collect(config, workdir, with_references=with_references)
+  results = collect(config, workdir, with_references=with_references,
+                    previous_report=previous_report)
   output = output or workdir
   os.makedirs(output, exist_ok=True)
   if jax.process_index() == 0:

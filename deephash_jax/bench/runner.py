@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import traceback
+from typing import Collection
 
 from absl import logging
 
@@ -24,13 +25,14 @@ ERROR_FILE = "error.txt"
 
 
 def pending_commands(config, workdir: str, config_file: str, overrides: dict, *,
-                     program: str = "deephash") -> list[str]:
-  """The `deephash train` line of every planned run that has not finished, in plan order."""
+                     program: str = "deephash", skip: Collection[str] = ()) -> list[str]:
+  """The `deephash train` line of every planned run that has not finished (nor is named in
+  `skip`: runs an earlier report holds), in plan order."""
   plan_lib.validate_benchmark(config, overrides)
   plan = plan_lib.planned_runs(config.benchmark)
   plan_lib.check_not_stale(config, workdir, plan)
   return [plan_lib.train_command(config_file, workdir, run, overrides, program=program)
-          for run in plan if not plan_lib.is_finished(workdir, run)]
+          for run in plan if not plan_lib.is_finished(workdir, run) and run.name not in skip]
 
 
 def _train_one(config, workdir: str, run: plan_lib.Run) -> str:
@@ -57,8 +59,9 @@ def _train_one(config, workdir: str, run: plan_lib.Run) -> str:
 
 
 def run_plan(config, workdir: str, *, worker: tuple[int, int] = (0, 1),
-             overrides: dict | None = None) -> dict[str, str]:
-  """Trains this worker's unfinished runs one after another; {run name: outcome}."""
+             overrides: dict | None = None, skip: Collection[str] = ()) -> dict[str, str]:
+  """Trains this worker's unfinished runs one after another, but those named in `skip` (runs an
+  earlier report holds); {run name: outcome}."""
   plan_lib.validate_benchmark(config, overrides or {})
   plan = plan_lib.planned_runs(config.benchmark)
   mine = plan_lib.worker_runs(plan, worker)
@@ -67,6 +70,9 @@ def run_plan(config, workdir: str, *, worker: tuple[int, int] = (0, 1),
   for position, run in enumerate(mine, start=1):
     if plan_lib.is_finished(workdir, run):
       outcomes[run.name] = "done"
+      continue
+    if run.name in skip:
+      outcomes[run.name] = "carried"
       continue
     logging.info("[%d/%d] %s: training.", position, len(mine), run.name)
     outcomes[run.name] = _train_one(config, workdir, run)

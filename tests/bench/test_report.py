@@ -45,7 +45,7 @@ def test_runs_are_done_failed_running_or_pending(tmp_path):
   assert runs["ours_32b_s0"]["status"] == "running"
   assert runs["dch_32b_s0"]["status"] == "pending"
   assert results["status"] == {"done": 1, "running": 1, "pending": 1, "failed": 1,
-                               "stale": 0, "planned": 4}
+                               "stale": 0, "planned": 4, "carried": 0}
   assert results["aggregate"]["ours"]["16"]["train_seconds"]["mean"] == 12.0
   assert set(report.machine_info()) >= {"cpu", "cpu_count", "jax", "backend", "devices"}
 
@@ -136,3 +136,107 @@ def test_each_reference_is_recomputed_only_when_what_it_is_computed_from_changes
     f.write("{truncated")
   report.references(changed, workdir, runs)
   assert calls[-2:] == ["sad", "float:b"]
+
+
+_FIGURES = dict(map_all=0.5, map_at_10=0.6, precision_at_hamming_2=0.7,
+                closest_match_recall_at_1=0.1, closest_match_recall_at_10=0.3,
+                closest_match_map=0.2, train_seconds=12.0)
+
+
+def _report_of(config, workdir):
+  """An earlier report's results.json, as `deephash benchmark --report` writes it."""
+  results = report.collect(config, workdir, with_references=False)
+  path = os.path.join(workdir, report.RESULTS_JSON)
+  with open(path, "w") as f:
+    json.dump(results, f, default=report._to_json)   # pylint: disable=protected-access
+  return path
+
+
+def test_an_earlier_reports_runs_count_where_this_workdir_has_not_finished_them(tmp_path):
+  config = config_lib.base_config("benchmark_tiny")
+  elsewhere, here = str(tmp_path / "elsewhere"), str(tmp_path / "here")
+  _finish(elsewhere, plan.Run("ours", 16, 0), **_FIGURES)
+  _finish(elsewhere, plan.Run("dch", 16, 0), **_FIGURES)
+  previous = _report_of(config, elsewhere)
+  with open(previous) as f:
+    saved = json.load(f)["runs"]["ours_16b_s0"]["config"]      # each record carries its config
+  assert saved == json.loads(plan.run_config(config, "ours_16b_s0").to_json_best_effort())
+  # Here: dch_16b_s0 finished again (its own figures win), ours_16b_s0 not at all.
+  _finish(here, plan.Run("dch", 16, 0), **{**_FIGURES, "map_all": 0.9})
+  results = report.collect(config, here, with_references=False, previous_report=previous)
+  runs = results["runs"]
+  assert runs["ours_16b_s0"]["status"] == "done" and runs["ours_16b_s0"]["source"] == previous
+  assert "config_checked" not in runs["ours_16b_s0"]
+  assert runs["ours_16b_s0"]["workdir"] == "runs/ours_16b_s0"
+  assert "source" not in runs["dch_16b_s0"]
+  assert results["aggregate"]["dch"]["16"]["category/map_all"]["mean"] == 0.9
+  assert results["aggregate"]["ours"]["16"]["category/map_all"]["mean"] == 0.5
+  assert runs["ours_32b_s0"]["status"] == "pending"          # in neither
+  assert results["status"]["done"] == 2 and results["status"]["carried"] == 1
+  assert report.carried_runs(config, here, previous) == {"ours_16b_s0"}
+  text = markdown.format_markdown(results)
+  assert "2 of 4 done (1 of them from an earlier report" in text
+  assert f"## Runs from an earlier report: {previous}" in text
+  assert "ours_16b_s0. The config each record carries matches the plan's." in text
+
+
+def test_an_earlier_run_of_another_config_is_stale_and_one_without_a_config_is_named(tmp_path):
+  config = config_lib.base_config("benchmark_tiny")
+  elsewhere, here = str(tmp_path / "elsewhere"), str(tmp_path / "here")
+  _finish(elsewhere, plan.Run("ours", 16, 0), **_FIGURES)
+  _finish(elsewhere, plan.Run("dch", 16, 0), **_FIGURES)
+  previous = _report_of(config, elsewhere)
+  with open(previous) as f:
+    earlier = json.load(f)
+  del earlier["runs"]["dch_16b_s0"]["config"]        # a record from before records carried it
+  with open(previous, "w") as f:
+    json.dump(earlier, f)
+  elsewhere_paths = config.copy_and_resolve_references()     # another machine's data folders
+  elsewhere_paths.input.source_dir, elsewhere_paths.input.data_dir = "/data/idx", "/data/tfds"
+  elsewhere_paths.mesh = [("data", 8)]
+  assert report.carried_runs(elsewhere_paths, here, previous) == {"ours_16b_s0", "dch_16b_s0"}
+  changed = config.copy_and_resolve_references()
+  changed.train.learning_rate = 0.5
+  results = report.collect(changed, here, with_references=False, previous_report=previous)
+  ours, dch = results["runs"]["ours_16b_s0"], results["runs"]["dch_16b_s0"]
+  assert ours["status"] == "stale" and ours["source"] == previous
+  assert ours["differences"] == [f"train.learning_rate: {config.train.learning_rate!r} -> 0.5"]
+  assert "ours" not in results["aggregate"]
+  assert dch["status"] == "done" and dch["config_checked"] is False
+  text = markdown.format_markdown(results)
+  assert "Recorded without their config, so not checked against the plan: dch_16b_s0." in text
+  assert "The config each record carries" not in text
+  assert report.carried_runs(changed, here, previous) == {"dch_16b_s0"}
+
+
+def test_an_earlier_report_of_another_protocol_or_a_broken_file_is_named(tmp_path):
+  config = config_lib.base_config("benchmark_tiny")
+  previous = _report_of(config, str(tmp_path))
+  other = config.copy_and_resolve_references()
+  other.eval.closest_match.num_queries += 1
+  with pytest.raises(config_lib.ConfigError, match=r"protocols .* is not this benchmark's"):
+    report.collect(other, str(tmp_path), with_references=False, previous_report=previous)
+  with pytest.raises(config_lib.ConfigError, match="nowhere.json: no such file"):
+    report.read_previous(str(tmp_path / "nowhere.json"))
+  broken = tmp_path / "broken.json"
+  broken.write_text('{"runs": {"ours_16b_s0": ')          # truncated
+  with pytest.raises(config_lib.ConfigError, match=r"broken\.json: unreadable"):
+    report.read_previous(str(broken))
+  broken.write_text('[1, 2]')
+  with pytest.raises(config_lib.ConfigError, match=r"not a benchmark report's results\.json"):
+    report.read_previous(str(broken))
+
+
+def test_the_float_codes_of_a_carried_reference_run_come_from_the_earlier_report(
+    tmp_path, monkeypatch):
+  config = config_lib.base_config("benchmark_tiny")
+  monkeypatch.setattr(report.references_lib, "pixel_sad", lambda *a, **k: {"sad_value": 1})
+  float_run = plan.Run(config.benchmark.references.float_method,
+                       config.benchmark.reference_bits, 0)
+  earlier = {"references": {"float_codes": {"float_value": 5, "run": float_run.name}}}
+  runs = {float_run.name: {"status": "done", "source": "old/results.json"}}
+  assert report.references(config, str(tmp_path), runs, earlier)["float_codes"] == {
+      "float_value": 5, "run": float_run.name, "source": "old/results.json"}
+  # Without the earlier figures (or of another run), none: the model is not here to embed.
+  earlier["references"]["float_codes"]["run"] = "dch_16b_s0"
+  assert "float_codes" not in report.references(config, str(tmp_path), runs, earlier)

@@ -155,3 +155,16 @@ def test_printed_commands_are_the_runs_not_finished(tiny_config, tmp_path):
                              env={**os.environ, "XLA_FLAGS": ""})
   assert completed.returncode == 0, completed.stderr[-2000:]
   assert plan.is_finished(workdir, plan.Run("ours", 16, 0))
+
+
+def test_runs_an_earlier_report_holds_are_left_out(tiny_config, tmp_path, monkeypatch):
+  config = tiny_config.copy_and_resolve_references()
+  config.benchmark.methods = ("ours",)
+  workdir = str(tmp_path / "bench")
+  monkeypatch.setattr(trainer, "train_and_evaluate", _no_training)
+  skip = {"ours_16b_s0", "ours_32b_s0"}
+  assert runner.run_plan(config, workdir, skip=skip) == dict.fromkeys(skip, "carried")
+  assert runner.pending_commands(config, workdir, "configs/benchmark_tiny.py", {},
+                                 skip={"ours_16b_s0"}) == [plan.train_command(
+                                     "configs/benchmark_tiny.py", workdir,
+                                     plan.Run("ours", 32, 0))]
