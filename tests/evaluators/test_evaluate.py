@@ -1,9 +1,14 @@
 """evaluators/evaluate.py: both protocols of a model, as `deephash train` and `evaluate` print."""
 import jax
 import numpy as np
+import pytest
 
 from deephash_jax.evaluators import evaluate
 from deephash_jax.train import state as state_lib
+
+# The fake Fashion-MNIST reaches the evaluators through our TFDS builder, which needs TensorFlow
+# (an accelerator image may lack it; .ci/run installs it).
+pytest.importorskip("tensorflow", reason="TFDS builds the fake dataset with TensorFlow")
 
 
 def _variables(config):

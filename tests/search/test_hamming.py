@@ -123,7 +123,7 @@ def test_search_bad_input_names_the_argument():
 @pytest.mark.parametrize("n,k,num_bits", [(1001, 10, 32), (37, 5, 12), (37, 50, 12),
                                           (4000, 16, 64), (4001, 3, 64)])
 def test_sharded_search_matches_single_device(n, k, num_bits):
-  mesh = jax.make_mesh((8,), ("data",))
+  mesh = jax.make_mesh((jax.device_count(),), ("data",))   # 8 forced CPU devices; all GPUs
   rng = np.random.default_rng(n)
   xb = brute.codes(rng, n, num_bits)
   xq = np.concatenate([xb[:2], brute.codes(rng, 9, num_bits, duplicate=False)])
@@ -134,7 +134,7 @@ def test_sharded_search_matches_single_device(n, k, num_bits):
 
 
 def test_sharded_search_needs_data_axis():
-  mesh = jax.make_mesh((8,), ("model",))
+  mesh = jax.make_mesh((jax.device_count(),), ("model",))
   xb = np.zeros((4, 1), np.uint8)
   with pytest.raises(ValueError, match="'data'"):
     hamming.sharded_search(xb, xb, 1, num_bits=8, mesh=mesh)
