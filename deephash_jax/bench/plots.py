@@ -1,4 +1,5 @@
-"""The benchmark's plots: retrieval against code length, and precision-recall curves."""
+"""The benchmark's plots: retrieval against code length, precision-recall curves, and the two
+protocols against each other at the reference length."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from matplotlib.figure import Figure
 
 MAP_VS_BITS_PNG = "mAP_vs_bits.png"
 PR_CURVES_PNG = "pr_curves.png"
+PROTOCOLS_PNG = "protocols.png"
 
 
 def _style(method: str, index: int) -> dict:
@@ -80,4 +82,49 @@ def plot_pr_curves(results: dict, path: str) -> None:
   ax.grid(alpha=0.3)
   if ax.get_legend_handles_labels()[0]:
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small")
+  _save_figure(fig, path)
+
+
+def protocol_points(results: dict) -> list[tuple[str, dict, dict]]:
+  """(label, category mAP@all, closest-match R@1) of every method that has both at the reference
+  length, each a {mean, std} over seeds, then pixel SAD's (std None): what plot_protocols draws."""
+  bits = str(results["benchmark"]["reference_bits"])
+  points = []
+  for method in results["benchmark"]["methods"]:
+    cell = results["aggregate"].get(method, {}).get(bits, {})
+    cat, cm = cell.get("category/map_all"), cell.get("closest_match/recall_at_1")
+    if cat and cm:
+      points.append((method, cat, cm))
+  sad = (results.get("references") or {}).get("sad")
+  if sad:
+    points.append(("pixel SAD", {"mean": sad["category"]["map_all"], "std": None},
+                   {"mean": sad["closest_match"]["recall_at_1"], "std": None}))
+  return points
+
+
+def plot_protocols(results: dict, path: str) -> None:
+  """Closest-match R@1 (log scale) against category mAP@all, one point per method (± std over
+  seeds), pixel SAD's R@1 as a line: the type search and the garment search in one picture."""
+  ref = results["benchmark"]["reference_bits"]
+  fig = Figure(figsize=(7.5, 5))
+  ax = fig.subplots()
+  for i, (label, cat, cm) in enumerate(protocol_points(results)):
+    if label == "pixel SAD":     # far left on mAP@all: a line at its R@1 keeps the methods apart
+      ax.axhline(max(cm["mean"], 1e-4), color="grey", linestyle=":")
+      ax.annotate(f"pixel SAD (mAP@all {cat['mean']:.3f})", (0.01, max(cm["mean"], 1e-4)),
+                  xycoords=("axes fraction", "data"), xytext=(0, 4),
+                  textcoords="offset points", fontsize="small", color="grey")
+      continue
+    style = _style(label, i)
+    style.pop("linestyle", None), style.pop("linewidth", None)
+    style["markersize"] = 7
+    ax.errorbar([cat["mean"]], [max(cm["mean"], 1e-4)], xerr=[cat["std"] or 0.0],
+                yerr=[cm["std"] or 0.0], capsize=3, label=label, linestyle="none", **style)
+    ax.annotate(label, (cat["mean"], max(cm["mean"], 1e-4)), textcoords="offset points",
+                xytext=(5, 4), fontsize="small")
+  ax.set_yscale("log")
+  ax.set_xlabel("category mAP@all (same clothing type)")
+  ax.set_ylabel("closest-match R@1 (the garment itself first)")
+  ax.set_title(f"{results['dataset']}: both protocols at {ref} bits (mean over seeds, ± std)")
+  ax.grid(alpha=0.3, which="both")
   _save_figure(fig, path)

@@ -4,7 +4,7 @@ Each finished run's figures come from its own `eval_results.json` (written by `d
 both protocols, plan.py); the two non-learned references (pixel SAD and the float codes of
 `benchmark.references.float_method`, evaluators/references.py) are computed once and cached in
 `<workdir>/references.json` (each keyed by what it is computed from). Writes results.json,
-results.md, mAP_vs_bits.png and pr_curves.png to the output folder.
+results.md, mAP_vs_bits.png, pr_curves.png and protocols.png to the output folder.
 
 Each finished run's record carries the config it trained with, so that a later report can take
 it (`--previous_report=<earlier results.json>`) for a run whose folder is not on this machine,
@@ -302,6 +302,7 @@ def write_report(config, workdir: str, output: str | None = None, *,
     _write_atomic(os.path.join(output, RESULTS_MD), markdown.format_markdown(results))
     plots.plot_map_vs_bits(results, os.path.join(output, plots.MAP_VS_BITS_PNG))
     plots.plot_pr_curves(results, os.path.join(output, plots.PR_CURVES_PNG))
+    plots.plot_protocols(results, os.path.join(output, plots.PROTOCOLS_PNG))
   logging.info("Benchmark report: %d of %d runs done; %s.", results["status"]["done"],
                results["status"]["planned"], os.path.join(output, RESULTS_MD))
   return results

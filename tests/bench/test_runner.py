@@ -80,7 +80,7 @@ def test_the_plan_trains_once_and_the_report_reads_every_finished_run(tiny_confi
   assert refs["float_codes"]["hamming_queries_per_second"] > 0
   md = open(os.path.join(workdir, "results.md")).read()
   assert "| method | 16 bits | 32 bits |" in md and "| dch |" in md and "pixel SAD" in md
-  for png in ("mAP_vs_bits.png", "pr_curves.png"):
+  for png in ("mAP_vs_bits.png", "pr_curves.png", "protocols.png"):
     with open(os.path.join(workdir, png), "rb") as f:
       assert f.read(8) == b"\x89PNG\r\n\x1a\n", png
   # Each run is a plain training workdir with its variant's config.
