@@ -25,8 +25,9 @@
 #   THROUGHPUT_CONFIGS  (configs/fashion_mnist.py configs/image_folder_224.py)
 #   DTYPES              (float32 bfloat16)
 #   STEPS               (100)                     timed steps per throughput run
-#   TRAIN_CONFIG        (configs/graded.py)       the main job (make run); "" skips it (it
-#                                                 needs TensorFlow, for TFDS and CLU's writer)
+#   TRAIN_CONFIG        (configs/graded.py)       the main job (make run); "" skips it
+#                                                 (without TensorFlow it reads the IDX files
+#                                                 and writes metrics.jsonl: the same results)
 #   TRAIN_ARGS          ()                        overrides for the training run
 #   SEARCH_ARGS         (--database_sizes=1000000 --bits=32,64,128 --num_queries=1024 --k=100
 #                        --scaling_sizes= --repeats=5 --threads=$(nproc))

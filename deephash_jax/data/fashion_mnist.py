@@ -2,15 +2,22 @@
 builder of our own (`FashionMnistLocal`): their gzip checksums differ from upstream, so the stock
 `fashion_mnist` builder rejects them. The upstream URLs are a fallback only where no local copy
 exists.
+
+Where TensorFlow is not installed (an accelerator image with JAX alone), the same IDX files are
+read directly and put in the order TFDS writes the split in (`tfds_order`): the same arrays, bit
+for bit, so a run trains and evaluates the same either way.
 """
 
 from __future__ import annotations
 
 import functools
 import gzip
+import hashlib
+import importlib.util
 import os
 import struct
 
+from absl import logging
 import numpy as np
 
 from deephash_jax.data import base
@@ -132,6 +139,37 @@ def fashion_mnist_builder(data_dir: str | None = None,
 
 
 
+def tfds_order(num_examples: int, split: str) -> np.ndarray:
+  """The indices 0..n-1 in the order TFDS writes a split whose example keys they are: sorted by
+  the md5 of the split's name (the salt) followed by the key (tfds.core.hashing.Hasher)."""
+  salted = hashlib.md5(split.encode())
+
+  def key_hash(i: int) -> int:
+    md5 = salted.copy()
+    md5.update(str(i).encode())
+    return int(md5.hexdigest(), 16)
+  return np.array(sorted(range(num_examples), key=key_hash), np.int64)
+
+
+def read_in_tfds_order(source_dir: str | None, split: str):
+  """(images, labels, ids) of one split from the IDX files, in the builder's order: what TFDS
+  gives for the split, without TensorFlow."""
+  if not _has_local_copy(source_dir):
+    raise DataError(f"config.input.source_dir={source_dir!r}: no Fashion-MNIST IDX files "
+                    f"{[f for files in FASHION_MNIST_FILES.values() for f in files]} there, and "
+                    "without TensorFlow there is no download (`apt-get install "
+                    "dataset-fashion-mnist`, or pip install tensorflow-cpu)")
+  images, labels = read_fashion_mnist_split(source_dir, split)
+  order = tfds_order(len(labels), split)
+  return images[order], labels[order], order
+
+
+def tensorflow_installed() -> bool:
+  """Whether TFDS can build datasets here (it needs TensorFlow)."""
+  return all(importlib.util.find_spec(m) is not None
+             for m in ("tensorflow", "tensorflow_datasets"))
+
+
 _SPLITS: dict[tuple, base.Split] = {}   # (data_dir, source_dir, split) -> the split, read once
 
 
@@ -143,12 +181,17 @@ def load_split(input_config, split: str) -> base.Split:
   """
   key = (input_config.get("data_dir"), input_config.get("source_dir"), split)
   if key not in _SPLITS:
-    builder = base.prepare_once(lambda: fashion_mnist_builder(input_config.get("data_dir"),
-                                                              input_config.get("source_dir")))
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (TF loads lazily)
-    arrays = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
-    images = arrays["image"]
-    labels, items = arrays["label"].astype(np.int32), arrays["id"].astype(np.int32)
+    if tensorflow_installed():
+      builder = base.prepare_once(lambda: fashion_mnist_builder(input_config.get("data_dir"),
+                                                                input_config.get("source_dir")))
+      import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (TF loads lazily)
+      arrays = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
+      images, labels, items = arrays["image"], arrays["label"], arrays["id"]
+    else:
+      logging.info("TensorFlow is not installed: reading Fashion-MNIST's %s split from the IDX "
+                   "files in %s, in TFDS's order.", split, input_config.get("source_dir"))
+      images, labels, items = read_in_tfds_order(input_config.get("source_dir"), split)
+    labels, items = labels.astype(np.int32), items.astype(np.int32)
     for array in (images, labels, items):
       array.flags.writeable = False
     _SPLITS[key] = base.Split(images, labels, items, FASHION_MNIST_CLASSES)

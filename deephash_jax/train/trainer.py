@@ -4,7 +4,8 @@ On start the latest restorable checkpoint in `workdir` is restored (a corrupt on
 only under the config it was trained with (config_lib.check_resumable names what differs);
 the batch of step s depends on (seed, s) only (data/sampler.py), so a resumed run sees exactly
 the batches an uninterrupted one sees. Metrics go to TensorBoard and the log (CLU writers), with
-progress and an ETA (CLU `ReportProgress`); a non-finite metric stops the run with an error.
+progress and an ETA (CLU `ReportProgress`; without TensorFlow, writers.py: the log and
+metrics.jsonl); a non-finite metric stops the run with an error.
 SIGTERM (what a preempted VM receives) saves a checkpoint and stops cleanly, at the same step on
 every process of a multi-host run, and a stuck collective ends the run with an error instead of
 hanging (stopping.py).
@@ -17,8 +18,6 @@ import json
 import time
 
 from absl import logging
-from clu import metric_writers
-from clu import periodic_actions
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -32,6 +31,7 @@ from deephash_jax.train import checkpoints
 from deephash_jax.train import state as state_lib
 from deephash_jax.train import step as step_lib
 from deephash_jax.train import stopping
+from deephash_jax.train import writers
 
 
 @dataclasses.dataclass
@@ -110,8 +110,8 @@ def _train_loop(run: _Run, writer) -> tuple[int, bool]:
   config = run.config
   train_step = step_lib.make_train_step(config, run.mesh)
   rng = jax.random.key(config.seed + 1)
-  progress = periodic_actions.ReportProgress(num_train_steps=run.total_steps, writer=writer,
-                                             every_steps=config.train.log_every_steps)
+  progress = writers.report_progress(num_train_steps=run.total_steps, writer=writer,
+                                     every_steps=config.train.log_every_steps)
   preemption = stopping.Preemption()
   watchdog = stopping.Watchdog(config.train.get("hang_timeout_seconds", 600))
   logging.info("Training %d steps (%d per epoch), global batch %d views = %d items on %d "
@@ -119,7 +119,7 @@ def _train_loop(run: _Run, writer) -> tuple[int, bool]:
                config.train.batch_size, config.train.batch_size // 2, jax.device_count())
   done, stopped, in_flight = run.start_step, False, None
   try:
-    with metric_writers.ensure_flushes(writer):
+    with writers.ensure_flushes(writer):
       for step in range(run.start_step, run.total_steps):
         watchdog.beat(f"step {step + 1}")
         batch = mesh_lib.global_batch(run.mesh, run.sampler.local_batch(step))
@@ -160,8 +160,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   to `workdir/eval_results.json`), or `{"stopped_at_step": N}` when SIGTERM stopped the run.
   """
   run = _prepare(config, workdir)
-  writer = metric_writers.create_default_writer(workdir,
-                                                just_logging=jax.process_index() != 0)
+  writer = writers.create_writer(workdir, just_logging=jax.process_index() != 0)
   if run.start_step == 0 and jax.process_index() == 0:
     writer.write_hparams(config_lib.flatten_for_hparams(config))
   train_start = time.time()

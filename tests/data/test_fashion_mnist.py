@@ -62,3 +62,31 @@ def test_tfds_builder_reads_local_idx_files(tmp_path):
               or train.items.flags.writeable)
   with pytest.raises(ValueError, match="read-only"):
     train.images[0, 0, 0, 0] = 1
+
+
+def test_tfds_order_is_the_order_of_tfds_own_hasher():
+  from tensorflow_datasets.core import hashing  # pylint: disable=g-import-not-at-top
+  for split, n in (("train", 1000), ("test", 37), ("test", 0)):
+    hasher = hashing.Hasher(split)
+    np.testing.assert_array_equal(fashion_mnist.tfds_order(n, split),
+                                  sorted(range(n), key=hasher.hash_key))
+
+
+def test_without_tensorflow_the_split_is_the_tfds_split_bit_for_bit(tmp_path, monkeypatch):
+  source = fake_data.write_fake_fashion_mnist(str(tmp_path / "src"), num_train=300, num_test=40)
+  config = ml_collections.ConfigDict(dict(dataset="fashion_mnist", source_dir=source,
+                                          data_dir=str(tmp_path / "tfds")))
+  with_tf = {s: registry.load_split(config, s) for s in ("train", "test")}
+  monkeypatch.setattr(fashion_mnist, "tensorflow_installed", lambda: False)
+  monkeypatch.setattr(fashion_mnist, "_SPLITS", {})       # read again, the other way
+  monkeypatch.setattr(fashion_mnist, "fashion_mnist_builder", None)   # TFDS is not touched
+  for split, tfds_split in with_tf.items():
+    direct = registry.load_split(config, split)
+    assert direct is not tfds_split
+    for name in ("images", "labels", "items"):
+      np.testing.assert_array_equal(getattr(direct, name), getattr(tfds_split, name))
+      assert getattr(direct, name).dtype == getattr(tfds_split, name).dtype
+    assert direct.class_names == tfds_split.class_names
+  config.source_dir = str(tmp_path / "nowhere")
+  with pytest.raises(DataError, match=r"source_dir=.*nowhere.*no Fashion-MNIST IDX files"):
+    registry.load_split(config, "train")
