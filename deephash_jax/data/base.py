@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import itertools
 
 import jax
@@ -13,6 +14,12 @@ import numpy as np
 
 class DataError(ValueError):
   """Bad input data; the message names the file and what is wrong with it."""
+
+
+def tensorflow_installed() -> bool:
+  """Whether TFDS can build datasets here (it needs TensorFlow)."""
+  return all(importlib.util.find_spec(m) is not None
+             for m in ("tensorflow", "tensorflow_datasets"))
 
 
 def hide_tf_from_accelerators():

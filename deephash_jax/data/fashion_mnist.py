@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import gzip
 import hashlib
-import importlib.util
 import os
 import struct
 
@@ -164,12 +163,6 @@ def read_in_tfds_order(source_dir: str | None, split: str):
   return images[order], labels[order], order
 
 
-def tensorflow_installed() -> bool:
-  """Whether TFDS can build datasets here (it needs TensorFlow)."""
-  return all(importlib.util.find_spec(m) is not None
-             for m in ("tensorflow", "tensorflow_datasets"))
-
-
 _SPLITS: dict[tuple, base.Split] = {}   # (data_dir, source_dir, split) -> the split, read once
 
 
@@ -181,7 +174,7 @@ def load_split(input_config, split: str) -> base.Split:
   """
   key = (input_config.get("data_dir"), input_config.get("source_dir"), split)
   if key not in _SPLITS:
-    if tensorflow_installed():
+    if base.tensorflow_installed():
       builder = base.prepare_once(lambda: fashion_mnist_builder(input_config.get("data_dir"),
                                                                 input_config.get("source_dir")))
       import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (TF loads lazily)

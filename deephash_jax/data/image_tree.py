@@ -210,6 +210,9 @@ def load_split(input_config, split: str) -> base.Split:
   root = input_config.get("root")
   if not root:
     raise DataError("config.input.root is not set: pass --config.input.root=/path/to/tree")
+  if not base.tensorflow_installed():
+    raise DataError(f"{root}: image trees are read through TFDS, which needs TensorFlow here "
+                    "(pip install tensorflow-cpu); Fashion-MNIST reads without it")
   builder = image_folder_builder(root, input_config.get("image_size"),
                                  input_config.get("channels"), input_config.get("data_dir"))
   class_names = builder.tree.class_names

@@ -77,7 +77,7 @@ def test_without_tensorflow_the_split_is_the_tfds_split_bit_for_bit(tmp_path, mo
   config = ml_collections.ConfigDict(dict(dataset="fashion_mnist", source_dir=source,
                                           data_dir=str(tmp_path / "tfds")))
   with_tf = {s: registry.load_split(config, s) for s in ("train", "test")}
-  monkeypatch.setattr(fashion_mnist, "tensorflow_installed", lambda: False)
+  monkeypatch.setattr(fashion_mnist.base, "tensorflow_installed", lambda: False)
   monkeypatch.setattr(fashion_mnist, "_SPLITS", {})       # read again, the other way
   monkeypatch.setattr(fashion_mnist, "fashion_mnist_builder", None)   # TFDS is not touched
   for split, tfds_split in with_tf.items():

@@ -114,3 +114,11 @@ def test_train_and_evaluate_on_an_exported_tree(tmp_path):
   again = evaluate.evaluate_workdir(workdir)
   assert again["map_all"] == pytest.approx(results["map_all"])
   assert again["step"] == 8
+
+
+def test_a_tree_without_tensorflow_is_named_with_what_to_install(tmp_path, monkeypatch):
+  monkeypatch.setattr(image_tree.base, "tensorflow_installed", lambda: False)
+  config = config_lib.base_config("image_folder_tiny").input
+  config.root = str(tmp_path)
+  with pytest.raises(DataError, match=r"needs TensorFlow here \(pip install tensorflow-cpu\)"):
+    image_tree.load_split(config, "train")
