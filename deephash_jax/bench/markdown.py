@@ -193,7 +193,9 @@ def _carried_section(results) -> list[str]:
     lines += ["", f"## Runs from an earlier report: {source}", "",
               f"Trained elsewhere and taken with their figures ({len(runs)}): "
               + ", ".join(name for name, _ in runs) + "."
-              + (f" Recorded without their config, so not checked against the plan: "
+              + (" None of these records carries the config it trained with, so none is "
+                 "checked against the plan." if len(unchecked) == len(runs) else
+                 f" Recorded without their config, so not checked against the plan: "
                  + ", ".join(unchecked) + "." if unchecked else "")
               + (" The config each record carries matches the plan's."
                  if len(unchecked) < len(runs) else "")]

@@ -204,9 +204,14 @@ def test_an_earlier_run_of_another_config_is_stale_and_one_without_a_config_is_n
   assert "ours" not in results["aggregate"]
   assert dch["status"] == "done" and dch["config_checked"] is False
   text = markdown.format_markdown(results)
-  assert "Recorded without their config, so not checked against the plan: dch_16b_s0." in text
+  assert "None of these records carries the config it trained with" in text
   assert "The config each record carries" not in text
   assert report.carried_runs(changed, here, previous) == {"dch_16b_s0"}
+  # Under the plan they trained with: one checked, one not.
+  text = markdown.format_markdown(
+      report.collect(config, here, with_references=False, previous_report=previous))
+  assert ("Recorded without their config, so not checked against the plan: dch_16b_s0. The "
+          "config each record carries matches the plan's.") in text
 
 
 def test_an_earlier_report_of_another_protocol_or_a_broken_file_is_named(tmp_path):
