@@ -64,7 +64,7 @@ def test_the_plan_trains_once_and_the_report_reads_every_finished_run(tiny_confi
 
   results = report.write_report(tiny_config, workdir)
   assert results["status"] == {"done": 4, "running": 0, "pending": 0, "failed": 0,
-                               "stale": 0, "planned": 4}
+                               "stale": 0, "planned": 4, "carried": 0}
   for name, record in results["runs"].items():
     assert set(record["category"]) == {"map_all", "map_at_10", "precision_at_hamming_2"}
     assert 0.0 < record["category"]["map_all"] <= 1.0, name
