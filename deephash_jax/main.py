@@ -181,7 +181,9 @@ def _benchmark():
   overrides = config_flags.get_override_values(FLAGS["config"])
   try:
     previous = FLAGS.previous_report
-    skip = report.carried_runs(FLAGS.config, FLAGS.workdir, previous) if previous else set()
+    # What --print_plan and the runner leave out; the report carries the runs itself.
+    skip = (report.carried_runs(FLAGS.config, FLAGS.workdir, previous)
+            if previous and not FLAGS.report else set())
     if FLAGS.print_plan:
       config_file = config_flags.get_config_filename(FLAGS["config"]).split(":")[0]
       print("\n".join(runner.pending_commands(FLAGS.config, FLAGS.workdir, config_file,

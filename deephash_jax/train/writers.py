@@ -95,13 +95,14 @@ def create_writer(workdir: str, *, just_logging: bool):
 
 
 def ensure_flushes(writer):
-  if metric_writers is not None and not isinstance(writer, JsonlWriter):
-    return metric_writers.ensure_flushes(writer)
-  return contextlib.closing(writer)
+  """create_writer's writer: a JsonlWriter is the one it makes without CLU."""
+  if isinstance(writer, JsonlWriter):
+    return contextlib.closing(writer)
+  return metric_writers.ensure_flushes(writer)
 
 
 def report_progress(*, num_train_steps: int, writer, every_steps: int):
-  if periodic_actions is not None and not isinstance(writer, JsonlWriter):
-    return periodic_actions.ReportProgress(num_train_steps=num_train_steps, writer=writer,
-                                           every_steps=every_steps)
-  return _Progress(num_train_steps=num_train_steps, writer=writer, every_steps=every_steps)
+  if isinstance(writer, JsonlWriter):
+    return _Progress(num_train_steps=num_train_steps, writer=writer, every_steps=every_steps)
+  return periodic_actions.ReportProgress(num_train_steps=num_train_steps, writer=writer,
+                                         every_steps=every_steps)

@@ -152,12 +152,18 @@ def _report_of(config, workdir):
   return path
 
 
-def test_an_earlier_reports_runs_count_where_this_workdir_has_not_finished_them(tmp_path):
-  config = config_lib.base_config("benchmark_tiny")
-  elsewhere, here = str(tmp_path / "elsewhere"), str(tmp_path / "here")
+def _earlier_report(config, tmp_path):
+  """(the results.json of a report elsewhere where ours_16b_s0 and dch_16b_s0 finished, a
+  workdir here where nothing has)."""
+  elsewhere = str(tmp_path / "elsewhere")
   _finish(elsewhere, plan.Run("ours", 16, 0), **_FIGURES)
   _finish(elsewhere, plan.Run("dch", 16, 0), **_FIGURES)
-  previous = _report_of(config, elsewhere)
+  return _report_of(config, elsewhere), str(tmp_path / "here")
+
+
+def test_an_earlier_reports_runs_count_where_this_workdir_has_not_finished_them(tmp_path):
+  config = config_lib.base_config("benchmark_tiny")
+  previous, here = _earlier_report(config, tmp_path)
   with open(previous) as f:
     saved = json.load(f)["runs"]["ours_16b_s0"]["config"]      # each record carries its config
   assert saved == json.loads(plan.run_config(config, "ours_16b_s0").to_json_best_effort())
@@ -182,10 +188,7 @@ def test_an_earlier_reports_runs_count_where_this_workdir_has_not_finished_them(
 
 def test_an_earlier_run_of_another_config_is_stale_and_one_without_a_config_is_named(tmp_path):
   config = config_lib.base_config("benchmark_tiny")
-  elsewhere, here = str(tmp_path / "elsewhere"), str(tmp_path / "here")
-  _finish(elsewhere, plan.Run("ours", 16, 0), **_FIGURES)
-  _finish(elsewhere, plan.Run("dch", 16, 0), **_FIGURES)
-  previous = _report_of(config, elsewhere)
+  previous, here = _earlier_report(config, tmp_path)
   with open(previous) as f:
     earlier = json.load(f)
   del earlier["runs"]["dch_16b_s0"]["config"]        # a record from before records carried it
