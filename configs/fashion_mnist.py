@@ -114,6 +114,14 @@ def get_config():
   config.loss.graded.memory_start_step = 1000
   # True: the memory's rows are also columns of the FastAP type order (ap_weight > 0).
   config.loss.graded.memory_type_ap = False
+  # > 0: HashNet's continuation (losses/baselines.py hashnet_scale) for the graded terms: they
+  # read tanh(beta * pre-codes), beta = (1 + gamma * step) ** power held for step_size steps, so
+  # late in training they score nearly binary codes, the codes the search ranks (with tanh alone
+  # a quarter of the code's entries stay within 0.5 of 0). Tried, not kept: gamma 0.005 trades
+  # 0.015 CM R@1 for 0.003 mAP@all (experiments/graded_codes/README.md, "The sign").
+  config.loss.graded.continuation_gamma = 0.0
+  config.loss.graded.continuation_power = 0.5
+  config.loss.graded.continuation_step_size = 200
   # class_bits > 0 splits the code: the first class_bits bits (a power of 2) are pulled to the
   # class's Hadamard centre by a cosine-margin softmax (centre_scale, centre_margin) and a per-bit
   # cross-entropy (centre_bit_weight), in place of the pair term (the pair_* fields unused); the

@@ -108,6 +108,15 @@ def _validate_graded(g) -> None:
   _require(discount == 0.0 or not g.get("memory_size", 0),
            "loss.graded.item_type_bit_discount", discount,
            "0 with loss.graded.memory_size > 0 (the memory's distances are not weighted)")
+  gamma = g.get("continuation_gamma", 0.0)
+  _require(gamma >= 0, "loss.graded.continuation_gamma", gamma, "non-negative (0: off)")
+  if gamma:
+    _require(g.continuation_power > 0, "loss.graded.continuation_power", g.continuation_power,
+             "positive")
+    _require(isinstance(g.continuation_step_size, int) and g.continuation_step_size > 0,
+             "loss.graded.continuation_step_size", g.continuation_step_size, "a positive int")
+    _require(not g.get("memory_size", 0), "loss.graded.continuation_gamma", gamma,
+             "0 with loss.graded.memory_size > 0 (the memory keeps the codes without the scale)")
 
 
 def _validate_memory(g, batch_items: int) -> None:
@@ -191,6 +200,9 @@ def _leaves(node, prefix: str = "") -> dict:
 # that holds this value (a finished run is not stale, a workdir resumes). The CNN's `conv` "auto"
 # is `models.SlicedConv` on CPU, the same function and parameters as the nn.Conv before it.
 ADDED_FIELDS = {
+    "loss.graded.continuation_gamma": 0.0,
+    "loss.graded.continuation_power": 0.5,
+    "loss.graded.continuation_step_size": 200,
     "loss.graded.item_symmetric": False,
     "loss.graded.item_type_bit_discount": 0.0,
     "loss.graded.memory_size": 0,

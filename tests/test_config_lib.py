@@ -32,6 +32,8 @@ def test_the_product_configs_are_valid():
     ("loss.graded.memory_start_step", -5, "config.loss.graded.memory_start_step=-5: a non-neg"),
     ("loss.graded.item_type_bit_discount", 1.5,
      "config.loss.graded.item_type_bit_discount=1.5: between 0 and 1"),
+    ("loss.graded.continuation_gamma", -0.1,
+     "config.loss.graded.continuation_gamma=-0.1: non-negative (0: off)"),
 ])
 def test_bad_values_are_named(field, value, message):
   config = config_lib.base_config("tiny")
@@ -57,6 +59,21 @@ def test_the_type_bit_discount_with_a_memory_is_named():
   with pytest.raises(config_lib.ConfigError,
                      match=r"item_type_bit_discount=0.5: 0 with loss.graded.memory_size > 0"):
     config_lib.validate_config(config)
+
+
+def test_bad_continuation_settings_are_named():
+  config = config_lib.base_config("tiny")
+  config.method = "graded"
+  config.loss.graded.continuation_gamma = 0.005
+  config_lib.validate_config(config)
+  for field, value, message in (
+      ("continuation_power", 0.0, "continuation_power=0.0: positive"),
+      ("continuation_step_size", 0, "continuation_step_size=0: a positive int"),
+      ("memory_size", 32, "continuation_gamma=0.005: 0 with loss.graded.memory_size > 0")):
+    bad = config.copy_and_resolve_references()
+    bad.loss.graded[field] = value
+    with pytest.raises(config_lib.ConfigError, match=message):
+      config_lib.validate_config(bad)
 
 
 def test_a_pool_for_the_alexnet_encoder_is_named():

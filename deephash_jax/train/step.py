@@ -164,6 +164,14 @@ def singh2019_loss(codes, logits, *, views: Views, masks: PairMasks, disc, disc_
   return total, terms
 
 
+def continuation_codes(pre_codes, step, g):
+  """tanh(beta * pre_codes), beta HashNet's continuation scale at `step` (float32)."""
+  beta = baselines.hashnet_scale(step, continuation_gamma=g.continuation_gamma,
+                                 continuation_power=g.continuation_power,
+                                 continuation_step_size=g.continuation_step_size)
+  return jnp.tanh(beta * jnp.asarray(pre_codes, jnp.float32))
+
+
 def graded_loss(codes, pre_codes, logits, features, *, views: Views, masks: PairMasks,
                 loss_config, num_bits: int, num_classes: int, memory=None, step=None):
   """(total, terms) of the graded objective (losses/graded.py) on this device's views.
@@ -171,6 +179,8 @@ def graded_loss(codes, pre_codes, logits, features, *, views: Views, masks: Pair
   Item level: this device's query views (anchors) against the gallery views of the global batch
   (candidates; column j = global catalogue item j of the batch), every other item a negative;
   with `item_symmetric`, averaged with the reverse direction (gallery views against query views).
+  With `continuation_gamma` > 0 every term reads tanh(beta * pre_codes) (`continuation_codes`)
+  in place of `codes`, and its gradient reaches the network through pre_codes.
   `memory` (state.memory, from step `memory_start_step` on): the gallery views of earlier steps
   as more negatives of each query view, other items only, and with `memory_type_ap` more
   columns of the FastAP type order of every view.
@@ -179,6 +189,8 @@ def graded_loss(codes, pre_codes, logits, features, *, views: Views, masks: Pair
   only.
   """
   g = loss_config.graded
+  if g.get("continuation_gamma", 0.0):
+    codes = continuation_codes(pre_codes, step, g).astype(codes.dtype)
   n_global = _global_size(views.query_first.shape[0])
   filled = None   # (1, M): the memory's rows in use at this step
   if memory is not None:

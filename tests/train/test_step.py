@@ -365,3 +365,44 @@ def test_the_memory_joins_the_type_order_of_fast_ap(config, step):
   want = graded.fast_ap_loss(np.maximum(d, 0).astype(np.float32), similar, valid,
                              num_bits=num_bits)
   np.testing.assert_allclose(float(got), float(want), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("step", [0, 450])
+def test_continuation_scores_tanh_of_the_scaled_pre_codes(config, step):
+  """`continuation_gamma`: every graded term reads tanh(beta * pre_codes), beta = (1 + gamma *
+  t) ** power with t the step rounded down to a multiple of step_size (NumPy here), whatever
+  codes the network passed; the gradient reaches the network through pre_codes alone."""
+  n, num_bits = 4, 16
+  rng = np.random.default_rng(7)
+  pre = rng.normal(size=(2 * n, num_bits)).astype(np.float32)
+  labels = np.array([0, 1, 0, 2], np.int32)
+  config.method = "graded"
+  g = config.loss.graded
+  g.ap_weight = 1.0
+  mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
+
+  def loss(codes, pre_codes):
+    def local(c, p):
+      views = step_lib.Views(images=None, labels=jnp.concatenate([labels, labels]),
+                             items=jnp.arange(2 * n) % n, index=jnp.arange(2 * n),
+                             query_first=jnp.zeros(n, bool))
+      return step_lib.graded_loss(
+          c, p, jnp.zeros((2 * n, 3)), jnp.asarray(p[:, :8]), views=views,
+          masks=step_lib.pair_masks(views), loss_config=config.loss, num_bits=num_bits,
+          num_classes=3, step=jnp.int32(step))
+    return jax.shard_map(local, mesh=mesh, in_specs=(P(), P()), out_specs=P(),
+                         check_vma=False)(codes, pre_codes)
+
+  beta = (1.0 + 0.01 * (step // 200 * 200)) ** 0.5
+  g.continuation_gamma = 0.0
+  # A new function for each setting: jit reads the config when it traces.
+  want_total, want = jax.jit(lambda c, p: loss(c, p))(np.tanh(beta * pre), pre)
+  g.continuation_gamma, g.continuation_power, g.continuation_step_size = 0.01, 0.5, 200
+  got_total, got = jax.jit(lambda c, p: loss(c, p))(np.zeros_like(pre), pre)
+  assert set(got) == set(want) and float(got_total) == pytest.approx(float(want_total), 1e-5)
+  for name in want:
+    np.testing.assert_allclose(float(got[name]), float(want[name]), rtol=1e-5, atol=1e-6,
+                               err_msg=name)
+  d_codes, d_pre = jax.grad(lambda c, p: loss(c, p)[0], argnums=(0, 1))(np.zeros_like(pre), pre)
+  assert not np.any(np.asarray(d_codes))
+  assert np.any(np.asarray(d_pre))
