@@ -80,6 +80,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _validate_graded(l.get("graded"))
     _validate_split(l.graded, m.num_bits, config.input.num_classes)
     _validate_memory(l.graded, config.train.batch_size // 2)
+    gamma = l.graded.get("continuation_gamma", 0.0)
+    _require(not gamma or activation == "tanh", "loss.graded.continuation_gamma", gamma,
+             f"0 with model.code_activation={activation!r} (the continuation scales tanh codes)")
   # Sign codes are +-1 already: the quantization term would be 0 with 0 gradient, a weight that
   # silently does nothing.
   _require(not (method == "singh2019" and activation == "sign_ste" and l.quantization_weight > 0),

@@ -74,6 +74,10 @@ def test_bad_continuation_settings_are_named():
     bad.loss.graded[field] = value
     with pytest.raises(config_lib.ConfigError, match=message):
       config_lib.validate_config(bad)
+  config.model.code_activation, config.loss.quantization_weight = "sign_ste", 0.0
+  with pytest.raises(config_lib.ConfigError,
+                     match="continuation_gamma=0.005: 0 with model.code_activation='sign_ste'"):
+    config_lib.validate_config(config)
 
 
 def test_a_pool_for_the_alexnet_encoder_is_named():
