@@ -122,6 +122,10 @@ def get_config():
   config.loss.graded.continuation_gamma = 0.0
   config.loss.graded.continuation_power = 0.5
   config.loss.graded.continuation_step_size = 200
+  # What the type level (the pair term and FastAP) reads: "continuous" (tanh codes, the relaxed
+  # Hamming distance) or "sign_ste" (their signs with a straight-through gradient: the Hamming
+  # distance the search ranks). The item level reads the continuous codes either way.
+  config.loss.graded.type_level_codes = "continuous"
   # class_bits > 0 splits the code: the first class_bits bits (a power of 2) are pulled to the
   # class's Hadamard centre by a cosine-margin softmax (centre_scale, centre_margin) and a per-bit
   # cross-entropy (centre_bit_weight), in place of the pair term (the pair_* fields unused); the

@@ -98,6 +98,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _validate_eval(config.eval)
 
 
+TYPE_LEVEL_CODES = ("continuous", "sign_ste")
+
+
 def _validate_graded(g) -> None:
   _require(g is not None, "loss.graded", g, "a ConfigDict (configs/fashion_mnist.py has one)")
   for name in ("pair_weight", "item_weight", "feature_item_weight", "pair_threshold",
@@ -111,6 +114,13 @@ def _validate_graded(g) -> None:
   _require(discount == 0.0 or not g.get("memory_size", 0),
            "loss.graded.item_type_bit_discount", discount,
            "0 with loss.graded.memory_size > 0 (the memory's distances are not weighted)")
+  type_codes = g.get("type_level_codes", "continuous")
+  _require(type_codes in TYPE_LEVEL_CODES, "loss.graded.type_level_codes", type_codes,
+           f"one of {TYPE_LEVEL_CODES}")
+  _require(type_codes == "continuous" or not g.get("class_bits", 0),
+           "loss.graded.type_level_codes", type_codes,
+           "'continuous' with loss.graded.class_bits > 0 (the split code's type level reads the "
+           "pre-codes of its class bits)")
   gamma = g.get("continuation_gamma", 0.0)
   _require(gamma >= 0, "loss.graded.continuation_gamma", gamma, "non-negative (0: off)")
   if gamma:
@@ -211,6 +221,7 @@ ADDED_FIELDS = {
     "loss.graded.memory_size": 0,
     "loss.graded.memory_start_step": 1000,
     "loss.graded.memory_type_ap": False,
+    "loss.graded.type_level_codes": "continuous",
     "model.encoder_kwargs.conv": "auto",
 }
 

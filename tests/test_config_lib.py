@@ -34,6 +34,8 @@ def test_the_product_configs_are_valid():
      "config.loss.graded.item_type_bit_discount=1.5: between 0 and 1"),
     ("loss.graded.continuation_gamma", -0.1,
      "config.loss.graded.continuation_gamma=-0.1: non-negative (0: off)"),
+    ("loss.graded.type_level_codes", "sign",
+     "config.loss.graded.type_level_codes='sign': one of ('continuous', 'sign_ste')"),
 ])
 def test_bad_values_are_named(field, value, message):
   config = config_lib.base_config("tiny")
@@ -47,6 +49,15 @@ def test_bad_values_are_named(field, value, message):
   if field.startswith("loss.graded.centre"):
     config.loss.graded.class_bits = 8       # the centre fields matter only with a split code
   with pytest.raises(config_lib.ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    config_lib.validate_config(config)
+
+
+def test_sign_type_level_with_a_split_code_is_named():
+  config = config_lib.base_config("tiny")
+  config.method = "graded"
+  config.loss.graded.type_level_codes, config.loss.graded.class_bits = "sign_ste", 8
+  with pytest.raises(config_lib.ConfigError, match="type_level_codes='sign_ste': 'continuous' "
+                     "with loss.graded.class_bits > 0"):
     config_lib.validate_config(config)
 
 

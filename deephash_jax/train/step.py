@@ -198,8 +198,12 @@ def graded_loss(codes, pre_codes, logits, features, *, views: Views, masks: Pair
   terms = {"classification": singh2019.classification_loss(logits, views.labels,
                                                             normaliser=2 * n_global)}
   weights = {"classification": loss_config.classification_weight}
+  type_codes = codes
+  if g.get("type_level_codes", "continuous") == "sign_ste":
+    # The signs forward, the identity backward (the straight-through estimator).
+    type_codes = codes + lax.stop_gradient(jnp.sign(codes) - codes)
   type_terms, type_weights = _graded_type_terms(
-      codes, pre_codes, views=views, masks=masks, g=g, num_bits=num_bits,
+      type_codes, pre_codes, views=views, masks=masks, g=g, num_bits=num_bits,
       num_classes=num_classes, memory=memory, filled=filled)
   item_terms = _graded_item_terms(codes, features, views=views, g=g, num_bits=num_bits,
                                   num_classes=num_classes, memory=memory, filled=filled)

@@ -406,3 +406,49 @@ def test_continuation_scores_tanh_of_the_scaled_pre_codes(config, step):
   d_codes, d_pre = jax.grad(lambda c, p: loss(c, p)[0], argnums=(0, 1))(np.zeros_like(pre), pre)
   assert not np.any(np.asarray(d_codes))
   assert np.any(np.asarray(d_pre))
+
+
+def test_sign_ste_type_level_reads_the_signs_and_passes_the_gradient_straight_through(config):
+  """`type_level_codes = "sign_ste"`: the pair term and FastAP score the signs of the codes (the
+  Hamming distance the search ranks) and their gradient with respect to the codes is theirs at the
+  signs (straight through); the item terms and the quantization term read the codes as before."""
+  n, num_bits = 4, 16
+  rng = np.random.default_rng(11)
+  codes = np.tanh(rng.normal(size=(2 * n, num_bits)) * 0.7).astype(np.float32)
+  signs = np.sign(codes)
+  labels = np.array([0, 1, 0, 2], np.int32)
+  config.method = "graded"
+  g = config.loss.graded
+  g.ap_weight = 1.0
+  mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
+
+  def terms(c):
+    def local(c):
+      views = step_lib.Views(images=None, labels=jnp.concatenate([labels, labels]),
+                             items=jnp.arange(2 * n) % n, index=jnp.arange(2 * n),
+                             query_first=jnp.zeros(n, bool))
+      return step_lib.graded_loss(
+          c, c, jnp.zeros((2 * n, 3)), jnp.asarray(codes[:, :8]), views=views,
+          masks=step_lib.pair_masks(views), loss_config=config.loss, num_bits=num_bits,
+          num_classes=3, step=jnp.int32(0))[1]
+    return jax.shard_map(local, mesh=mesh, in_specs=P(), out_specs=P(), check_vma=False)(c)
+
+  type_level = ("hamming", "type_ap")
+  type_sum = lambda t: t["hamming"] + t["type_ap"]
+  g.type_level_codes = "continuous"
+  # A new function for each setting: jit reads the config when it traces.
+  at_signs = jax.jit(lambda c: terms(c))(signs)
+  at_codes = jax.jit(lambda c: terms(c))(codes)
+  grad_at_signs = jax.grad(lambda c: type_sum(terms(c)))(signs)
+  g.type_level_codes = "sign_ste"
+  got = jax.jit(lambda c: terms(c))(codes)
+  grad = jax.grad(lambda c: type_sum(terms(c)))(codes)
+  assert set(got) == set(at_codes)
+  for name in got:
+    want = at_signs[name] if name in type_level else at_codes[name]
+    np.testing.assert_allclose(float(got[name]), float(want), rtol=1e-5, atol=1e-6,
+                               err_msg=name)
+  # The signs and the codes score differently here, so the check above can tell them apart.
+  assert abs(float(type_sum(at_signs)) - float(type_sum(at_codes))) > 1e-3
+  np.testing.assert_allclose(np.asarray(grad), np.asarray(grad_at_signs), rtol=1e-5, atol=1e-6)
+  assert np.any(np.asarray(grad))
