@@ -149,7 +149,7 @@ def test_a_resumed_workdir_must_keep_what_it_trains(tmp_path):
   with pytest.raises(config_lib.ConfigError) as e:
     config_lib.check_resumable(other, workdir)
   message = str(e.value)
-  assert "loss.graded.ap_weight: 8.0 -> 5.0" in message
+  assert "loss.graded.ap_weight: 11.0 -> 5.0" in message
   assert "model.shift_average: 1 -> '(absent)'" in message
   assert "train.num_epochs: 18 -> 15" in message
   assert "eval." not in message and workdir in message
@@ -160,7 +160,7 @@ def test_a_resumed_workdir_must_keep_what_it_trains(tmp_path):
 
 def test_a_config_saved_before_a_field_was_added_compares_as_its_neutral_value():
   import json
-  config = config_lib.base_config("graded")
+  config = config_lib.base_config("fashion_mnist")
   for field, value in config_lib.ADDED_FIELDS.items():   # the configs' defaults are those values
     assert config_lib._leaves(json.loads(config.to_json_best_effort()))[field] == value, field
   saved = json.loads(config.to_json_best_effort())
@@ -185,7 +185,8 @@ def test_config_changes_are_the_overrides_that_make_one_config_of_another():
   base, graded = config_lib.base_config("fashion_mnist"), config_lib.base_config("graded")
   assert config_lib.config_changes(base, base) == {}
   changes = config_lib.config_changes(base, graded)
-  assert changes["method"] == "graded" and changes["loss"] == {"graded": {"ap_weight": 8.0}}
+  assert changes["method"] == "graded" and changes["loss"] == {"graded": {
+      "ap_weight": 11.0, "item_type_bit_discount": 1.0, "type_level_codes": "sign_ste"}}
   assert "gallery" not in changes["input"]["augment"]      # unchanged sections are left out
   assert changes["model"]["encoder_kwargs"] == {"layers": ((32, 1), (64, 2), (128, 2), (128, 1))}
   rebuilt = base.copy_and_resolve_references()
