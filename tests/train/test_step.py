@@ -367,6 +367,23 @@ def test_the_memory_joins_the_type_order_of_fast_ap(config, step):
   np.testing.assert_allclose(float(got), float(want), rtol=1e-4, atol=1e-6)
 
 
+def _graded_loss_on_one_device(config, codes, pre_codes, features, labels, step):
+  """(total, terms) of `graded_loss` on one device for 2N views of N items (labels (N,)): the
+  gallery views first, then the query views, no classifier logits."""
+  n = len(labels)
+  mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
+
+  def local(c, p, f):
+    views = step_lib.Views(images=None, labels=jnp.concatenate([labels, labels]),
+                           items=jnp.arange(2 * n) % n, index=jnp.arange(2 * n),
+                           query_first=jnp.zeros(n, bool))
+    return step_lib.graded_loss(
+        c, p, jnp.zeros((2 * n, 3)), f, views=views, masks=step_lib.pair_masks(views),
+        loss_config=config.loss, num_bits=c.shape[1], num_classes=3, step=jnp.int32(step))
+  return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P()), out_specs=P(),
+                       check_vma=False)(codes, pre_codes, jnp.asarray(features))
+
+
 @pytest.mark.parametrize("step", [0, 450])
 def test_continuation_scores_tanh_of_the_scaled_pre_codes(config, step):
   """`continuation_gamma`: every graded term reads tanh(beta * pre_codes), beta = (1 + gamma *
@@ -379,19 +396,9 @@ def test_continuation_scores_tanh_of_the_scaled_pre_codes(config, step):
   config.method = "graded"
   g = config.loss.graded
   g.ap_weight = 1.0
-  mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
 
   def loss(codes, pre_codes):
-    def local(c, p):
-      views = step_lib.Views(images=None, labels=jnp.concatenate([labels, labels]),
-                             items=jnp.arange(2 * n) % n, index=jnp.arange(2 * n),
-                             query_first=jnp.zeros(n, bool))
-      return step_lib.graded_loss(
-          c, p, jnp.zeros((2 * n, 3)), jnp.asarray(p[:, :8]), views=views,
-          masks=step_lib.pair_masks(views), loss_config=config.loss, num_bits=num_bits,
-          num_classes=3, step=jnp.int32(step))
-    return jax.shard_map(local, mesh=mesh, in_specs=(P(), P()), out_specs=P(),
-                         check_vma=False)(codes, pre_codes)
+    return _graded_loss_on_one_device(config, codes, pre_codes, pre_codes[:, :8], labels, step)
 
   beta = (1.0 + 0.01 * (step // 200 * 200)) ** 0.5
   g.continuation_gamma = 0.0
@@ -420,18 +427,9 @@ def test_sign_ste_type_level_reads_the_signs_and_passes_the_gradient_straight_th
   config.method = "graded"
   g = config.loss.graded
   g.ap_weight = 1.0
-  mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
 
   def terms(c):
-    def local(c):
-      views = step_lib.Views(images=None, labels=jnp.concatenate([labels, labels]),
-                             items=jnp.arange(2 * n) % n, index=jnp.arange(2 * n),
-                             query_first=jnp.zeros(n, bool))
-      return step_lib.graded_loss(
-          c, c, jnp.zeros((2 * n, 3)), jnp.asarray(codes[:, :8]), views=views,
-          masks=step_lib.pair_masks(views), loss_config=config.loss, num_bits=num_bits,
-          num_classes=3, step=jnp.int32(0))[1]
-    return jax.shard_map(local, mesh=mesh, in_specs=P(), out_specs=P(), check_vma=False)(c)
+    return _graded_loss_on_one_device(config, c, c, codes[:, :8], labels, 0)[1]
 
   type_level = ("hamming", "type_ap")
   type_sum = lambda t: t["hamming"] + t["type_ap"]
