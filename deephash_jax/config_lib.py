@@ -77,12 +77,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   method = config.get("method", "singh2019")
   _require(method in methods, "method", method, f"one of {methods}")
   if method == "graded":
-    _validate_graded(l.get("graded"))
-    _validate_split(l.graded, m.num_bits, config.input.num_classes)
-    _validate_memory(l.graded, config.train.batch_size // 2)
-    gamma = l.graded.get("continuation_gamma", 0.0)
-    _require(not gamma or activation == "tanh", "loss.graded.continuation_gamma", gamma,
-             f"0 with model.code_activation={activation!r} (the continuation scales tanh codes)")
+    _validate_graded(l.get("graded"), activation=activation, num_bits=m.num_bits,
+                     num_classes=config.input.num_classes,
+                     batch_items=config.train.batch_size // 2)
   # Sign codes are +-1 already: the quantization term would be 0 with 0 gradient, a weight that
   # silently does nothing.
   _require(not (method == "singh2019" and activation == "sign_ste" and l.quantization_weight > 0),
@@ -101,7 +98,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 TYPE_LEVEL_CODES = ("continuous", "sign_ste")
 
 
-def _validate_graded(g) -> None:
+def _validate_graded(g, *, activation: str, num_bits: int, num_classes: int,
+                     batch_items: int) -> None:
+  """Every check of config.loss.graded, with the fields of other sections it depends on."""
   _require(g is not None, "loss.graded", g, "a ConfigDict (configs/fashion_mnist.py has one)")
   for name in ("pair_weight", "item_weight", "feature_item_weight", "pair_threshold",
                "ap_weight"):
@@ -123,6 +122,8 @@ def _validate_graded(g) -> None:
            "pre-codes of its class bits)")
   gamma = g.get("continuation_gamma", 0.0)
   _require(gamma >= 0, "loss.graded.continuation_gamma", gamma, "non-negative (0: off)")
+  _require(not gamma or activation == "tanh", "loss.graded.continuation_gamma", gamma,
+           f"0 with model.code_activation={activation!r} (the continuation scales tanh codes)")
   if gamma:
     _require(g.continuation_power > 0, "loss.graded.continuation_power", g.continuation_power,
              "positive")
@@ -130,6 +131,8 @@ def _validate_graded(g) -> None:
              "loss.graded.continuation_step_size", g.continuation_step_size, "a positive int")
     _require(not g.get("memory_size", 0), "loss.graded.continuation_gamma", gamma,
              "0 with loss.graded.memory_size > 0 (the memory keeps the codes without the scale)")
+  _validate_split(g, num_bits, num_classes)
+  _validate_memory(g, batch_items)
 
 
 def _validate_memory(g, batch_items: int) -> None:
