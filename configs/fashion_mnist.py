@@ -126,6 +126,11 @@ def get_config():
   # Hamming distance) or "sign_ste" (their signs with a straight-through gradient: the Hamming
   # distance the search ranks). The item level reads the continuous codes either way.
   config.loss.graded.type_level_codes = "continuous"
+  # With "sign_ste", the distance between the signs the gradient is taken of: "difference"
+  # (K/4 |a_hat - b_hat|^2, the relaxed distance: gradient 0 on the bits two codes agree on, so a
+  # pair with identical signs is not pushed apart) or "inner_product" ((K - <a, b>) / 2: every
+  # bit, losses/distance.py sign_hamming). The same distances forward.
+  config.loss.graded.sign_gradient = "difference"
   # class_bits > 0 splits the code: the first class_bits bits (a power of 2) are pulled to the
   # class's Hadamard centre by a cosine-margin softmax (centre_scale, centre_margin) and a per-bit
   # cross-entropy (centre_bit_weight), in place of the pair term (the pair_* fields unused); the

@@ -96,6 +96,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 
 
 TYPE_LEVEL_CODES = ("continuous", "sign_ste")
+SIGN_GRADIENTS = ("difference", "inner_product")
 
 
 def _validate_graded(g, *, activation: str, num_bits: int, num_classes: int,
@@ -120,6 +121,13 @@ def _validate_graded(g, *, activation: str, num_bits: int, num_classes: int,
            "loss.graded.type_level_codes", type_codes,
            "'continuous' with loss.graded.class_bits > 0 (the split code's type level reads the "
            "pre-codes of its class bits)")
+  sign_gradient = g.get("sign_gradient", "difference")
+  _require(sign_gradient in SIGN_GRADIENTS, "loss.graded.sign_gradient", sign_gradient,
+           f"one of {SIGN_GRADIENTS}")
+  _require(sign_gradient == "difference" or type_codes == "sign_ste",
+           "loss.graded.sign_gradient", sign_gradient,
+           "'difference' unless loss.graded.type_level_codes='sign_ste' (the form of the "
+           "distance between the signs)")
   gamma = g.get("continuation_gamma", 0.0)
   _require(gamma >= 0, "loss.graded.continuation_gamma", gamma, "non-negative (0: off)")
   _require(not gamma or activation == "tanh", "loss.graded.continuation_gamma", gamma,
@@ -225,6 +233,7 @@ ADDED_FIELDS = {
     "loss.graded.memory_start_step": 1000,
     "loss.graded.memory_type_ap": False,
     "loss.graded.type_level_codes": "continuous",
+    "loss.graded.sign_gradient": "difference",
     "model.encoder_kwargs.conv": "auto",
 }
 

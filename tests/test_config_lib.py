@@ -36,6 +36,11 @@ def test_the_product_configs_are_valid():
      "config.loss.graded.continuation_gamma=-0.1: non-negative (0: off)"),
     ("loss.graded.type_level_codes", "sign",
      "config.loss.graded.type_level_codes='sign': one of ('continuous', 'sign_ste')"),
+    ("loss.graded.sign_gradient", "dot",
+     "config.loss.graded.sign_gradient='dot': one of ('difference', 'inner_product')"),
+    ("loss.graded.sign_gradient", "inner_product",
+     "config.loss.graded.sign_gradient='inner_product': 'difference' unless "
+     "loss.graded.type_level_codes='sign_ste'"),
 ])
 def test_bad_values_are_named(field, value, message):
   config = config_lib.base_config("tiny")

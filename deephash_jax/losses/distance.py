@@ -57,3 +57,19 @@ def relaxed_hamming_matmul(row_codes, col_codes, *, num_bits: int | None = None,
   b_hat, _ = normalize(col_codes, eps)
   cos = jnp.matmul(a_hat, b_hat.T, precision=jax.lax.Precision.HIGHEST)
   return 0.5 * num_bits * jnp.maximum(1.0 - cos, 0.0)
+
+
+def sign_hamming(row_signs, col_signs, *, num_bits: int | None = None):
+  """(Na, Nb) Hamming distances (K - <a, b>) / 2 between +-1 codes, float32, one matmul at
+  Precision.HIGHEST: integer sums, so exact (0 for identical rows).
+
+  Equal to `relaxed_hamming` on +-1 codes, but not its gradient there: d/da_b is -b_b / 2 on
+  every bit, where K/4 |a_hat - b_hat|^2 has gradient 0 on each bit the two codes agree on. Under
+  a straight-through estimator (losses read the signs, the gradient goes to the tanh codes) that
+  is the difference between pushing two codes apart by flipping any bit and not at all: with the
+  difference form a pair with identical signs gets no push, whatever its loss. K = `num_bits`, by
+  default the codes' width (its distances are then within [0, K])."""
+  a = jnp.asarray(row_signs, jnp.float32)
+  b = jnp.asarray(col_signs, jnp.float32)
+  num_bits = a.shape[-1] if num_bits is None else num_bits
+  return 0.5 * (num_bits - jnp.matmul(a, b.T, precision=jax.lax.Precision.HIGHEST))

@@ -10,6 +10,7 @@ that the sum of the per-device values equals the loss of the whole batch on one 
 from __future__ import annotations
 
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 PAIR_SAME_ITEM, PAIR_SAME_TYPE, PAIR_OTHER_TYPE = 0, 1, 2
@@ -37,7 +38,7 @@ def cauchy_gammas(loss_config, num_bits: int) -> tuple[float, float]:
 
 
 def cauchy_cross_entropy(distances, similar, valid, *, gamma, num_similar=None,
-                         num_dissimilar=None, threshold=0.0):
+                         num_dissimilar=None, threshold=0.0, min_distance=0.0):
   """Balanced Cauchy cross-entropy on relaxed Hamming distances (Cao et al., DCH 2018).
 
   sigma = gamma / (gamma + d) is the probability that a pair is similar;
@@ -47,12 +48,25 @@ def cauchy_cross_entropy(distances, similar, valid, *, gamma, num_similar=None,
   default to the counts in this block; the sharded step passes global counts. A side with no
   pair contributes 0. `threshold` > 0 (method "graded") gives similar pairs a dead zone: their
   distance counts as max(d - threshold, 0), so pairs within `threshold` bits are not pulled.
+  `min_distance` > 0: below it the dissimilar term -log(1 - sigma) = log((gamma + d) / d) goes on
+  as its tangent at `min_distance`, finite with a finite slope at d = 0 (for distances between
+  signs, which are 0 exactly for identical codes: 1 bit); 0 keeps the log down to 1e-12.
   """
   similar = similar & valid
   dissimilar = (~similar) & valid
   pulled = jnp.maximum(distances - threshold, 0.0) if threshold else distances
   log_sigma = jnp.log(gamma) - jnp.log(gamma + pulled)
-  log_one_minus_sigma = jnp.log(distances + 1e-12) - jnp.log(gamma + distances)
+  if min_distance:
+    # jnp.where, not jnp.maximum: the gradient at d == min_distance (sign distances sit on
+    # integers) must be the log's, not half of it.
+    far = jnp.where(distances < min_distance, min_distance, distances)
+    at_min = np.log(min_distance) - np.log(gamma + min_distance)
+    slope = 1.0 / min_distance - 1.0 / (gamma + min_distance)
+    log_one_minus_sigma = jnp.where(distances < min_distance,
+                                    at_min + slope * (distances - min_distance),
+                                    jnp.log(far) - jnp.log(gamma + far))
+  else:
+    log_one_minus_sigma = jnp.log(distances + 1e-12) - jnp.log(gamma + distances)
   if num_similar is None:
     num_similar = jnp.sum(similar)
   if num_dissimilar is None:

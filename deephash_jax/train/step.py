@@ -230,13 +230,20 @@ def _graded_type_terms(codes, pre_codes, *, views: Views, masks: PairMasks, g, n
         "class_centre_bits": graded.centre_bit_loss(
             pre_codes[:, :class_bits], views.labels, centres, normaliser=2 * n_global)}
     return terms, {"class_centre": g.centre_weight, "class_centre_bits": g.centre_bit_weight}
-  distances = distance.relaxed_hamming(codes, lax.all_gather(codes, AXIS, tiled=True),
-                                       num_bits=num_bits)
+  gathered = lax.all_gather(codes, AXIS, tiled=True)
+  # "inner_product": the distances between the signs with a gradient on every bit; identical
+  # signs are 0 bits apart exactly, so the pair term's log goes linear below 1 bit.
+  inner_product = g.get("sign_gradient", "difference") == "inner_product"
+  if inner_product:
+    distances = distance.sign_hamming(codes, gathered, num_bits=num_bits)
+  else:
+    distances = distance.relaxed_hamming(codes, gathered, num_bits=num_bits)
   m = masks
   terms = {"hamming": singh2019.cauchy_cross_entropy(
       distances, m.category_similar, m.valid, gamma=g.pair_gamma,
       num_similar=count(m.category_similar & m.valid),
-      num_dissimilar=count(~m.category_similar & m.valid), threshold=g.pair_threshold)}
+      num_dissimilar=count(~m.category_similar & m.valid), threshold=g.pair_threshold,
+      min_distance=1.0 if inner_product else 0.0)}
   weights = {"hamming": g.pair_weight}
   if g.get("ap_weight", 0.0):
     d, similar, valid = distances, m.category_similar, m.valid

@@ -43,6 +43,32 @@ def test_identical_and_near_parallel_codes_keep_an_accurate_distance_and_gradien
   assert np.all(np.asarray(distance.relaxed_hamming(codes, -codes)) >= 0)
 
 
+@pytest.mark.parametrize("num_bits", [1, 16, 48])
+def test_sign_hamming_counts_differing_bits_exactly_and_pushes_on_every_bit(num_bits):
+  """The inner-product form on +-1 codes: NumPy's count of differing bits (identical rows 0,
+  opposite rows K, exactly), the relaxed distance's values; its gradient is -b / 2 on every bit,
+  the relaxed form's is 0 on the bits the two codes agree on."""
+  rng = np.random.default_rng(num_bits + 7)
+  a = rng.choice([-1.0, 1.0], size=(5, num_bits)).astype(np.float32)
+  b = np.concatenate([a[:2], -a[2:3], rng.choice([-1.0, 1.0], size=(3, num_bits))]).astype(
+      np.float32)
+  want = (a[:, None, :] != b[None, :, :]).sum(-1)
+  got = np.asarray(distance.sign_hamming(a, b))
+  assert got.dtype == np.float32
+  np.testing.assert_array_equal(got, want)
+  assert got[0, 0] == 0 and got[2, 2] == num_bits
+  np.testing.assert_allclose(distance.relaxed_hamming(a, b), got, atol=1e-4)
+  np.testing.assert_array_equal(distance.sign_hamming(jnp.asarray(a, jnp.bfloat16), b), want)
+  # One pair: d(a_0, b_j) as a function of a_0.
+  grad = lambda form, j: np.asarray(jax.grad(lambda x: form(x[None], b[j:j + 1])[0, 0])(a[0]))
+  for j in range(len(b)):
+    np.testing.assert_array_equal(grad(distance.sign_hamming, j), -b[j] / 2)
+  # Identical rows (every bit agrees): the relaxed form's gradient is 0 but for its eps
+  # residual (about 1e-6 of the inner product's 0.5 per bit).
+  assert (a[0] == b[0]).all()
+  np.testing.assert_allclose(grad(distance.relaxed_hamming, 0), 0.0, atol=1e-5)
+
+
 def test_bfloat16_inputs_are_measured_in_float32():
   rng = np.random.default_rng(1)
   a = jnp.asarray(rng.normal(size=(6, 32)), jnp.bfloat16)

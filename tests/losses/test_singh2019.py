@@ -58,6 +58,32 @@ def test_cauchy_threshold_is_a_dead_zone_for_similar_pairs_only():
   assert beyond.any() and np.all(np.asarray(grad)[beyond] > 0)
 
 
+def test_cauchy_min_distance_continues_the_dissimilar_log_as_its_tangent():
+  """min_distance m: a dissimilar pair below m counts f(m) + f'(m) (d - m), f(d) = log((gamma +
+  d) / d), finite with slope f'(m) at d = 0 (distances between signs: identical codes are 0
+  apart); at and above m, and for similar pairs, the term is unchanged."""
+  gamma, m = 10.0, 1.0
+  d = np.array([[0.0, 0.5, 1.0, 3.0], [2.0, 0.0, 7.0, 0.25]], np.float32)
+  similar = np.array([[False, False, False, True], [False, True, False, False]])
+  valid = np.ones_like(similar)
+  f = lambda x: np.log((gamma + x) / x)
+  slope = -1.0 / m + 1.0 / (gamma + m)                      # f'(m)
+  per = np.where(d < m, f(m) + slope * (d - m), f(np.maximum(d, m)))
+  want = 0.5 * (np.mean(np.log1p(d[similar] / gamma)) + np.mean(per[~similar]))
+  loss = lambda x: losses.cauchy_cross_entropy(x, similar, valid, gamma=gamma, min_distance=m)
+  np.testing.assert_allclose(loss(jnp.asarray(d)), want, rtol=1e-6)
+  grad = np.asarray(jax.grad(loss)(jnp.asarray(d)))
+  n_dis = (~similar).sum()
+  np.testing.assert_allclose(grad[0, 0], 0.5 * slope / n_dis, rtol=1e-5)    # d = 0: finite
+  np.testing.assert_allclose(grad[0, 1], grad[0, 0], rtol=1e-5)            # linear below m
+  np.testing.assert_allclose(grad[1, 0], 0.5 * (-1 / 2.0 + 1 / 12.0) / n_dis, rtol=1e-5)
+  np.testing.assert_allclose(grad[0, 2], 0.5 * slope / n_dis, rtol=1e-5)    # d = m: the log's
+  # Where every dissimilar pair is at or above m, the same loss as without it.
+  d_far = np.maximum(d, 1.0)
+  np.testing.assert_allclose(loss(jnp.asarray(d_far)), np_cauchy(d_far, similar, valid, gamma),
+                             rtol=1e-6)
+
+
 def test_cauchy_cross_entropy_edge_cases():
   d = np.array([[0.0, 3.0], [5.0, 0.0]], np.float32)
   valid = np.ones((2, 2), bool)

@@ -450,3 +450,55 @@ def test_sign_ste_type_level_reads_the_signs_and_passes_the_gradient_straight_th
   assert abs(float(type_sum(at_signs)) - float(type_sum(at_codes))) > 1e-3
   np.testing.assert_allclose(np.asarray(grad), np.asarray(grad_at_signs), rtol=1e-5, atol=1e-6)
   assert np.any(np.asarray(grad))
+
+
+def test_inner_product_sign_gradient_pushes_other_types_apart_on_the_bits_they_agree_on(config):
+  """`sign_gradient = "inner_product"` against "difference", the pair term of the sign type level
+  for two types whose signs differ in one bit: the same value (the Cauchy term at 1 bit). The
+  distance's gradient at +-1 codes (|a| = sqrt(K)) is, per bit, (1 - 1/K) on the bit that
+  differs and 1/K on each agreeing bit for the relaxed form (whose normalisation alone reaches
+  the agreeing bits), 1/2 on every bit for the inner product: the relaxed form spends its push on
+  the bit that already differs, which moves no sign, and K/2 times less on the bits that could
+  flip. With identical signs (0 bits) the inner product's term goes linear below 1 bit: finite,
+  against NumPy."""
+  n, num_bits = 2, 16
+  rng = np.random.default_rng(12)
+  common = rng.choice([-1.0, 1.0], size=num_bits)
+  magnitude = np.tanh(np.abs(rng.normal(size=(2 * n, num_bits))) + 0.1)
+  signs = np.stack([common, common, common, common])
+  signs[[1, 3], 0] *= -1                      # type 1's views (item 1): bit 0 flipped
+  codes = (magnitude * signs).astype(np.float32)
+  labels = np.array([0, 1], np.int32)
+  config.method = "graded"
+  g = config.loss.graded
+  g.ap_weight, g.type_level_codes = 0.0, "sign_ste"
+
+  def pair_term(c):
+    return _graded_loss_on_one_device(config, c, c, codes[:, :8], labels, 0)[1]["hamming"]
+
+  def run(form, c):
+    g.sign_gradient = form
+    # A new function for each setting: jit reads the config when it traces.
+    value, grad = jax.jit(jax.value_and_grad(lambda x: pair_term(x)))(c)
+    return float(value), np.asarray(grad)
+
+  (v_diff, g_diff), (v_ip, g_ip) = run("difference", codes), run("inner_product", codes)
+  np.testing.assert_allclose(v_ip, v_diff, rtol=1e-5)
+  assert np.all(np.abs(g_diff) > 1e-4)
+  np.testing.assert_allclose(g_ip[:, 1:], num_bits / 2 * g_diff[:, 1:], rtol=1e-3)
+  np.testing.assert_allclose(g_ip[:, 0], 0.5 / (1 - 1 / num_bits) * g_diff[:, 0], rtol=1e-3)
+  # Gradient descent on the inner product's term moves every view's agreeing bits towards the
+  # other type's opposite (-common): a negative slope along -common on bits 1..K-1.
+  assert np.all(g_ip[:, 1:] @ -common[1:] < -1e-3)
+
+  view_labels = np.concatenate([labels, labels])
+  similar = view_labels[:, None] == view_labels[None, :]
+  valid = ~np.eye(2 * n, dtype=bool)
+  collapsed = (magnitude * common).astype(np.float32)      # every view on one code: 0 bits apart
+  want = singh2019.cauchy_cross_entropy(np.zeros((2 * n, 2 * n), np.float32), similar, valid,
+                                        gamma=g.pair_gamma, threshold=g.pair_threshold,
+                                        min_distance=1.0)
+  value, grad = run("inner_product", collapsed)
+  np.testing.assert_allclose(value, float(want), rtol=1e-5)
+  assert np.all(np.isfinite(grad)) and np.abs(grad).max() < 10.0
+  assert np.all(grad @ -common < -1e-3)
