@@ -129,7 +129,9 @@ def get_config():
   # With "sign_ste", the distance between the signs the gradient is taken of: "difference"
   # (K/4 |a_hat - b_hat|^2, the relaxed distance: gradient 0 on the bits two codes agree on, so a
   # pair with identical signs is not pushed apart) or "inner_product" ((K - <a, b>) / 2: every
-  # bit, losses/distance.py sign_hamming). The same distances forward.
+  # bit, losses/distance.py sign_hamming). The same distances forward. "inner_product" at the
+  # default's weights, benchmark graded 48 bits, seed 0: mAP@all 0.9007 -> 0.8964, CM R@1
+  # 0.1208 -> 0.0091 (the type level, K/2 times stronger on the agreeing bits, rules the code).
   config.loss.graded.sign_gradient = "difference"
   # class_bits > 0 splits the code: the first class_bits bits (a power of 2) are pulled to the
   # class's Hadamard centre by a cosine-margin softmax (centre_scale, centre_margin) and a per-bit
