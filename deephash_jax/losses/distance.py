@@ -64,11 +64,12 @@ def sign_hamming(row_signs, col_signs, *, num_bits: int | None = None):
   Precision.HIGHEST: integer sums, so exact (0 for identical rows).
 
   Equal to `relaxed_hamming` on +-1 codes, but not its gradient there: d/da_b is -b_b / 2 on
-  every bit, where K/4 |a_hat - b_hat|^2 has gradient 0 on each bit the two codes agree on. Under
-  a straight-through estimator (losses read the signs, the gradient goes to the tanh codes) that
-  is the difference between pushing two codes apart by flipping any bit and not at all: with the
-  difference form a pair with identical signs gets no push, whatever its loss. K = `num_bits`, by
-  default the codes' width (its distances are then within [0, K])."""
+  every bit, where the relaxed form's, for codes m bits apart, is 1 - m/K on each bit that
+  differs and m/K on each that agrees (0 for identical codes, but for its eps residual). Under a
+  straight-through estimator (losses read the signs, the gradient goes to the tanh codes) the
+  relaxed form spends a push on the bits that already differ, which moves no sign; this one
+  reaches every bit that could flip. K = `num_bits`, by default the codes' width (its distances
+  are then within [0, K])."""
   a = jnp.asarray(row_signs, jnp.float32)
   b = jnp.asarray(col_signs, jnp.float32)
   num_bits = a.shape[-1] if num_bits is None else num_bits

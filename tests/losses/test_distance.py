@@ -47,7 +47,7 @@ def test_identical_and_near_parallel_codes_keep_an_accurate_distance_and_gradien
 def test_sign_hamming_counts_differing_bits_exactly_and_pushes_on_every_bit(num_bits):
   """The inner-product form on +-1 codes: NumPy's count of differing bits (identical rows 0,
   opposite rows K, exactly), the relaxed distance's values; its gradient is -b / 2 on every bit,
-  the relaxed form's is 0 on the bits the two codes agree on."""
+  the relaxed form's is 0 for identical rows (every bit agrees)."""
   rng = np.random.default_rng(num_bits + 7)
   a = rng.choice([-1.0, 1.0], size=(5, num_bits)).astype(np.float32)
   b = np.concatenate([a[:2], -a[2:3], rng.choice([-1.0, 1.0], size=(3, num_bits))]).astype(
