@@ -47,9 +47,9 @@ def get_config(variant: str = "budget"):
   # type's bits, FastAP weight 11 (experiments/graded_codes/README.md, "The type level on the
   # signs"): at 15 epochs, one seed, signs alone: mAP@all 0.8994 -> 0.8991, CM R@1 0.1026 ->
   # 0.1142; with the discount and weight 12: 0.9021 and 0.1131 (20: 0.9095 and 0.0774).
-  # Tuned at 48 bits; at 16 and 64 it leans to the type (experiments/graded_codes/README.md,
-  # "Every code length under the sign type level"): CM R@1 0.0060 -> 0.0015 at 16 bits,
-  # 0.1358 -> 0.0571 at 64 against the tanh type level, FastAP weight 8 (one seed each).
+  # Tuned at 48 bits; at 16, 32 and 64 it finds fewer garments than the tanh type level with
+  # FastAP weight 8 (experiments/graded_codes/README.md, "Every code length under the sign type
+  # level"; one seed each): CM R@1 0.0060 -> 0.0015, 0.0469 -> 0.0339, 0.1358 -> 0.0571.
   config.loss.graded.type_level_codes = "sign_ste"
   config.loss.graded.item_type_bit_discount = 1.0
   config.loss.graded.ap_weight = 11.0
