@@ -130,9 +130,9 @@ def get_config():
   # (K/4 |a_hat - b_hat|^2, the relaxed distance: for codes m bits apart, 1 - m/K on each bit
   # that differs, m/K on each that agrees, so a push barely reaches the bits that could flip) or
   # "inner_product" ((K - <a, b>) / 2: 1/2 on every bit, losses/distance.py sign_hamming). The
-  # same distances forward. "inner_product" at the
-  # default's weights, benchmark graded 48 bits, seed 0: mAP@all 0.9007 -> 0.8964, CM R@1
-  # 0.1208 -> 0.0091 (the type level, K/2 times stronger on the agreeing bits, rules the code).
+  # same distances forward. "inner_product" at the default's weights, benchmark graded 48 bits,
+  # seed 0: mAP@all 0.9007 -> 0.8964, CM R@1 0.1208 -> 0.0091 (the type level, K/2 times
+  # stronger on the agreeing bits, rules the code).
   config.loss.graded.sign_gradient = "difference"
   # class_bits > 0 splits the code: the first class_bits bits (a power of 2) are pulled to the
   # class's Hadamard centre by a cosine-margin softmax (centre_scale, centre_margin) and a per-bit

@@ -59,11 +59,11 @@ def cauchy_cross_entropy(distances, similar, valid, *, gamma, num_similar=None,
   if min_distance:
     # jnp.where, not jnp.maximum: the gradient at d == min_distance (sign distances sit on
     # integers) must be the log's, not half of it.
-    far = jnp.where(distances < min_distance, min_distance, distances)
+    below = distances < min_distance
+    far = jnp.where(below, min_distance, distances)
     at_min = np.log(min_distance) - np.log(gamma + min_distance)
     slope = 1.0 / min_distance - 1.0 / (gamma + min_distance)
-    log_one_minus_sigma = jnp.where(distances < min_distance,
-                                    at_min + slope * (distances - min_distance),
+    log_one_minus_sigma = jnp.where(below, at_min + slope * (distances - min_distance),
                                     jnp.log(far) - jnp.log(gamma + far))
   else:
     log_one_minus_sigma = jnp.log(distances + 1e-12) - jnp.log(gamma + distances)
