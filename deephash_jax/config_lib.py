@@ -108,27 +108,27 @@ def _validate_graded(g, *, activation: str, num_bits: int, num_classes: int,
     _require(g[name] >= 0, f"loss.graded.{name}", g[name], "non-negative")
   for name in ("pair_gamma", "item_temperature", "feature_temperature"):
     _require(g[name] > 0, f"loss.graded.{name}", g[name], "positive")
-  discount = g.get("item_type_bit_discount", 0.0)
+  discount = graded_option(g, "item_type_bit_discount")
   _require(0.0 <= discount <= 1.0, "loss.graded.item_type_bit_discount", discount,
            "between 0 and 1")
-  _require(discount == 0.0 or not g.get("memory_size", 0),
+  _require(discount == 0.0 or not graded_option(g, "memory_size"),
            "loss.graded.item_type_bit_discount", discount,
            "0 with loss.graded.memory_size > 0 (the memory's distances are not weighted)")
-  type_codes = g.get("type_level_codes", "continuous")
+  type_codes = graded_option(g, "type_level_codes")
   _require(type_codes in TYPE_LEVEL_CODES, "loss.graded.type_level_codes", type_codes,
            f"one of {TYPE_LEVEL_CODES}")
   _require(type_codes == "continuous" or not g.get("class_bits", 0),
            "loss.graded.type_level_codes", type_codes,
            "'continuous' with loss.graded.class_bits > 0 (the split code's type level reads the "
            "pre-codes of its class bits)")
-  sign_gradient = g.get("sign_gradient", "difference")
+  sign_gradient = graded_option(g, "sign_gradient")
   _require(sign_gradient in SIGN_GRADIENTS, "loss.graded.sign_gradient", sign_gradient,
            f"one of {SIGN_GRADIENTS}")
   _require(sign_gradient == "difference" or type_codes == "sign_ste",
            "loss.graded.sign_gradient", sign_gradient,
            "'difference' unless loss.graded.type_level_codes='sign_ste' (the form of the "
            "distance between the signs)")
-  gamma = g.get("continuation_gamma", 0.0)
+  gamma = graded_option(g, "continuation_gamma")
   _require(gamma >= 0, "loss.graded.continuation_gamma", gamma, "non-negative (0: off)")
   _require(not gamma or activation == "tanh", "loss.graded.continuation_gamma", gamma,
            f"0 with model.code_activation={activation!r} (the continuation scales tanh codes)")
@@ -137,19 +137,19 @@ def _validate_graded(g, *, activation: str, num_bits: int, num_classes: int,
              "positive")
     _require(isinstance(g.continuation_step_size, int) and g.continuation_step_size > 0,
              "loss.graded.continuation_step_size", g.continuation_step_size, "a positive int")
-    _require(not g.get("memory_size", 0), "loss.graded.continuation_gamma", gamma,
+    _require(not graded_option(g, "memory_size"), "loss.graded.continuation_gamma", gamma,
              "0 with loss.graded.memory_size > 0 (the memory keeps the codes without the scale)")
   _validate_split(g, num_bits, num_classes)
   _validate_memory(g, batch_items)
 
 
 def _validate_memory(g, batch_items: int) -> None:
-  size = g.get("memory_size", 0)
+  size = graded_option(g, "memory_size")
   _require(isinstance(size, int) and size >= 0 and size % batch_items == 0,
            "loss.graded.memory_size", size,
            f"0 (no memory) or a multiple of the batch's items (train.batch_size / 2 = "
            f"{batch_items})")
-  start = g.get("memory_start_step", 0)
+  start = graded_option(g, "memory_start_step")
   _require(isinstance(start, int) and start >= 0, "loss.graded.memory_start_step", start,
            "a non-negative int")
 
@@ -217,6 +217,12 @@ def _leaves(node, prefix: str = "") -> dict:
     else:
       out[f"{prefix}{key}"] = value
   return out
+
+
+def graded_option(g, name: str):
+  """config.loss.graded's field `name`, or, in a config saved before the field was added, its
+  ADDED_FIELDS value (what the code before it trained): the one place that default is written."""
+  return g.get(name, ADDED_FIELDS[f"loss.graded.{name}"])
 
 
 # Fields added to the configs after runs were saved without them, each with the value that trains

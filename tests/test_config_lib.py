@@ -186,6 +186,18 @@ def test_a_config_saved_before_a_field_was_added_compares_as_its_neutral_value()
           in config_lib.config_differences(saved, alexnet))
 
 
+def test_graded_option_reads_the_field_or_the_value_a_config_saved_without_it_trained():
+  import ml_collections
+  graded = config_lib.base_config("graded").loss.graded
+  assert config_lib.graded_option(graded, "type_level_codes") == "sign_ste"
+  saved = ml_collections.ConfigDict(graded.to_dict())
+  del saved["type_level_codes"], saved["item_type_bit_discount"]
+  assert config_lib.graded_option(saved, "type_level_codes") == "continuous"
+  assert config_lib.graded_option(saved, "item_type_bit_discount") == 0.0
+  with pytest.raises(KeyError, match="loss.graded.pair_weight"):   # not an added field
+    config_lib.graded_option(saved, "pair_weight")
+
+
 def test_config_changes_are_the_overrides_that_make_one_config_of_another():
   base, graded = config_lib.base_config("fashion_mnist"), config_lib.base_config("graded")
   assert config_lib.config_changes(base, base) == {}

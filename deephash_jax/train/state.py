@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from deephash_jax import config_lib
 from deephash_jax import mesh as mesh_lib
 from deephash_jax import models
 
@@ -63,7 +64,7 @@ def create_train_state(config, rng, total_steps: int, image_shape) -> TrainState
   disc_tx = optax.adam(config.train.disc_learning_rate)
   memory = None
   graded = config.loss.get("graded") or {}
-  if config.get("method") == "graded" and graded.get("memory_size", 0):
+  if config.get("method") == "graded" and config_lib.graded_option(graded, "memory_size"):
     _, inter = jax.eval_shape(lambda v: net.apply(v, dummy, train=False), variables)
     memory = create_memory(graded.memory_size,
                            config.model.num_bits - graded.get("class_bits", 0),

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import PartitionSpec as P
 
+from deephash_jax import config_lib
 from deephash_jax import models
 from deephash_jax.data import augment
 from deephash_jax.losses import baselines
@@ -189,17 +190,18 @@ def graded_loss(codes, pre_codes, logits, features, *, views: Views, masks: Pair
   only.
   """
   g = loss_config.graded
-  if g.get("continuation_gamma", 0.0):
+  if config_lib.graded_option(g, "continuation_gamma"):
     codes = continuation_codes(pre_codes, step, g).astype(codes.dtype)
   n_global = _global_size(views.query_first.shape[0])
   filled = None   # (1, M): the memory's rows in use at this step
   if memory is not None:
-    filled = (memory["items"][None, :] >= 0) & (step >= g.get("memory_start_step", 0))
+    start = config_lib.graded_option(g, "memory_start_step")
+    filled = (memory["items"][None, :] >= 0) & (step >= start)
   terms = {"classification": singh2019.classification_loss(logits, views.labels,
                                                             normaliser=2 * n_global)}
   weights = {"classification": loss_config.classification_weight}
   type_codes = codes
-  if g.get("type_level_codes", "continuous") == "sign_ste":
+  if config_lib.graded_option(g, "type_level_codes") == "sign_ste":
     # The signs forward, the identity backward (the straight-through estimator).
     type_codes = codes + lax.stop_gradient(jnp.sign(codes) - codes)
   type_terms, type_weights = _graded_type_terms(
@@ -233,7 +235,7 @@ def _graded_type_terms(codes, pre_codes, *, views: Views, masks: PairMasks, g, n
   gathered = lax.all_gather(codes, AXIS, tiled=True)
   # "inner_product": the distances between the signs with a gradient on every bit; identical
   # signs are 0 bits apart exactly, so the pair term's log goes linear below 1 bit.
-  inner_product = g.get("sign_gradient", "difference") == "inner_product"
+  inner_product = config_lib.graded_option(g, "sign_gradient") == "inner_product"
   if inner_product:
     distances = distance.sign_hamming(codes, gathered, num_bits=num_bits)
   else:
@@ -247,7 +249,7 @@ def _graded_type_terms(codes, pre_codes, *, views: Views, masks: PairMasks, g, n
   weights = {"hamming": g.pair_weight}
   if g.get("ap_weight", 0.0):
     d, similar, valid = distances, m.category_similar, m.valid
-    if filled is not None and g.get("memory_type_ap", False):
+    if filled is not None and config_lib.graded_option(g, "memory_type_ap"):
       # The memory's rows as more columns of the type order: thousands of views per anchor
       # rather than the batch's 2N.
       d = jnp.concatenate([d, distance.relaxed_hamming_matmul(
@@ -277,7 +279,7 @@ def _graded_item_terms(codes, features, *, views: Views, g, num_bits: int, num_c
   memory_negative = None
   if memory is not None:
     memory_negative = filled & (memory["items"][None, :] != views.items[n_local:, None])
-  symmetric = g.get("item_symmetric", False)
+  symmetric = config_lib.graded_option(g, "item_symmetric")
   if symmetric:
     query = lambda x: lax.all_gather(x[n_local:], AXIS, tiled=True)
     reverse_negative = ((query(views.items)[None, :] != views.items[:n_local, None])
@@ -292,7 +294,7 @@ def _graded_item_terms(codes, features, *, views: Views, g, num_bits: int, num_c
   # With item_type_bit_discount: the code distance weighted per bit, the bits each type agrees
   # on (over the global batch's views) weighing less, so the items spread off their type's place.
   weights = lambda anchor_labels: {}
-  if g.get("item_type_bit_discount", 0.0):
+  if config_lib.graded_option(g, "item_type_bit_discount"):
     per_type = graded.type_bit_weights(
         lax.all_gather(codes[:, class_bits:], AXIS, tiled=True),
         lax.all_gather(views.labels, AXIS, tiled=True), num_classes=num_classes,
