@@ -15,6 +15,15 @@ FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
 TCMALLOC = $(firstword $(wildcard /usr/lib/*/libtcmalloc_minimal.so.4))
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
+# Tests run in 2 pytest-xdist workers: most of the suite's time is one-threaded XLA compilation
+# and Python, so 2 cores finish it in about two thirds of one worker's time. Each test module goes
+# to one worker whole (its module fixtures are built once), and the tests that start multi-process
+# JAX runs (xdist_group "multiprocess") all go to the same worker, one run at a time (with two at
+# once on 2 cores, one run once ended before its step 10). A worker grows to about 4.5 GiB.
+# TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= 2
+PYTEST = LD_PRELOAD=$(TCMALLOC) XLA_FLAGS=--xla_force_host_platform_device_count=8 \
+	$(VENV)/bin/pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=10
 
 .PHONY: venv data browser malloc run test test-quick clean
 
@@ -50,10 +59,10 @@ run: venv data malloc
 	LD_PRELOAD=$(TCMALLOC) $(VENV)/bin/deephash train --config=$(CONFIG) --workdir=$(WORKDIR) --json
 
 test: venv data browser malloc
-	LD_PRELOAD=$(TCMALLOC) XLA_FLAGS=--xla_force_host_platform_device_count=8 $(VENV)/bin/pytest -q $(PYTEST_ARGS)
+	$(PYTEST) $(PYTEST_ARGS)
 
 test-quick: venv data malloc
-	LD_PRELOAD=$(TCMALLOC) XLA_FLAGS=--xla_force_host_platform_device_count=8 $(VENV)/bin/pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(PYTEST) -m "not slow" $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) workdirs

@@ -18,6 +18,7 @@ from deephash_jax import config_lib
 from deephash_jax import encoder
 from deephash_jax.train import state as state_lib
 from deephash_jax.train import trainer
+from tests import NO_COMPILATION_CACHE
 from tests import fake_data
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -306,13 +307,16 @@ def prepared_data(tmp_path_factory):
   return source, tfds_dir
 
 
+# The multi-process tests share one of make test's workers (the Makefile says why).
+@pytest.mark.xdist_group("multiprocess")
 def test_two_processes_train_like_one(prepared_data, tmp_path):
   source, tfds_dir = prepared_data
   data_flags = [f"--config.input.source_dir={source}", f"--config.input.data_dir={tfds_dir}"]
   multi = str(tmp_path / "two_processes")
   launched = subprocess.Popen(
       ["bash", os.path.join(LAUNCH, "local_multiprocess.sh"), *data_flags], cwd=REPO,
-      env={**os.environ, "NUM_PROCESSES": "2", "DEVICES_PER_PROCESS": "4",
+      env={**os.environ, **NO_COMPILATION_CACHE, "NUM_PROCESSES": "2",
+           "DEVICES_PER_PROCESS": "4",
            "CONFIG": "configs/tiny.py", "WORKDIR": multi, "PYTHON": sys.executable,
            "DEEPHASH": f"{sys.executable} -m deephash_jax.main"},
       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -461,6 +465,7 @@ FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("multiprocess")
 @pytest.mark.skipif(not os.path.exists(os.path.join(FASHION_MNIST_DIR, "train-images-idx3-ubyte.gz")),
                     reason="Debian's dataset-fashion-mnist is not installed")
 def test_the_multi_process_reproduction_never_hangs(tmp_path):
@@ -477,7 +482,8 @@ def test_the_multi_process_reproduction_never_hangs(tmp_path):
   for attempt in range(int(os.environ.get("DEEPHASH_HANG_REPEATS", "3"))):
     workdir = tmp_path / f"try_{attempt}"
     result = _run("local_multiprocess.sh", *flags, timeout=600, check=False, env=dict(
-        CONFIG="configs/fashion_mnist.py", WORKDIR=workdir, PYTHON=sys.executable,
+        **NO_COMPILATION_CACHE, CONFIG="configs/fashion_mnist.py", WORKDIR=workdir,
+        PYTHON=sys.executable,
         DEEPHASH=f"{sys.executable} -m deephash_jax.main"))
     logs = [(workdir / "logs" / f"process_{i}.log").read_text()[-3000:] for i in (0, 1)]
     assert result.returncode == 0, (attempt, result.stderr[-2000:], *logs)

@@ -25,6 +25,7 @@ NEEDED_UNIMPORTED = {
     "importlib_resources": "tensorflow-datasets imports it without declaring it",
     "python-multipart": "FastAPI parses uploads with it",
     "httpx": "FastAPI's TestClient",
+    "pytest-xdist": "make test's 2 workers (pytest -n 2)",
 }
 
 

@@ -8,8 +8,10 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from deephash_jax.search import hamming
+from tests import NO_COMPILATION_CACHE
 from tests.search import multiprocess_search_worker as worker
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -22,9 +24,11 @@ def _free_port():
     return s.getsockname()[1]
 
 
+# The multi-process tests share one of make test's workers (the Makefile says why).
+@pytest.mark.xdist_group("multiprocess")
 def test_two_processes_search_like_one(tmp_path):
   coordinator = f"127.0.0.1:{_free_port()}"
-  env = {**os.environ, "JAX_PLATFORMS": "cpu",
+  env = {**os.environ, **NO_COMPILATION_CACHE, "JAX_PLATFORMS": "cpu",
          "XLA_FLAGS": f"--xla_force_host_platform_device_count={DEVICES_PER_PROCESS}"}
   procs = [subprocess.Popen(
       [sys.executable, "-m", "tests.search.multiprocess_search_worker", coordinator,

@@ -17,11 +17,13 @@ from deephash_jax import config_lib
 from deephash_jax import encoder
 from deephash_jax.data import registry
 from deephash_jax.train import stopping
+from tests import NO_COMPILATION_CACHE
 from tests import fake_data
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NUM_STEPS = 40
-pytestmark = pytest.mark.slow
+# The multi-process tests share one of make test's workers (the Makefile says why).
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("multiprocess")]
 
 
 def _free_port():
@@ -33,7 +35,7 @@ def _free_port():
 def _start(workdir, overrides, num_processes=2):
   """`deephash train` as processes 0..n-1 of one run; their Popen objects."""
   port = _free_port()
-  env = {**os.environ, "JAX_PLATFORMS": "cpu",
+  env = {**os.environ, **NO_COMPILATION_CACHE, "JAX_PLATFORMS": "cpu",
          "XLA_FLAGS": f"--xla_force_host_platform_device_count={8 // num_processes}"}
   return [subprocess.Popen(
       [sys.executable, "-m", "deephash_jax.main", "train", "--config=configs/tiny.py", "--json",
@@ -91,7 +93,9 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_the_rerun_equals_no_s
   marker = os.path.join(workdir, "checkpoints", "10")
   while not os.path.isdir(marker) and all(p.poll() is None for p in processes):
     time.sleep(0.05)
-  assert all(p.poll() is None for p in processes), "training ended before step 10"
+  if not all(p.poll() is None for p in processes):
+    codes, outputs = _finish(processes)
+    pytest.fail(f"training ended before step 10, exit codes {codes}:\n{_tails(outputs)}")
   processes[1].send_signal(signal.SIGTERM)            # the notice reaches process 1 only
   codes, outputs = _finish(processes)
   assert codes == [0, 0], _tails(outputs)

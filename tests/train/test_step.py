@@ -140,12 +140,12 @@ def test_a_scramble_step_moves_the_discriminator_towards_one_half(config):
   makes its predictions less certain: |p - 1/2| shrinks."""
   state, disc, codes, query_first = _codes_and_pairs(config, seed=1)
   params = state.disc_params
+  mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
+  update = jax.jit(jax.shard_map(
+      lambda s, c, q: step_lib.discriminator_update(s, disc, c, q)[0], mesh=mesh,
+      in_specs=(P(), P(), P()), out_specs=P(), check_vma=False))
   for _ in range(20):   # a discriminator that has learnt something to scramble
-    mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
-    params = jax.jit(jax.shard_map(
-        lambda s, c, q: step_lib.discriminator_update(s, disc, c, q)[0], mesh=mesh,
-        in_specs=(P(), P(), P()), out_specs=P(), check_vma=False))(
-            state.replace(disc_params=params), codes, query_first)
+    params = update(state.replace(disc_params=params), codes, query_first)
 
   def scramble(c):
     first, second = step_lib.discriminator_pairs(c[:16], c[16:], query_first)
@@ -410,7 +410,8 @@ def test_continuation_scores_tanh_of_the_scaled_pre_codes(config, step):
   for name in want:
     np.testing.assert_allclose(float(got[name]), float(want[name]), rtol=1e-5, atol=1e-6,
                                err_msg=name)
-  d_codes, d_pre = jax.grad(lambda c, p: loss(c, p)[0], argnums=(0, 1))(np.zeros_like(pre), pre)
+  d_codes, d_pre = jax.jit(jax.grad(lambda c, p: loss(c, p)[0], argnums=(0, 1)))(
+      np.zeros_like(pre), pre)
   assert not np.any(np.asarray(d_codes))
   assert np.any(np.asarray(d_pre))
 
@@ -437,10 +438,10 @@ def test_sign_ste_type_level_reads_the_signs_and_passes_the_gradient_straight_th
   # A new function for each setting: jit reads the config when it traces.
   at_signs = jax.jit(lambda c: terms(c))(signs)
   at_codes = jax.jit(lambda c: terms(c))(codes)
-  grad_at_signs = jax.grad(lambda c: type_sum(terms(c)))(signs)
+  grad_at_signs = jax.jit(jax.grad(lambda c: type_sum(terms(c))))(signs)
   g.type_level_codes = "sign_ste"
   got = jax.jit(lambda c: terms(c))(codes)
-  grad = jax.grad(lambda c: type_sum(terms(c)))(codes)
+  grad = jax.jit(jax.grad(lambda c: type_sum(terms(c))))(codes)
   assert set(got) == set(at_codes)
   for name in got:
     want = at_signs[name] if name in type_level else at_codes[name]
