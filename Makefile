@@ -15,12 +15,11 @@ FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
 TCMALLOC = $(firstword $(wildcard /usr/lib/*/libtcmalloc_minimal.so.4))
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
-# Tests run in 2 pytest-xdist workers: most of the suite's time is one-threaded XLA compilation
-# and Python, so 2 cores finish it in about two thirds of one worker's time. Each test module goes
-# to one worker whole (its module fixtures are built once), and the tests that start multi-process
-# JAX runs (xdist_group "multiprocess") all go to the same worker, one run at a time (with two at
-# once on 2 cores, one run once ended before its step 10). A worker grows to about 4.5 GiB.
-# TEST_WORKERS=0 runs everything in one process.
+# Tests run in 2 pytest-xdist workers: much of the suite's time is one-threaded XLA compilation
+# and Python (2 CPU cores: 2,400 s of pytest against 3,112 s in one process). Tests are handed out
+# one by one, except those that start multi-process JAX runs (xdist_group "multiprocess"): they
+# all go to one worker, one run at a time (with two at once on 2 cores, one run once ended before
+# its step 10). A worker grows to about 4.5 GiB. TEST_WORKERS=0 runs everything in one process.
 TEST_WORKERS ?= 2
 PYTEST = LD_PRELOAD=$(TCMALLOC) XLA_FLAGS=--xla_force_host_platform_device_count=8 \
 	$(VENV)/bin/pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=10

@@ -1,4 +1,5 @@
-"""Test-wide set-up: 8 fake host devices, TF kept off accelerators, quiet logs."""
+"""Test-wide set-up: 8 fake host devices, TF kept off accelerators, quiet logs, one XLA
+compilation cache for the run."""
 import os
 import shutil
 import tempfile
