@@ -121,12 +121,17 @@ def _discriminator_loss(disc, params, codes, query_first):
   return float(singh2019.discriminator_loss(logits, query_first)), logits
 
 
-def test_a_discriminator_update_lowers_its_loss(config):
-  state, disc, codes, query_first = _codes_and_pairs(config)
+def _discriminator_update(disc):
+  """The jitted discriminator update on one device: (state, codes, query_first) -> its params."""
   mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
-  update = jax.jit(jax.shard_map(
+  return jax.jit(jax.shard_map(
       lambda s, c, q: step_lib.discriminator_update(s, disc, c, q)[0], mesh=mesh,
       in_specs=(P(), P(), P()), out_specs=P(), check_vma=False))
+
+
+def test_a_discriminator_update_lowers_its_loss(config):
+  state, disc, codes, query_first = _codes_and_pairs(config)
+  update = _discriminator_update(disc)
   before, _ = _discriminator_loss(disc, state.disc_params, codes, query_first)
   params = state.disc_params
   for _ in range(5):
@@ -140,10 +145,7 @@ def test_a_scramble_step_moves_the_discriminator_towards_one_half(config):
   makes its predictions less certain: |p - 1/2| shrinks."""
   state, disc, codes, query_first = _codes_and_pairs(config, seed=1)
   params = state.disc_params
-  mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
-  update = jax.jit(jax.shard_map(
-      lambda s, c, q: step_lib.discriminator_update(s, disc, c, q)[0], mesh=mesh,
-      in_specs=(P(), P(), P()), out_specs=P(), check_vma=False))
+  update = _discriminator_update(disc)
   for _ in range(20):   # a discriminator that has learnt something to scramble
     params = update(state.replace(disc_params=params), codes, query_first)
 
