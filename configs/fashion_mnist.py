@@ -134,6 +134,10 @@ def get_config():
   # seed 0: mAP@all 0.9007 -> 0.8964, CM R@1 0.1208 -> 0.0091 (the type level, K/2 times
   # stronger on the agreeing bits, rules the code).
   config.loss.graded.sign_gradient = "difference"
+  # The views the type level (the pair term and FastAP) scores, as anchors and as columns: "all"
+  # (gallery and query views) or "gallery" (the query views' shopper nuisances are left to the
+  # item level and the classifier).
+  config.loss.graded.type_level_views = "all"
   # class_bits > 0 splits the code: the first class_bits bits (a power of 2) are pulled to the
   # class's Hadamard centre by a cosine-margin softmax (centre_scale, centre_margin) and a per-bit
   # cross-entropy (centre_bit_weight), in place of the pair term (the pair_* fields unused); the

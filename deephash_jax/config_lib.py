@@ -97,6 +97,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 
 TYPE_LEVEL_CODES = ("continuous", "sign_ste")
 SIGN_GRADIENTS = ("difference", "inner_product")
+TYPE_LEVEL_VIEWS = ("all", "gallery")
 
 
 def _validate_graded(g, *, activation: str, num_bits: int, num_classes: int,
@@ -128,6 +129,12 @@ def _validate_graded(g, *, activation: str, num_bits: int, num_classes: int,
            "loss.graded.sign_gradient", sign_gradient,
            "'difference' unless loss.graded.type_level_codes='sign_ste' (the form of the "
            "distance between the signs)")
+  type_views = graded_option(g, "type_level_views")
+  _require(type_views in TYPE_LEVEL_VIEWS, "loss.graded.type_level_views", type_views,
+           f"one of {TYPE_LEVEL_VIEWS}")
+  _require(type_views == "all" or not g.get("class_bits", 0), "loss.graded.type_level_views",
+           type_views, "'all' with loss.graded.class_bits > 0 (the split code's centres are "
+           "pulled on every view)")
   gamma = graded_option(g, "continuation_gamma")
   _require(gamma >= 0, "loss.graded.continuation_gamma", gamma, "non-negative (0: off)")
   _require(not gamma or activation == "tanh", "loss.graded.continuation_gamma", gamma,
@@ -240,6 +247,7 @@ ADDED_FIELDS = {
     "loss.graded.memory_type_ap": False,
     "loss.graded.type_level_codes": "continuous",
     "loss.graded.sign_gradient": "difference",
+    "loss.graded.type_level_views": "all",
     "model.encoder_kwargs.conv": "auto",
 }
 

@@ -41,6 +41,8 @@ def test_the_product_configs_are_valid():
     ("loss.graded.sign_gradient", "inner_product",
      "config.loss.graded.sign_gradient='inner_product': 'difference' unless "
      "loss.graded.type_level_codes='sign_ste'"),
+    ("loss.graded.type_level_views", "query",
+     "config.loss.graded.type_level_views='query': one of ('all', 'gallery')"),
 ])
 def test_bad_values_are_named(field, value, message):
   config = config_lib.base_config("tiny")
@@ -63,6 +65,17 @@ def test_sign_type_level_with_a_split_code_is_named():
   config.loss.graded.type_level_codes, config.loss.graded.class_bits = "sign_ste", 8
   with pytest.raises(config_lib.ConfigError, match="type_level_codes='sign_ste': 'continuous' "
                      "with loss.graded.class_bits > 0"):
+    config_lib.validate_config(config)
+
+
+def test_gallery_type_level_with_a_split_code_is_named():
+  config = config_lib.base_config("tiny")
+  config.method = "graded"
+  config.loss.graded.type_level_views = "gallery"
+  config_lib.validate_config(config)
+  config.loss.graded.class_bits = 8
+  with pytest.raises(config_lib.ConfigError, match="type_level_views='gallery': 'all' with "
+                     "loss.graded.class_bits > 0"):
     config_lib.validate_config(config)
 
 

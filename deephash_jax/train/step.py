@@ -185,6 +185,8 @@ def graded_loss(codes, pre_codes, logits, features, *, views: Views, masks: Pair
   `memory` (state.memory, from step `memory_start_step` on): the gallery views of earlier steps
   as more negatives of each query view, other items only, and with `memory_type_ap` more
   columns of the FastAP type order of every view.
+  With `type_level_views = "gallery"` the type level (the pair term and FastAP) scores the
+  gallery views among themselves; the item level and the classifier read every view.
   With `class_bits` > 0 the code is split: its first `class_bits` bits are pulled to the class's
   Hadamard centre (in place of the pair and FastAP terms), the item InfoNCE reads the other bits
   only.
@@ -241,6 +243,14 @@ def _graded_type_terms(codes, pre_codes, *, views: Views, masks: PairMasks, g, n
   else:
     distances = distance.relaxed_hamming(codes, gathered, num_bits=num_bits)
   m = masks
+  rows = None   # with type_level_views="gallery": which of this device's views are anchors
+  if config_lib.graded_option(g, "type_level_views") == "gallery":
+    # Gallery views only, as anchors and as columns: the type level learns from views like the
+    # images the category search ranks, the query views' nuisances are left to the item level.
+    is_gallery = lambda index: index < n_global
+    rows = is_gallery(views.index)
+    columns = is_gallery(lax.all_gather(views.index, AXIS, tiled=True))
+    m = m._replace(valid=m.valid & rows[:, None] & columns[None, :])
   terms = {"hamming": singh2019.cauchy_cross_entropy(
       distances, m.category_similar, m.valid, gamma=g.pair_gamma,
       num_similar=count(m.category_similar & m.valid),
@@ -256,10 +266,12 @@ def _graded_type_terms(codes, pre_codes, *, views: Views, masks: PairMasks, g, n
           codes, lax.stop_gradient(memory["codes"]), num_bits=num_bits)], axis=1)
       similar = jnp.concatenate(
           [similar, views.labels[:, None] == memory["labels"][None, :]], axis=1)
+      filled_rows = filled if rows is None else filled & rows[:, None]
       valid = jnp.concatenate(
-          [valid, jnp.broadcast_to(filled, (codes.shape[0], filled.shape[1]))], axis=1)
+          [valid, jnp.broadcast_to(filled_rows, (codes.shape[0], filled.shape[1]))], axis=1)
+    # The mean over the anchors: every view's, or the gallery views' alone.
     terms["type_ap"] = graded.fast_ap_loss(d, similar, valid, num_bits=num_bits,
-                                           normaliser=2 * n_global)
+                                           normaliser=(2 if rows is None else 1) * n_global)
     weights["type_ap"] = g.ap_weight
   return terms, weights
 

@@ -12,6 +12,9 @@ from deephash_jax.losses import singh2019
 from deephash_jax.train import state as state_lib
 from deephash_jax.train import step as step_lib
 from tests import fake_data
+from tests.losses.test_distance import np_relaxed_hamming
+from tests.losses.test_graded import np_fast_ap_loss
+from tests.losses.test_singh2019 import np_cauchy
 
 TERMS = ("classification", "hamming", "hamming_item", "adversarial", "quantization")
 
@@ -453,6 +456,43 @@ def test_sign_ste_type_level_reads_the_signs_and_passes_the_gradient_straight_th
   assert abs(float(type_sum(at_signs)) - float(type_sum(at_codes))) > 1e-3
   np.testing.assert_allclose(np.asarray(grad), np.asarray(grad_at_signs), rtol=1e-5, atol=1e-6)
   assert np.any(np.asarray(grad))
+
+
+@pytest.mark.parametrize("type_level_codes", ["continuous", "sign_ste"])
+def test_gallery_type_level_scores_the_gallery_views_alone(config, type_level_codes):
+  """`type_level_views = "gallery"`: the pair term and FastAP are those of the gallery views
+  among themselves (NumPy: the Cauchy term with its dead zone, FastAP averaged over the gallery
+  anchors), the query views' codes reach neither them nor their gradient; the item terms are
+  those of `"all"`."""
+  n, num_bits = 6, 16
+  rng = np.random.default_rng(13)
+  codes = np.tanh(rng.normal(size=(2 * n, num_bits)) * 0.8).astype(np.float32)
+  labels = np.array([0, 1, 0, 2, 1, 0], np.int32)
+  config.method = "graded"
+  g = config.loss.graded
+  g.ap_weight, g.type_level_codes = 1.0, type_level_codes
+  terms = lambda c: _graded_loss_on_one_device(config, c, c, codes[:, :8], labels, 0)[1]
+  type_sum = lambda t: t["hamming"] + t["type_ap"]
+  # A new function for each setting: jit reads the config when it traces.
+  every_view = jax.jit(lambda c: terms(c))(codes)
+  g.type_level_views = "gallery"
+  got = jax.jit(lambda c: terms(c))(codes)
+  grad = np.asarray(jax.jit(jax.grad(lambda c: type_sum(terms(c))))(codes))
+
+  gallery = codes[:n] if type_level_codes == "continuous" else np.sign(codes[:n])
+  d = np_relaxed_hamming(gallery, gallery, num_bits)
+  similar = labels[:, None] == labels[None, :]
+  valid = ~np.eye(n, dtype=bool)
+  pulled = np.where(similar, np.maximum(d - g.pair_threshold, 0.0), d)
+  np.testing.assert_allclose(float(got["hamming"]),
+                             np_cauchy(pulled, similar, valid, g.pair_gamma), rtol=2e-5)
+  np.testing.assert_allclose(float(got["type_ap"]),
+                             np_fast_ap_loss(d, similar, valid, num_bits), rtol=2e-5, atol=1e-6)
+  for name in ("item", "item_features", "quantization"):
+    np.testing.assert_allclose(float(got[name]), float(every_view[name]), rtol=1e-6,
+                               err_msg=name)
+  assert abs(float(type_sum(got)) - float(type_sum(every_view))) > 1e-3
+  assert not np.any(grad[n:]) and np.any(grad[:n])
 
 
 def test_inner_product_sign_gradient_pushes_other_types_apart_on_the_bits_they_agree_on(config):
