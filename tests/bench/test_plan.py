@@ -25,6 +25,7 @@ def test_the_plan_runs_the_main_table_first_then_the_lengths_then_the_seeds():
   assert [r.bits for r in runs if r.method == "dch" and r.seed == 0] == [48, 16, 32, 64]
   assert sorted(r.seed for r in runs if r.method == "dch" and r.bits == 48) == [0, 1, 2]
   assert [r.bits for r in runs if r.method == "graded_split"] == [48, 64]
+  assert [r.bits for r in runs if r.method == "graded_gallery"] == [48]
   assert plan.parse_run("ours_no_hamming_16b_s2") == plan.Run("ours_no_hamming", 16, 2)
   assert plan.Run("dch", 48, 1).name == "dch_48b_s1"
   with pytest.raises(config_lib.ConfigError, match="run 'dch-48'"):
@@ -74,6 +75,15 @@ def test_validation_names_the_field():
   with pytest.raises(config_lib.ConfigError, match="loss.classification_weight.*variant"):
     plan.validate_benchmark(config_lib.base_config("benchmark"),
                             {"loss.classification_weight": 0.5})
+
+
+def test_graded_gallery_is_graded_with_the_type_level_on_the_gallery_views():
+  config = config_lib.base_config("benchmark")
+  graded = plan.run_config(config, "graded_48b_s0")
+  assert config_lib.config_differences(
+      json.loads(graded.to_json_best_effort()),
+      plan.run_config(config, "graded_gallery_48b_s0")) == [
+          "loss.graded.type_level_views: 'all' -> 'gallery'"]
 
 
 def test_workers_split_the_plan():
