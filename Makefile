@@ -15,6 +15,8 @@ FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
 TCMALLOC = $(firstword $(wildcard /usr/lib/*/libtcmalloc_minimal.so.4))
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
+# More flags for `make run`, e.g. RUN_ARGS=--config.seed=1.
+RUN_ARGS ?=
 # Tests run in 2 pytest-xdist workers: much of the suite's time is one-threaded XLA compilation
 # and Python (2 CPU cores: 2,400 s of pytest against 3,112 s in one process). Tests are handed out
 # one by one, except those that start multi-process JAX runs (xdist_group "multiprocess"): they
@@ -55,7 +57,7 @@ browser:
 	fi
 
 run: venv data malloc
-	LD_PRELOAD=$(TCMALLOC) $(VENV)/bin/deephash train --config=$(CONFIG) --workdir=$(WORKDIR) --json
+	LD_PRELOAD=$(TCMALLOC) $(VENV)/bin/deephash train --config=$(CONFIG) --workdir=$(WORKDIR) --json $(RUN_ARGS)
 
 test: venv data browser malloc
 	$(PYTEST) $(PYTEST_ARGS)
