@@ -182,11 +182,13 @@ def train_devices(runs: dict) -> str:
 
 def _carried_section(results) -> list[str]:
   """The runs whose figures come from an earlier report (deephash benchmark --previous_report),
-  by source; those whose record predates records that carry their config are named as such."""
+  by source, each taken under another name saying which; those whose record predates records that
+  carry their config are named as such."""
   by_source: dict = {}
   for name, r in results["runs"].items():
     if r["status"] == "done" and "source" in r:
-      by_source.setdefault(r["source"], []).append((name, r.get("config_checked", True)))
+      label = f"{name} (as {r['carried_from']})" if "carried_from" in r else name
+      by_source.setdefault(r["source"], []).append((label, r.get("config_checked", True)))
   lines = []
   for source, runs in sorted(by_source.items()):
     unchecked = [name for name, checked in runs if not checked]

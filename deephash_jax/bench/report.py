@@ -8,7 +8,8 @@ results.md, mAP_vs_bits.png, pr_curves.png and protocols.png to the output folde
 
 Each finished run's record carries the config it trained with, so that a later report can take
 it (`--previous_report=<earlier results.json>`) for a run whose folder is not on this machine,
-checked against the plan as a local run is (carry_previous).
+checked against the plan as a local run is, or for a planned run of another name whose config it
+is (carry_previous).
 """
 
 from __future__ import annotations
@@ -148,6 +149,10 @@ def carry_previous(config, runs: dict, previous: dict, source: str) -> dict:
   over which devices); `config_checked: False` when the record predates records that carry
   their config.
 
+  A run is what it trains, not its name: when the earlier report holds no run of this name with
+  the plan's config, a finished run of another name (a variant renamed, or one that became
+  another's default) whose recorded config is the plan's is taken, named in `carried_from`.
+
   A report of another dataset, protocol or tie rule is refused, naming the field: its figures
   measure something else.
   """
@@ -157,20 +162,37 @@ def carry_previous(config, runs: dict, previous: dict, source: str) -> dict:
       raise config_lib.ConfigError(
           f"--previous_report={source}: {key} {previous.get(key)!r} is not this benchmark's "
           f"{mine[key]!r}; its figures measure something else")
+  finished = {name: r for name, r in sorted(previous["runs"].items())
+              if r.get("status") == "done"}
+
+  def differences(saved, planned):
+    return [d for d in config_lib.config_differences(saved, planned)
+            if not d.startswith(_PLACE_FIELDS)]
+
   out = dict(runs)
   for name, record in runs.items():
-    earlier = previous["runs"].get(name)
-    if record["status"] != "pending" or not earlier or earlier.get("status") != "done":
+    if record["status"] != "pending":
       continue
-    carried = {**earlier, "workdir": record["workdir"], "source": source}
-    saved = earlier.get("config")
-    if saved is None:
-      carried["config_checked"] = False
-    elif differences := [
-        d for d in config_lib.config_differences(saved, plan_lib.run_config(config, name))
-        if not d.startswith(_PLACE_FIELDS)]:
-      carried = {**record, "status": "stale", "differences": differences, "source": source}
-    out[name] = carried
+    planned = plan_lib.run_config(config, name)
+    carried = stale = None
+    if (earlier := finished.get(name)) is not None:
+      if earlier.get("config") is None:
+        carried = {**earlier, "config_checked": False}
+      elif found := differences(earlier["config"], planned):
+        stale = {**record, "status": "stale", "differences": found, "source": source}
+      else:
+        carried = earlier
+    if carried is None:
+      carried = next(
+          ({**other, "method": record["method"], "carried_from": other_name}
+           for other_name, other in finished.items()
+           if other_name != name and other.get("config") is not None
+           and (other.get("bits"), other.get("seed")) == (record["bits"], record["seed"])
+           and not differences(other["config"], planned)), None)
+    if carried is not None:
+      out[name] = {**carried, "workdir": record["workdir"], "source": source}
+    elif stale is not None:
+      out[name] = stale
   return out
 
 

@@ -25,7 +25,8 @@ def test_the_plan_runs_the_main_table_first_then_the_lengths_then_the_seeds():
   assert [r.bits for r in runs if r.method == "dch" and r.seed == 0] == [48, 16, 32, 64]
   assert sorted(r.seed for r in runs if r.method == "dch" and r.bits == 48) == [0, 1, 2]
   assert [r.bits for r in runs if r.method == "graded_split"] == [48, 64]
-  assert [r.bits for r in runs if r.method == "graded_gallery"] == [48]
+  assert [(r.bits, r.seed) for r in runs if r.method == "graded_gallery"] == [
+      (48, 0), (48, 1), (48, 2)]
   assert plan.parse_run("ours_no_hamming_16b_s2") == plan.Run("ours_no_hamming", 16, 2)
   assert plan.Run("dch", 48, 1).name == "dch_48b_s1"
   with pytest.raises(config_lib.ConfigError, match="run 'dch-48'"):

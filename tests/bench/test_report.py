@@ -217,6 +217,39 @@ def test_an_earlier_run_of_another_config_is_stale_and_one_without_a_config_is_n
           "config each record carries matches the plan's.") in text
 
 
+def test_an_earlier_run_counts_under_the_name_whose_config_it_trained_with(tmp_path):
+  # "ours" becomes "paper" and "ours" gets another learning rate, as when a variant on trial
+  # becomes the default and the former default keeps a name of its own.
+  config = config_lib.base_config("benchmark_tiny")
+  previous, here = _earlier_report(config, tmp_path)
+  renamed = config.copy_and_resolve_references()
+  renamed.benchmark.methods = ("ours", "paper", "dch")
+  renamed.benchmark.variants.paper = dict(renamed.benchmark.variants.ours)
+  renamed.benchmark.variants.ours = dict(train=dict(learning_rate=0.5))
+  results = report.collect(renamed, here, with_references=False, previous_report=previous)
+  runs = results["runs"]
+  paper = runs["paper_16b_s0"]
+  assert paper["status"] == "done" and paper["carried_from"] == "ours_16b_s0"
+  assert paper["method"] == "paper" and paper["workdir"] == "runs/paper_16b_s0"
+  assert paper["category"]["map_all"] == 0.5 and paper["source"] == previous
+  # The earlier ours_16b_s0 trained with another learning rate than the plan's "ours" now.
+  assert runs["ours_16b_s0"]["status"] == "stale"
+  assert runs["ours_16b_s0"]["differences"] == [
+      f"train.learning_rate: {config.train.learning_rate!r} -> 0.5"]
+  assert "carried_from" not in runs["dch_16b_s0"] and runs["dch_16b_s0"]["status"] == "done"
+  assert runs["paper_32b_s0"]["status"] == "pending"       # another length: not that run
+  assert set(results["aggregate"]) == {"paper", "dch"}
+  assert report.carried_runs(renamed, here, previous) == {"paper_16b_s0", "dch_16b_s0"}
+  assert "paper_16b_s0 (as ours_16b_s0)" in markdown.format_markdown(results)
+  # A run of the same name and config is taken under its own name, not another's.
+  both = config.copy_and_resolve_references()
+  both.benchmark.methods = ("ours", "paper", "dch")
+  both.benchmark.variants.paper = dict(both.benchmark.variants.ours)
+  runs = report.collect(both, here, with_references=False, previous_report=previous)["runs"]
+  assert "carried_from" not in runs["ours_16b_s0"]
+  assert runs["paper_16b_s0"]["carried_from"] == "ours_16b_s0"
+
+
 def test_an_earlier_report_of_another_protocol_or_a_broken_file_is_named(tmp_path):
   config = config_lib.base_config("benchmark_tiny")
   previous = _report_of(config, str(tmp_path))
