@@ -216,7 +216,8 @@ def test_config_changes_are_the_overrides_that_make_one_config_of_another():
   assert config_lib.config_changes(base, base) == {}
   changes = config_lib.config_changes(base, graded)
   assert changes["method"] == "graded" and changes["loss"] == {"graded": {
-      "ap_weight": 11.0, "item_type_bit_discount": 1.0, "type_level_codes": "sign_ste"}}
+      "ap_weight": 11.0, "item_type_bit_discount": 1.0, "type_level_codes": "sign_ste",
+      "type_level_views": "gallery"}}
   assert "gallery" not in changes["input"]["augment"]      # unchanged sections are left out
   assert changes["model"]["encoder_kwargs"] == {"layers": ((32, 1), (64, 2), (128, 2), (128, 1))}
   rebuilt = base.copy_and_resolve_references()

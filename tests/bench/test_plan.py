@@ -25,8 +25,8 @@ def test_the_plan_runs_the_main_table_first_then_the_lengths_then_the_seeds():
   assert [r.bits for r in runs if r.method == "dch" and r.seed == 0] == [48, 16, 32, 64]
   assert sorted(r.seed for r in runs if r.method == "dch" and r.bits == 48) == [0, 1, 2]
   assert [r.bits for r in runs if r.method == "graded_split"] == [48, 64]
-  assert [(r.bits, r.seed) for r in runs if r.method == "graded_gallery"] == [
-      (48, 0), (48, 1), (48, 2)]
+  assert [(r.bits, r.seed) for r in runs if r.method == "graded_all"] == [
+      (48, 0), (16, 0), (32, 0), (64, 0), (48, 1), (48, 2)]
   assert plan.parse_run("ours_no_hamming_16b_s2") == plan.Run("ours_no_hamming", 16, 2)
   assert plan.Run("dch", 48, 1).name == "dch_48b_s1"
   with pytest.raises(config_lib.ConfigError, match="run 'dch-48'"):
@@ -78,13 +78,16 @@ def test_validation_names_the_field():
                             {"loss.classification_weight": 0.5})
 
 
-def test_graded_gallery_is_graded_with_the_type_level_on_the_gallery_views():
+def test_graded_is_configs_graded_full_and_graded_all_puts_every_view_in_its_type_level():
   config = config_lib.base_config("benchmark")
   graded = plan.run_config(config, "graded_48b_s0")
+  full = config_lib.base_config("graded", "full")
+  full.train.num_epochs = config.train.num_epochs          # the peers' schedule
+  assert config_lib.config_differences(json.loads(full.to_json_best_effort()), graded) == []
   assert config_lib.config_differences(
       json.loads(graded.to_json_best_effort()),
-      plan.run_config(config, "graded_gallery_48b_s0")) == [
-          "loss.graded.type_level_views: 'all' -> 'gallery'"]
+      plan.run_config(config, "graded_all_48b_s0")) == [
+          "loss.graded.type_level_views: 'gallery' -> 'all'"]
 
 
 def test_workers_split_the_plan():
