@@ -182,8 +182,8 @@ def train_devices(runs: dict) -> str:
 
 def _carried_section(results) -> list[str]:
   """The runs whose figures come from an earlier report (deephash benchmark --previous_report),
-  by source, each taken under another name saying which; those whose record predates records that
-  carry their config are named as such."""
+  by source ("<run> (as <earlier name>)" for one taken from a run of another name); those whose
+  record predates records that carry their config are named as such."""
   by_source: dict = {}
   for name, r in results["runs"].items():
     if r["status"] == "done" and "source" in r:
