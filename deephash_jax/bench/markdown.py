@@ -157,7 +157,7 @@ def main_table(results) -> list[str]:
     values = [_cell(results, method, ref, f"category/{n}") for n in names]
     values += [_cell(results, method, ref, f"closest_match/{m}")
                for m in ("recall_at_1", "recall_at_10", "map_all")]
-    values.append(_duration((entry.get("train_seconds") or {}).get("mean")))
+    values.append(_train_time(entry))
     lines.append(f"| {method} | {len(entry.get('seeds', []))} | " + " | ".join(values) + " |")
   return lines + _reference_rows(results, names)
 
@@ -172,12 +172,25 @@ def _method_by_bits(results, key) -> list[str]:
 
 
 def train_devices(runs: dict) -> str:
-  """The devices the finished runs trained on, from their records: "1 x cpu (12 runs)"; runs
-  whose record predates the field count as "not recorded"."""
-  counts = collections.Counter(r.get("train_devices") or "not recorded" for r in runs.values()
-                               if r.get("status") == "done")
+  """What the finished runs trained on, from their records: "1 x cpu on AMD EPYC, 2 CPUs, AVX2
+  (12 runs)"; a record that predates a field says so ("host not recorded", "not recorded")."""
+  def where(r):
+    devices = r.get("train_devices")
+    if not devices:
+      return "not recorded"
+    host = r.get("train_host")
+    return f"{devices} on {host}" if host else f"{devices}, host not recorded"
+  counts = collections.Counter(where(r) for r in runs.values() if r.get("status") == "done")
   return ", ".join(f"{name} ({n} run{'s' if n > 1 else ''})" for name, n in sorted(counts.items())
                    ) or "none yet"
+
+
+def _train_time(entry) -> str:
+  """The mean train time of a cell; "‡" where its seeds trained on different hosts or on hosts not
+  all recorded, whose times do not average to one machine's."""
+  text = _duration((entry.get("train_seconds") or {}).get("mean"))
+  hosts = entry.get("train_hosts") or []
+  return text + (" ‡" if len(hosts) > 1 else "")
 
 
 def _carried_section(results) -> list[str]:
@@ -208,6 +221,7 @@ def format_markdown(results: dict) -> str:
   """results.md: the tables of the comparison."""
   bench, status, machine = results["benchmark"], results["status"], results["machine"]
   cat, cm = results["protocols"]["category"], results["protocols"]["closest_match"]
+  host = machine.get("host") or f"{machine['cpu']} ({machine['cpu_count']} CPUs)"
   ties = ("every order of tied items equally likely (the expectation)"
           if results["ties"] == "expected" else "ties broken by the lower database index")
   lines = [f"# Benchmark: {results['dataset']}", "",
@@ -216,9 +230,10 @@ def format_markdown(results: dict) -> str:
               if status.get("carried") else "")
            + (f", {status['failed']} failed" if status["failed"] else "")
            + (f", {status['stale']} stale" if status.get("stale") else "") + ". "
-           f"Hardware: {machine['cpu']} ({machine['cpu_count']} CPUs), JAX {machine['jax']} "
+           f"Report machine: {host}, JAX {machine['jax']} "
            f"({machine['backend']}); training devices: {train_devices(results['runs'])}. "
            "Means over seeds ± sample standard deviation; † = the codes collapsed; "
+           "‡ = its seeds trained on different hosts (or not all recorded); "
            "… = not run yet; stale = finished with another config (listed below); "
            "— = not in the plan. Ranking: "
            f"Hamming distance, {ties}.", "",

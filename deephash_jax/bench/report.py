@@ -48,7 +48,8 @@ def machine_info() -> dict:
     pass
   return {"platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(),
           "python": platform.python_version(), "jax": jax.__version__,
-          "backend": jax.default_backend(), "devices": mesh_lib.describe_devices()}
+          "backend": jax.default_backend(), "devices": mesh_lib.describe_devices(),
+          "host": mesh_lib.describe_host()}
 
 
 def category_metric_names(config) -> tuple[str, ...]:
@@ -105,7 +106,7 @@ def run_record(config, workdir: str, run: plan_lib.Run, category_names) -> dict:
                      for m in closest_match.METRICS},
       **{k: results.get(k) for k in ("codes_collapsed", "codes_unique_codes", "train_steps",
                                      "train_seconds", "eval_seconds", "train_devices",
-                                     "pr_curve")})
+                                     "train_host", "pr_curve")})
   return record
 
 
@@ -231,6 +232,7 @@ def aggregate(runs: dict, category_names) -> dict:
         cell[f"closest_match/{name}"] = _mean_std(r["closest_match"].get(name) for r in records)
       cell["codes_collapsed"] = any(r.get("codes_collapsed") for r in records)
       cell["train_seconds"] = _mean_std(r.get("train_seconds") for r in records)
+      cell["train_hosts"] = sorted({r.get("train_host") or "not recorded" for r in records})
       out.setdefault(method, {})[bits] = cell
   return out
 

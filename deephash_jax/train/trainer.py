@@ -178,6 +178,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   results["train_seconds"] = train_seconds
   results["train_steps"] = run.total_steps
   results["train_devices"] = mesh_lib.describe_devices()
+  results["train_host"] = mesh_lib.describe_host()    # process 0's; the train time depends on it
   writer.write_scalars(run.total_steps, {f"eval/{k}": v for k, v in results.items()
                                          if isinstance(v, (int, float))})
   if jax.process_index() == 0:

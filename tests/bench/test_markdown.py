@@ -84,10 +84,31 @@ def test_a_cell_says_whether_it_is_pending_failed_or_not_planned():
   assert cell(results, "ours", 16, "category/map_all") == "0.8200 ± 0.0283"
 
 
-def test_the_page_names_the_devices_the_runs_trained_on_from_their_records():
-  runs = {"a": {**_RUNS[0], "train_devices": "8 x cpu"},
-          "b": {**_RUNS[1], "train_devices": "8 x cpu"},
+def test_the_page_names_the_devices_and_hosts_the_runs_trained_on_from_their_records():
+  avx2, avx512 = "AMD EPYC, 2 CPUs, AVX2", "AMD EPYC, 2 CPUs, AVX-512"
+  runs = {"a": {**_RUNS[0], "train_devices": "8 x cpu", "train_host": avx2},
+          "b": {**_RUNS[1], "train_devices": "8 x cpu", "train_host": avx2},
           "c": {**_RUNS[2], "train_devices": "1 x cpu"}, "d": _RUNS[3],
+          "e": {**_RUNS[4], "train_devices": "1 x cpu", "train_host": avx512},
           "p": {"method": "dch", "bits": 64, "seed": 0, "status": "pending"}}
-  assert markdown.train_devices(runs) == "1 x cpu (1 run), 8 x cpu (2 runs), not recorded (1 run)"
+  assert markdown.train_devices(runs) == (
+      "1 x cpu on AMD EPYC, 2 CPUs, AVX-512 (1 run), 1 x cpu, host not recorded (1 run), "
+      "8 x cpu on AMD EPYC, 2 CPUs, AVX2 (2 runs), not recorded (1 run)")
   assert markdown.train_devices({"p": runs["p"]}) == "none yet"
+
+
+def test_a_train_time_of_seeds_on_different_hosts_is_marked():
+  def timed(run, seconds, host=None):
+    return {**run, "train_seconds": seconds, **({"train_host": host} if host else {})}
+  runs = {"o0": timed(_RUNS[0], 600, "X, 2 CPUs, AVX2"), "o1": timed(_RUNS[1], 1800, "Y"),
+          "d": timed(_RUNS[2], 300, "X, 2 CPUs, AVX2"),
+          "h": timed(_RUNS[3], 100)}
+  results = {**_results(), "runs": runs, "aggregate": report.aggregate(runs, ("map_all",))}
+  results["benchmark"]["methods"] = ["ours", "dch", "hashnet"]
+  results["references"] = {}
+  results["protocols"] = {"category": {"metrics": ["map_all"]}}
+  rows = {line.split(" | ")[0][2:]: line for line in markdown.main_table(results)}
+  assert rows["ours"].endswith("| 0:20:00 ‡ |")       # mean of 600 s and 1,800 s, two hosts
+  assert rows["dch"].endswith("| 0:05:00 |") and rows["hashnet"].endswith("| 0:01:40 |")
+  assert report.aggregate(runs, ("map_all",))["ours"]["16"]["train_hosts"] == [
+      "X, 2 CPUs, AVX2", "Y"]

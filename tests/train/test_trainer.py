@@ -10,6 +10,7 @@ import pytest
 
 from deephash_jax import config_lib
 from deephash_jax import encoder
+from deephash_jax import mesh as mesh_lib
 from deephash_jax.evaluators import evaluate
 from deephash_jax.losses import singh2019
 from deephash_jax.train import trainer
@@ -33,6 +34,7 @@ def test_train_and_evaluate_end_to_end_and_resume(config, tmp_path):
   assert 0.3 < results["map_all"] <= 1.0  # Chance is 0.1 with 10 balanced classes.
   assert not results["codes_collapsed"]
   assert results["train_devices"] == f"{jax.device_count()} x {jax.devices()[0].device_kind}"
+  assert results["train_host"] == mesh_lib.describe_host()
   assert json.load(open(os.path.join(workdir, "eval_results.json")))["map_all"] == results[
       "map_all"]
   # TensorBoard event files were written.
