@@ -27,6 +27,8 @@ def test_the_plan_runs_the_main_table_first_then_the_lengths_then_the_seeds():
   assert [r.bits for r in runs if r.method == "graded_split"] == [48, 64]
   assert [(r.bits, r.seed) for r in runs if r.method == "graded_all"] == [
       (48, 0), (16, 0), (32, 0), (64, 0), (48, 1), (48, 2)]
+  assert [(r.bits, r.seed) for r in runs if r.method == "graded_type"] == [
+      (48, 0), (48, 1), (48, 2)]
   assert plan.parse_run("ours_no_hamming_16b_s2") == plan.Run("ours_no_hamming", 16, 2)
   assert plan.Run("dch", 48, 1).name == "dch_48b_s1"
   with pytest.raises(config_lib.ConfigError, match="run 'dch-48'"):
@@ -78,7 +80,7 @@ def test_validation_names_the_field():
                             {"loss.classification_weight": 0.5})
 
 
-def test_graded_is_configs_graded_full_and_graded_all_puts_every_view_in_its_type_level():
+def test_graded_is_configs_graded_full_and_its_variants_differ_from_it_in_one_field():
   config = config_lib.base_config("benchmark")
   graded = plan.run_config(config, "graded_48b_s0")
   full = config_lib.base_config("graded", "full")
@@ -88,6 +90,10 @@ def test_graded_is_configs_graded_full_and_graded_all_puts_every_view_in_its_typ
       json.loads(graded.to_json_best_effort()),
       plan.run_config(config, "graded_all_48b_s0")) == [
           "loss.graded.type_level_views: 'gallery' -> 'all'"]
+  assert config_lib.config_differences(
+      json.loads(graded.to_json_best_effort()),
+      plan.run_config(config, "graded_type_48b_s0")) == [
+          f"loss.graded.pair_weight: {full.loss.graded.pair_weight!r} -> 20.0"]
 
 
 def test_workers_split_the_plan():
