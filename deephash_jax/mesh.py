@@ -31,10 +31,9 @@ _VECTOR_EXTENSIONS = (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX"),
                       ("sse4_2", "SSE4.2"))
 
 
-def describe_host(cpuinfo: str | None = None, cpu_count: int | None = None) -> str:
-  """"AMD EPYC, 2 CPUs, AVX2": this host's CPU model, the CPUs it has and its widest x86 vector
-  extension, from /proc/cpuinfo (or the `cpuinfo` text given); the parts it cannot read are left
-  out ("arm64, 8 CPUs" on a host without /proc/cpuinfo)."""
+def cpu_fields(cpuinfo: str | None = None) -> dict:
+  """The first CPU's entry of /proc/cpuinfo (or of the `cpuinfo` text given) as {field: value};
+  {} where the file cannot be read."""
   if cpuinfo is None:
     try:
       with open("/proc/cpuinfo") as f:
@@ -45,7 +44,15 @@ def describe_host(cpuinfo: str | None = None, cpu_count: int | None = None) -> s
   for line in cpuinfo.splitlines():
     key, sep, value = line.partition(":")
     if sep:
-      fields.setdefault(key.strip(), value.strip())   # the first CPU's entry
+      fields.setdefault(key.strip(), value.strip())
+  return fields
+
+
+def describe_host(cpuinfo: str | None = None, cpu_count: int | None = None) -> str:
+  """"AMD EPYC, 2 CPUs, AVX2": this host's CPU model, the CPUs it has and its widest x86 vector
+  extension, from /proc/cpuinfo (or the `cpuinfo` text given); the parts it cannot read are left
+  out or taken from `platform` ("aarch64, 8 CPUs" where the file names no model)."""
+  fields = cpu_fields(cpuinfo)
   flags = set(fields.get("flags", "").split())
   cpu_count = os.cpu_count() if cpu_count is None else cpu_count
   parts = [fields.get("model name") or platform.processor() or platform.machine() or "unknown CPU"]

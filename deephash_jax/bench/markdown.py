@@ -221,7 +221,6 @@ def format_markdown(results: dict) -> str:
   """results.md: the tables of the comparison."""
   bench, status, machine = results["benchmark"], results["status"], results["machine"]
   cat, cm = results["protocols"]["category"], results["protocols"]["closest_match"]
-  host = machine.get("host") or f"{machine['cpu']} ({machine['cpu_count']} CPUs)"
   ties = ("every order of tied items equally likely (the expectation)"
           if results["ties"] == "expected" else "ties broken by the lower database index")
   lines = [f"# Benchmark: {results['dataset']}", "",
@@ -230,7 +229,7 @@ def format_markdown(results: dict) -> str:
               if status.get("carried") else "")
            + (f", {status['failed']} failed" if status["failed"] else "")
            + (f", {status['stale']} stale" if status.get("stale") else "") + ". "
-           f"Report machine: {host}, JAX {machine['jax']} "
+           f"Report machine: {machine['host']}, JAX {machine['jax']} "
            f"({machine['backend']}); training devices: {train_devices(results['runs'])}. "
            "Means over seeds ± sample standard deviation; † = the codes collapsed; "
            "‡ = its seeds trained on different hosts (or not all recorded); "

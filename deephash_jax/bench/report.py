@@ -39,13 +39,7 @@ REFERENCES_JSON = "references.json"
 
 def machine_info() -> dict:
   """The hardware the figures were measured on."""
-  cpu = platform.processor() or None
-  try:
-    with open("/proc/cpuinfo") as f:
-      cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")),
-                 cpu)
-  except OSError:
-    pass
+  cpu = mesh_lib.cpu_fields().get("model name") or platform.processor() or None
   return {"platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(),
           "python": platform.python_version(), "jax": jax.__version__,
           "backend": jax.default_backend(), "devices": mesh_lib.describe_devices(),

@@ -47,7 +47,7 @@ def test_runs_are_done_failed_running_or_pending(tmp_path):
   assert results["status"] == {"done": 1, "running": 1, "pending": 1, "failed": 1,
                                "stale": 0, "planned": 4, "carried": 0}
   assert results["aggregate"]["ours"]["16"]["train_seconds"]["mean"] == 12.0
-  assert set(report.machine_info()) >= {"cpu", "cpu_count", "jax", "backend", "devices"}
+  assert set(report.machine_info()) >= {"cpu", "cpu_count", "jax", "backend", "devices", "host"}
 
 
 def test_a_run_finished_with_another_config_is_stale_named_by_field_and_refused(tmp_path):
