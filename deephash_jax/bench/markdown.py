@@ -187,8 +187,13 @@ def train_devices(runs: dict) -> str:
 
 def _train_time(entry) -> str:
   """The mean train time of a cell; "‡" where its seeds trained on different hosts or on hosts not
-  all recorded, whose times do not average to one machine's."""
-  text = _duration((entry.get("train_seconds") or {}).get("mean"))
+  all recorded, whose times do not average to one machine's; "(n of m seeds)" where some seeds
+  are not timed whole (resumed from a checkpoint without a train-time record)."""
+  timed, partial = entry.get("train_seconds") or {}, entry.get("train_seconds_partial", 0)
+  text = _duration(timed.get("mean"))
+  if partial:
+    text = (f"{text} ({timed['n']} of {len(entry['seeds'])} seeds)" if timed else
+            "not timed whole")
   hosts = entry.get("train_hosts") or []
   return text + (" ‡" if len(hosts) > 1 else "")
 
@@ -232,7 +237,9 @@ def format_markdown(results: dict) -> str:
            f"Report machine: {machine['host']}, JAX {machine['jax']} "
            f"({machine['backend']}); training devices: {train_devices(results['runs'])}. "
            "Means over seeds ± sample standard deviation; † = the codes collapsed; "
-           "‡ = its seeds trained on different hosts (or not all recorded); "
+           "‡ = its seeds trained on different hosts (or not all recorded); a train time of "
+           "fewer seeds (or 'not timed whole') leaves out runs resumed from a checkpoint "
+           "without a train-time record; "
            "… = not run yet; stale = finished with another config (listed below); "
            "— = not in the plan. Ranking: "
            f"Hamming distance, {ties}.", "",

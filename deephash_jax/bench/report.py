@@ -99,8 +99,9 @@ def run_record(config, workdir: str, run: plan_lib.Run, category_names) -> dict:
       closest_match={m: results.get(f"closest_match_{'map' if m == 'map_all' else m}")
                      for m in closest_match.METRICS},
       **{k: results.get(k) for k in ("codes_collapsed", "codes_unique_codes", "train_steps",
-                                     "train_seconds", "eval_seconds", "train_devices",
-                                     "train_host", "pr_curve")})
+                                     "train_seconds", "train_seconds_from_step",
+                                     "eval_seconds", "train_devices", "train_host",
+                                     "pr_curve")})
   return record
 
 
@@ -225,7 +226,12 @@ def aggregate(runs: dict, category_names) -> dict:
       for name in closest_match.METRICS:
         cell[f"closest_match/{name}"] = _mean_std(r["closest_match"].get(name) for r in records)
       cell["codes_collapsed"] = any(r.get("codes_collapsed") for r in records)
-      cell["train_seconds"] = _mean_std(r.get("train_seconds") for r in records)
+      # A run resumed from a checkpoint that had no train-time record is timed from its resume:
+      # left out of the mean, and counted.
+      partial = [bool(r.get("train_seconds_from_step")) for r in records]
+      cell["train_seconds"] = _mean_std(r.get("train_seconds") for r, p in zip(records, partial)
+                                        if not p)
+      cell["train_seconds_partial"] = sum(partial)
       cell["train_hosts"] = sorted({r.get("train_host") or "not recorded" for r in records})
       out.setdefault(method, {})[bits] = cell
   return out

@@ -8,7 +8,7 @@ progress and an ETA (CLU `ReportProgress`; without TensorFlow, writers.py: the l
 metrics.jsonl); a non-finite metric stops the run with an error.
 SIGTERM (what a preempted VM receives) saves a checkpoint and stops cleanly, at the same step on
 every process of a multi-host run, and a stuck collective ends the run with an error instead of
-hanging (stopping.py).
+hanging (stopping.py). The training time is counted across resumes (train_time.json, `_TrainClock`).
 """
 
 from __future__ import annotations
@@ -32,6 +32,64 @@ from deephash_jax.train import state as state_lib
 from deephash_jax.train import step as step_lib
 from deephash_jax.train import stopping
 from deephash_jax.train import writers
+
+
+TRAIN_TIME_FILE = "train_time.json"
+
+
+class _TrainClock:
+  """The training time of a run across its resumes, and the hosts that trained it.
+
+  At each checkpoint, `train_time.json` in the workdir records the seconds spent training up to
+  that step and the hosts of every segment, so a resumed run's `train_seconds` is the whole run's
+  (each segment counted from its restore, the first step's compilation included). A resume from
+  a checkpoint without an entry (a workdir written before the file existed, or whose file is
+  unreadable, which is logged) counts from that step, and `train_seconds_from_step` says so; it
+  is 0 for a run timed whole.
+  """
+
+  def __init__(self, workdir: str, start_step: int):
+    self._path = config_lib.workdir_path(workdir) / TRAIN_TIME_FILE
+    self._entries = {step: e for step, e in self._read(start_step).items()
+                     if int(step) <= start_step}          # later ones were not restored
+    entry = self._entries.get(str(start_step), {})
+    self._before = float(entry.get("seconds", 0.0))
+    self._from_step = int(entry.get("from_step", start_step))
+    self._hosts = list(entry.get("hosts", []))
+    host = mesh_lib.describe_host()
+    if host not in self._hosts:
+      self._hosts.append(host)
+    self._start = time.time()
+
+  def _read(self, start_step: int) -> dict:
+    if not start_step or not self._path.exists():
+      return {}
+    try:
+      entries = json.loads(self._path.read_text())["checkpoints"]
+      return {str(int(step)): {"seconds": float(e["seconds"]), "from_step": int(e["from_step"]),
+                               "hosts": [str(h) for h in e["hosts"]]}
+              for step, e in entries.items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+      logging.warning("%s is unreadable (%s: %s); the train time counts from step %d.",
+                      self._path, type(e).__name__, e, start_step)
+      return {}
+
+  def results(self) -> dict:
+    """`train_seconds`, `train_seconds_from_step` and `train_host` (the hosts joined by " + "
+    where segments ran on different ones; process 0's in a multi-process run)."""
+    return {"train_seconds": self._before + time.time() - self._start,
+            "train_seconds_from_step": self._from_step, "train_host": " + ".join(self._hosts)}
+
+  def record(self, step: int) -> None:
+    """Writes the entry of the checkpoint of `step` (process 0; replaced whole, never torn)."""
+    if jax.process_index() != 0:
+      return
+    r = self.results()
+    self._entries[str(step)] = {"seconds": r["train_seconds"], "from_step": self._from_step,
+                                "hosts": self._hosts}
+    partial = self._path.parent / (TRAIN_TIME_FILE + ".tmp")
+    partial.write_text(json.dumps({"checkpoints": self._entries}, indent=1))
+    partial.replace(self._path)
 
 
 @dataclasses.dataclass
@@ -92,7 +150,7 @@ def _log_metrics(run: _Run, writer, done: int, metrics) -> None:
                  " ".join(f"{k}={float(v):.4g}" for k, v in sorted(metrics.items())))
 
 
-def _train_loop(run: _Run, writer) -> tuple[int, bool]:
+def _train_loop(run: _Run, writer, clock: _TrainClock) -> tuple[int, bool]:
   """Runs the steps from `run.start_step`; (the last step done, whether a preemption stopped it).
 
   The first step (which compiles) runs alone; from then on the watchdog (stopping.py) ends the
@@ -143,6 +201,7 @@ def _train_loop(run: _Run, writer) -> tuple[int, bool]:
           # runs can overlap the step's collectives.
           jax.block_until_ready(run.state)
           run.manager.save(done, args=ocp.args.StandardSave(run.state), force=stopped)
+          clock.record(done)
         if stopped:
           break
     watchdog.beat("the last checkpoint's write")
@@ -163,9 +222,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   writer = writers.create_writer(workdir, just_logging=jax.process_index() != 0)
   if run.start_step == 0 and jax.process_index() == 0:
     writer.write_hparams(config_lib.flatten_for_hparams(config))
-  train_start = time.time()
-  done, stopped = _train_loop(run, writer)
-  train_seconds = time.time() - train_start
+  clock = _TrainClock(workdir, run.start_step)
+  done, stopped = _train_loop(run, writer, clock)
+  timing = clock.results()
   if stopped:
     run.manager.close()
     logging.warning("Stopped at step %d on a preemption notice; rerun with the same --workdir "
@@ -175,10 +234,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   eval_start = time.time()
   results = evaluate.evaluate_variables(config, variables, mesh=run.mesh)
   results["eval_seconds"] = time.time() - eval_start
-  results["train_seconds"] = train_seconds
-  results["train_steps"] = run.total_steps
-  results["train_devices"] = mesh_lib.describe_devices()
-  results["train_host"] = mesh_lib.describe_host()    # process 0's; the train time depends on it
+  results.update(timing, train_steps=run.total_steps, train_devices=mesh_lib.describe_devices())
   writer.write_scalars(run.total_steps, {f"eval/{k}": v for k, v in results.items()
                                          if isinstance(v, (int, float))})
   if jax.process_index() == 0:

@@ -112,3 +112,18 @@ def test_a_train_time_of_seeds_on_different_hosts_is_marked():
   assert rows["dch"].endswith("| 0:05:00 |") and rows["hashnet"].endswith("| 0:01:40 |")
   assert report.aggregate(runs, ("map_all",))["ours"]["16"]["train_hosts"] == [
       "X, 2 CPUs, AVX2", "Y"]
+
+  # A run resumed from a checkpoint without a train-time record is timed from its step: left out
+  # of the mean and counted; a cell of such runs alone says so.
+  runs["o1"] = {**timed(_RUNS[1], 60, "X, 2 CPUs, AVX2"), "train_seconds_from_step": 2000}
+  runs["d"]["train_seconds_from_step"] = 0
+  runs["h"]["train_seconds_from_step"] = 10
+  aggregate = report.aggregate(runs, ("map_all",))
+  assert aggregate["ours"]["16"]["train_seconds"]["values"] == [600.0]
+  assert aggregate["ours"]["16"]["train_seconds_partial"] == 1
+  assert aggregate["dch"]["16"]["train_seconds_partial"] == 0
+  results["aggregate"] = aggregate
+  rows = {line.split(" | ")[0][2:]: line for line in markdown.main_table(results)}
+  assert rows["ours"].endswith("| 0:10:00 (1 of 2 seeds) |")
+  assert rows["dch"].endswith("| 0:05:00 |")
+  assert rows["hashnet"].endswith("| not timed whole |")

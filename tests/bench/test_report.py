@@ -25,7 +25,8 @@ def test_runs_are_done_failed_running_or_pending(tmp_path):
   workdir = str(tmp_path)
   _finish(workdir, plan.Run("ours", 16, 0), map_all=0.5, map_at_10=0.6,
           precision_at_hamming_2=0.7, closest_match_recall_at_1=0.1,
-          closest_match_recall_at_10=0.3, closest_match_map=0.2, train_seconds=12.0)
+          closest_match_recall_at_10=0.3, closest_match_map=0.2, train_seconds=12.0,
+          train_seconds_from_step=0)
   failed = plan.run_dir(workdir, plan.Run("dch", 16, 0))
   os.makedirs(failed)
   with open(os.path.join(failed, "error.txt"), "w") as f:
@@ -47,6 +48,7 @@ def test_runs_are_done_failed_running_or_pending(tmp_path):
   assert results["status"] == {"done": 1, "running": 1, "pending": 1, "failed": 1,
                                "stale": 0, "planned": 4, "carried": 0}
   assert results["aggregate"]["ours"]["16"]["train_seconds"]["mean"] == 12.0
+  assert runs["ours_16b_s0"]["train_seconds_from_step"] == 0
   assert set(report.machine_info()) >= {"cpu", "cpu_count", "jax", "backend", "devices", "host"}
 
 

@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import time
 
 import jax
 import numpy as np
@@ -35,6 +36,7 @@ def test_train_and_evaluate_end_to_end_and_resume(config, tmp_path):
   assert not results["codes_collapsed"]
   assert results["train_devices"] == f"{jax.device_count()} x {jax.devices()[0].device_kind}"
   assert results["train_host"] == mesh_lib.describe_host()
+  assert results["train_seconds_from_step"] == 0 and results["train_seconds"] > 0
   assert json.load(open(os.path.join(workdir, "eval_results.json")))["map_all"] == results[
       "map_all"]
   # TensorBoard event files were written.
@@ -55,7 +57,19 @@ def test_train_and_evaluate_end_to_end_and_resume(config, tmp_path):
   # How it is evaluated and logged may change.
   config = config.copy_and_resolve_references()
   config.eval.batch_size, config.train.log_every_steps = 48, 5
+  # The train time carries over the resume: step 20's record plus this segment's.
+  clock = json.load(open(os.path.join(resumed, trainer.TRAIN_TIME_FILE)))["checkpoints"]
+  assert sorted(clock, key=int) == ["10", "20", "30"]
+  assert 0 < clock["10"]["seconds"] < clock["20"]["seconds"] < clock["30"]["seconds"]
+  assert clock["20"]["hosts"] == [mesh_lib.describe_host()] and clock["20"]["from_step"] == 0
+  resume_start = time.time()
   results2 = trainer.train_and_evaluate(config, resumed)
+  segment = time.time() - resume_start
+  assert results2["train_seconds_from_step"] == 0
+  assert clock["20"]["seconds"] < results2["train_seconds"] < clock["20"]["seconds"] + segment
+  assert results2["train_host"] == mesh_lib.describe_host()
+  assert sorted(json.load(open(os.path.join(resumed, trainer.TRAIN_TIME_FILE)))["checkpoints"],
+                key=int) == ["10", "20", "30"]
   assert results2["map_all"] == pytest.approx(results["map_all"], abs=1e-9)
   a = encoder.HashEncoder.from_workdir(workdir)
   b = encoder.HashEncoder.from_workdir(resumed)
@@ -78,6 +92,32 @@ def test_train_and_evaluate_end_to_end_and_resume(config, tmp_path):
   assert evaluate.evaluate_workdir(workdir)["map_all"] == pytest.approx(results["map_all"])
   with pytest.raises(ValueError, match="expected uint8"):
     a.encode(images.astype(np.float32))
+
+
+def test_a_resume_without_a_train_time_record_is_timed_from_its_step(config, tmp_path, caplog):
+  """A workdir whose train_time.json is missing or broken still resumes; its time counts from
+  the restored step and says so; a checkpoint on another host joins the hosts."""
+  config.train.num_steps, config.train.checkpoint_every_steps = 20, 10
+  workdir = str(tmp_path / "run")
+  trainer.train_and_evaluate(config, workdir)
+  path = os.path.join(workdir, trainer.TRAIN_TIME_FILE)
+  shutil.rmtree(os.path.join(workdir, "checkpoints", "20"))
+  os.remove(os.path.join(workdir, "eval_results.json"))
+  with open(path, "w") as f:
+    f.write('{"checkpoints": {"10": {"seconds": "soon"')          # torn by hand
+  results = trainer.train_and_evaluate(config, workdir)
+  assert results["train_seconds_from_step"] == 10
+  assert "train_time.json is unreadable" in caplog.text
+  assert json.load(open(path))["checkpoints"]["20"]["from_step"] == 10
+
+  # Step 10's record names another host: the resumed run names both, in order.
+  shutil.rmtree(os.path.join(workdir, "checkpoints", "20"))
+  with open(path, "w") as f:
+    json.dump({"checkpoints": {"10": {"seconds": 1000.0, "from_step": 0, "hosts": ["Other"]},
+                               "20": {"seconds": 9.0, "from_step": 0, "hosts": ["Lost"]}}}, f)
+  results = trainer.train_and_evaluate(config, workdir)
+  assert results["train_seconds_from_step"] == 0 and results["train_seconds"] > 1000.0
+  assert results["train_host"] == "Other + " + mesh_lib.describe_host()
 
 
 def test_nan_fails_fast_with_the_step(config, tmp_path, monkeypatch):
