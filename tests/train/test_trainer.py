@@ -95,8 +95,8 @@ def test_train_and_evaluate_end_to_end_and_resume(config, tmp_path):
 
 
 def test_a_resume_without_a_train_time_record_is_timed_from_its_step(config, tmp_path, caplog):
-  """A workdir whose train_time.json is missing or broken still resumes; its time counts from
-  the restored step and says so; a checkpoint on another host joins the hosts."""
+  """A workdir whose train_time.json is broken still resumes; its time counts from the restored
+  step and says so; a checkpoint trained on another host joins the hosts."""
   config.train.num_steps, config.train.checkpoint_every_steps = 20, 10
   workdir = str(tmp_path / "run")
   trainer.train_and_evaluate(config, workdir)
