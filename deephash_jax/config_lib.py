@@ -198,8 +198,28 @@ def workdir_path(workdir: str) -> epath.Path:
   return epath.Path(workdir if "://" in workdir else os.path.abspath(workdir))
 
 
+def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
+  """Writes `data` to `path` (local or a URL such as gs://bucket/f) through a temporary file
+  beside it renamed over `path`: a reader finds the old file or the new one, never a torn one.
+  Where the write fails, `path` is left as it was and the temporary file is removed."""
+  if not isinstance(data, (str, bytes)):
+    raise TypeError(f"{path}: expected str or bytes to write, got {type(data).__name__}")
+  path = epath.Path(path)
+  partial = path.parent / f"{path.name}.tmp{os.getpid()}"
+  try:
+    if isinstance(data, bytes):
+      partial.write_bytes(data)
+    else:
+      partial.write_text(data)
+    partial.replace(path)
+  except BaseException:
+    if partial.exists():
+      partial.unlink()
+    raise
+
+
 def save_config(config, workdir: str) -> None:
-  (workdir_path(workdir) / CONFIG_FILE).write_text(config.to_json_best_effort(indent=2))
+  write_atomic(workdir_path(workdir) / CONFIG_FILE, config.to_json_best_effort(indent=2))
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:

@@ -143,6 +143,22 @@ def test_a_saved_config_loads_back_and_a_missing_one_is_named(tmp_path):
     config_lib.load_config(str(tmp_path))
 
 
+def test_write_atomic_replaces_whole_or_leaves_the_old_file(tmp_path):
+  path = tmp_path / "eval_results.json"
+  config_lib.write_atomic(str(path), '{"map_all": 0.5}')
+  assert path.read_text() == '{"map_all": 0.5}'
+  config_lib.write_atomic(path, b"\x89PNG")          # bytes, over the old file, as a Path
+  assert path.read_bytes() == b"\x89PNG"
+  # A write that fails part-way (text that cannot be encoded) leaves the old file and no
+  # temporary file beside it.
+  with pytest.raises(UnicodeEncodeError):
+    config_lib.write_atomic(path, "{" + "x" * 100_000 + "\ud800}")
+  assert path.read_bytes() == b"\x89PNG"
+  with pytest.raises(TypeError, match=r"eval_results.json: expected str or bytes .* dict"):
+    config_lib.write_atomic(path, {"map_all": 0.5})
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["eval_results.json"]
+
+
 def test_total_steps_from_epochs_or_steps():
   config = config_lib.base_config("fashion_mnist")
   assert config_lib.total_steps(config, 60000) == 15 * (60000 // 128)

@@ -3,10 +3,12 @@ protocols against each other at the reference length."""
 
 from __future__ import annotations
 
-import os
+import io
 
 import matplotlib
 from matplotlib.figure import Figure
+
+from deephash_jax import config_lib
 
 MAP_VS_BITS_PNG = "mAP_vs_bits.png"
 PR_CURVES_PNG = "pr_curves.png"
@@ -30,9 +32,9 @@ def _style(method: str, index: int) -> dict:
 
 
 def _save_figure(fig, path: str) -> None:
-  tmp = f"{path}.tmp"
-  fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-  os.replace(tmp, path)
+  png = io.BytesIO()
+  fig.savefig(png, format="png", dpi=120, bbox_inches="tight")
+  config_lib.write_atomic(path, png.getvalue())
 
 
 def plot_map_vs_bits(results: dict, path: str) -> None:

@@ -60,13 +60,6 @@ def _read_json(path):
     return None
 
 
-def _write_atomic(path: str, data: str) -> None:
-  tmp = f"{path}.tmp"
-  with open(tmp, "w") as f:
-    f.write(data)
-  os.replace(tmp, path)
-
-
 def _to_json(obj):
   if isinstance(obj, ml_collections.ConfigDict):
     return obj.to_dict()
@@ -279,7 +272,7 @@ def references(config, workdir: str, runs: dict, previous: dict | None = None) -
                   timing_queries=refs.timing_queries, batch=refs.query_batch_size),
                        "run": float_run.name})
   if jax.process_index() == 0 and computed:
-    _write_atomic(path, json.dumps(entries, indent=2, default=_to_json))
+    config_lib.write_atomic(path, json.dumps(entries, indent=2, default=_to_json))
   return out
 
 
@@ -321,9 +314,9 @@ def write_report(config, workdir: str, output: str | None = None, *,
   output = output or workdir
   os.makedirs(output, exist_ok=True)
   if jax.process_index() == 0:
-    _write_atomic(os.path.join(output, RESULTS_JSON),
+    config_lib.write_atomic(os.path.join(output, RESULTS_JSON),
                   json.dumps(results, indent=2, default=_to_json))
-    _write_atomic(os.path.join(output, RESULTS_MD), markdown.format_markdown(results))
+    config_lib.write_atomic(os.path.join(output, RESULTS_MD), markdown.format_markdown(results))
     plots.plot_map_vs_bits(results, os.path.join(output, plots.MAP_VS_BITS_PNG))
     plots.plot_pr_curves(results, os.path.join(output, plots.PR_CURVES_PNG))
     plots.plot_protocols(results, os.path.join(output, plots.PROTOCOLS_PNG))

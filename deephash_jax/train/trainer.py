@@ -87,9 +87,7 @@ class _TrainClock:
     r = self.results()
     self._entries[str(step)] = {"seconds": r["train_seconds"], "from_step": self._from_step,
                                 "hosts": self._hosts}
-    partial = self._path.parent / (TRAIN_TIME_FILE + ".tmp")
-    partial.write_text(json.dumps({"checkpoints": self._entries}, indent=1))
-    partial.replace(self._path)
+    config_lib.write_atomic(self._path, json.dumps({"checkpoints": self._entries}, indent=1))
 
 
 @dataclasses.dataclass
@@ -238,7 +236,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   writer.write_scalars(run.total_steps, {f"eval/{k}": v for k, v in results.items()
                                          if isinstance(v, (int, float))})
   if jax.process_index() == 0:
-    (config_lib.workdir_path(workdir) / "eval_results.json").write_text(
-        json.dumps(results, indent=2))
+    config_lib.write_atomic(config_lib.workdir_path(workdir) / "eval_results.json",
+                            json.dumps(results, indent=2))
   run.manager.close()
   return results
