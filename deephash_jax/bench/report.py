@@ -315,7 +315,7 @@ def write_report(config, workdir: str, output: str | None = None, *,
   os.makedirs(output, exist_ok=True)
   if jax.process_index() == 0:
     config_lib.write_atomic(os.path.join(output, RESULTS_JSON),
-                  json.dumps(results, indent=2, default=_to_json))
+                            json.dumps(results, indent=2, default=_to_json))
     config_lib.write_atomic(os.path.join(output, RESULTS_MD), markdown.format_markdown(results))
     plots.plot_map_vs_bits(results, os.path.join(output, plots.MAP_VS_BITS_PNG))
     plots.plot_pr_curves(results, os.path.join(output, plots.PR_CURVES_PNG))
