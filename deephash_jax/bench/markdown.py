@@ -138,7 +138,9 @@ def _reference_rows(results, names) -> list[str]:
     values += [f"{entry['closest_match'][m]:.4f}" for m in ("recall_at_1", "recall_at_10",
                                                               "map_all")]
     speed = f"{entry[qps]:.0f} q/s" if qps else "—"
-    rows.append(f"| {label.format(run=entry.get('run'))} | 1 | " + " | ".join(values)
+    # Measured by an earlier report (its machine's queries/s): named as a carried run is.
+    where = f" (from {entry['source']})" if entry.get("source") else ""
+    rows.append(f"| {label.format(run=entry.get('run'))}{where} | 1 | " + " | ".join(values)
                 + f" | {speed} |")
   return rows
 

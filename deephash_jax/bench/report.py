@@ -230,12 +230,16 @@ def aggregate(runs: dict, category_names) -> dict:
   return out
 
 
-def references(config, workdir: str, runs: dict, previous: dict | None = None) -> dict:
+def references(config, workdir: str, runs: dict, previous: dict | None = None,
+               source: str | None = None) -> dict:
   """Pixel SAD and the float codes of the reference run, each cached in references.json.
 
   Each is keyed by what it is computed from: the evaluation and input settings, and for the
   float codes also the reference model itself (its weights' fingerprint and step, not its run's
   record: a new field in the records recomputes nothing, a retrained model recomputes them).
+  Each figure carries its key into results.json, so that a later report given this one
+  (`previous`, read from `source`) takes a figure of the same key from it, marked with `source`,
+  rather than computing it again (pixel SAD over 70,000 images: minutes on a CPU).
   """
   refs, bench = config.benchmark.references, config.benchmark
   float_run = plan_lib.Run(refs.float_method, bench.reference_bits, 0)
@@ -244,15 +248,22 @@ def references(config, workdir: str, runs: dict, previous: dict | None = None) -
       default=_to_json))
   path = os.path.join(workdir, REFERENCES_JSON)
   cached = _read_json(path) or {}
+  earlier_refs = (previous or {}).get("references") or {}
   out, entries, computed = {}, {}, []
 
   def cached_or(name, key, compute):
     entry = cached.get(name)
     if not (isinstance(entry, dict) and entry.get("key") == key):
-      logging.info("References: computing %s.", name)
-      entry = {"key": key, "value": compute()}
+      earlier = earlier_refs.get(name)
+      if isinstance(earlier, dict) and earlier.get("key") == key:
+        logging.info("References: %s from %s.", name, source)
+        value = {k: v for k, v in earlier.items() if k != "key"}
+        entry = {"key": key, "value": {**value, "source": value.get("source", source)}}
+      else:
+        logging.info("References: computing %s.", name)
+        entry = {"key": key, "value": compute()}
       computed.append(name)
-    entries[name], out[name] = entry, entry["value"]
+    entries[name], out[name] = entry, {**entry["value"], "key": key}
 
   cached_or("sad", setting, lambda: references_lib.pixel_sad(
       config, num_category_queries=refs.num_category_queries,
@@ -261,7 +272,7 @@ def references(config, workdir: str, runs: dict, previous: dict | None = None) -
   float_record = runs.get(float_run.name, {})
   if float_record.get("status") == "done" and "source" in float_record:
     # Its model is not here: its float codes as the earlier report measured them.
-    earlier = ((previous or {}).get("references") or {}).get("float_codes")
+    earlier = earlier_refs.get("float_codes")
     if earlier and earlier.get("run") == float_run.name:
       out["float_codes"] = {**earlier, "source": float_record["source"]}
   elif float_record.get("status") == "done":
@@ -300,7 +311,7 @@ def collect(config, workdir: str, *, with_references: bool = True,
   results["status"]["planned"] = len(plan)
   results["status"]["carried"] = sum(r["status"] == "done" and "source" in r
                                      for r in runs.values())
-  results["references"] = (references(config, workdir, runs, previous)
+  results["references"] = (references(config, workdir, runs, previous, previous_report)
                            if with_references else None)
   return results
 

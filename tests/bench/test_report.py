@@ -115,11 +115,14 @@ def test_each_reference_is_recomputed_only_when_what_it_is_computed_from_changes
   float_run = plan.Run(config.benchmark.references.float_method,
                        config.benchmark.reference_bits, 0)
   runs = {float_run.name: {"status": "pending"}}
-  assert report.references(config, workdir, runs) == {"sad": {"sad_value": 1}}
+  sad = report.references(config, workdir, runs)["sad"]
+  assert sad == {"sad_value": 1, "key": sad["key"]}
+  assert sad["key"]["eval"]["closest_match"]["num_queries"] == config.eval.closest_match.num_queries
   runs = {float_run.name: {"status": "done", "train_seconds": 1.0}}
   first = report.references(config, workdir, runs)
-  assert first == {"sad": {"sad_value": 1},
-                   "float_codes": {"float_value": 2, "run": float_run.name}}
+  assert first == {"sad": sad,
+                   "float_codes": {"float_value": 2, "run": float_run.name,
+                                   "key": {**sad["key"], "model": "a", "step": 7}}}
   # Another record of the same model (a timing, a new field): both from the cache.
   runs[float_run.name].update(train_seconds=2.0, new_field=True)
   assert report.references(config, workdir, runs) == first
@@ -283,3 +286,36 @@ def test_the_float_codes_of_a_carried_reference_run_come_from_the_earlier_report
   # Without the earlier figures (or of another run), none: the model is not here to embed.
   earlier["references"]["float_codes"]["run"] = "dch_16b_s0"
   assert "float_codes" not in report.references(config, str(tmp_path), runs, earlier)
+
+
+def test_pixel_sad_of_the_same_settings_comes_from_the_earlier_report(tmp_path, monkeypatch):
+  config = config_lib.base_config("benchmark_tiny")
+  calls = []
+  monkeypatch.setattr(report.references_lib, "pixel_sad",
+                      lambda *a, **k: calls.append("sad") or {"sad_value": len(calls)})
+  runs = {}
+
+  def folder(name):   # a benchmark workdir
+    (tmp_path / name).mkdir()
+    return str(tmp_path / name)
+  measured = report.references(config, folder("there"), runs)["sad"]
+  earlier = {"references": {"sad": measured}}
+  # A new workdir (another machine): taken from the earlier report, marked with it, cached.
+  here = folder("here")
+  carried = report.references(config, here, runs, earlier, "old/results.json")["sad"]
+  assert carried == {**measured, "source": "old/results.json"} and calls == ["sad"]
+  assert report.references(config, here, runs)["sad"] == carried and calls == ["sad"]
+  assert "pixel SAD (exact) (from old/results.json)" in "\n".join(
+      markdown._reference_rows({"references": {"sad": {
+          **carried, "category": {"map_all": 0.5}, "queries_per_second": 9.0,
+          "closest_match": {"recall_at_1": 0.1, "recall_at_10": 0.2, "map_all": 0.3}}}},
+          ["map_all"]))
+  # Another setting (here the closest-match queries): computed again, not taken.
+  other = config.copy_and_resolve_references()
+  other.eval.closest_match.num_queries += 1
+  assert report.references(other, folder("new"), runs, earlier, "old/results.json")[
+      "sad"]["sad_value"] == 2
+  # An earlier report without keys (older than keyed references) is not trusted either.
+  del earlier["references"]["sad"]["key"]
+  assert "source" not in report.references(config, folder("new2"), runs, earlier,
+                                           "old/results.json")["sad"]
