@@ -152,6 +152,9 @@ def get_config():
   config.train.batch_size = 256               # views; = 128 catalogue items, two views each
   config.train.num_epochs = 15
   config.train.num_steps = 0                  # > 0 overrides num_epochs
+  # > 0: each batch holds the items of at most this many types, in equal chunks (data/sampler.py;
+  # more same-type rivals per item); 0: a uniform shuffle.
+  config.train.types_per_batch = 0
   config.train.learning_rate = 3e-3
   config.train.warmup_steps = 200
   config.train.weight_decay = 5e-4

@@ -36,6 +36,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _require(t.batch_size >= 4 and t.batch_size % 2 == 0, "train.batch_size", t.batch_size,
            "an even number >= 4 (it counts views: two per catalogue item)")
   _require(t.learning_rate > 0, "train.learning_rate", t.learning_rate, "positive")
+  types = added_field(config, "train.types_per_batch")
+  _require(isinstance(types, int) and types >= 0
+           and (not types or (t.batch_size // 2) % types == 0), "train.types_per_batch", types,
+           f"0 (uniform batches) or an int dividing the batch's {t.batch_size // 2} items")
   _require(t.num_epochs > 0 or t.get("num_steps", 0) > 0, "train.num_epochs", t.num_epochs,
            "positive (or set train.num_steps)")
   for name in ("classification", "hamming", "hamming_item", "adversarial", "quantization"):
@@ -246,6 +250,16 @@ def _leaves(node, prefix: str = "") -> dict:
   return out
 
 
+def added_field(config, field: str):
+  """config's `field` (dotted), or, in a config saved before the field was added, its
+  ADDED_FIELDS value."""
+  *parents, name = field.split(".")
+  node = config
+  for parent in parents:
+    node = node[parent]
+  return node.get(name, ADDED_FIELDS[field])
+
+
 def graded_option(g, name: str):
   """config.loss.graded's field `name`, or, in a config saved before the field was added, its
   ADDED_FIELDS value (what the code before it trained): the one place that default is written."""
@@ -269,6 +283,7 @@ ADDED_FIELDS = {
     "loss.graded.sign_gradient": "difference",
     "loss.graded.type_level_views": "all",
     "model.encoder_kwargs.conv": "auto",
+    "train.types_per_batch": 0,
 }
 
 

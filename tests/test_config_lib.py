@@ -18,6 +18,8 @@ def test_the_product_configs_are_valid():
     ("eval.closest_match.num_queries", -1, "config.eval.closest_match.num_queries=-1"),
     ("eval.batch_size", 0, "config.eval.batch_size=0: positive"),
     ("train.batch_size", 7, "config.train.batch_size=7: an even number"),
+    ("train.types_per_batch", 3, "config.train.types_per_batch=3: 0 (uniform batches) or an int "
+     "dividing the batch's 16 items"),
     ("method", "magic", "config.method='magic'"),
     ("model.input_norm", "batch", "config.model.input_norm='batch': 'none' or 'image'"),
     ("model.shift_average", -1, "config.model.shift_average=-1: a non-negative integer"),

@@ -120,7 +120,8 @@ def _prepare(config, workdir: str) -> _Run:
   train_split = registry.load_split(config.input, config.input.train_split)
   sampler = sampler_lib.TwoViewSampler(
       train_split, num_items=config.train.batch_size // 2, seed=config.seed,
-      process_index=jax.process_index(), process_count=jax.process_count())
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      types_per_batch=config_lib.added_field(config, "train.types_per_batch"))
   total_steps = config_lib.total_steps(config, len(train_split))
   image_shape = train_split.images.shape[1:]
   state, restored_step = checkpoints.restore_latest(manager, config, mesh, image_shape,
