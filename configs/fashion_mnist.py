@@ -138,6 +138,9 @@ def get_config():
   # (gallery and query views) or "gallery" (the query views' shopper nuisances are left to the
   # item level and the classifier).
   config.loss.graded.type_level_views = "all"
+  # The views the classification term reads: "all" or "gallery" (the shopper's views are left to
+  # the item level).
+  config.loss.graded.classifier_views = "all"
   # class_bits > 0 splits the code: the first class_bits bits (a power of 2) are pulled to the
   # class's Hadamard centre by a cosine-margin softmax (centre_scale, centre_margin) and a per-bit
   # cross-entropy (centre_bit_weight), in place of the pair term (the pair_* fields unused); the

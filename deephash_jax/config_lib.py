@@ -139,6 +139,9 @@ def _validate_graded(g, *, activation: str, num_bits: int, num_classes: int,
   _require(type_views == "all" or not g.get("class_bits", 0), "loss.graded.type_level_views",
            type_views, "'all' with loss.graded.class_bits > 0 (the split code's centres are "
            "pulled on every view)")
+  classifier_views = graded_option(g, "classifier_views")
+  _require(classifier_views in TYPE_LEVEL_VIEWS, "loss.graded.classifier_views",
+           classifier_views, f"one of {TYPE_LEVEL_VIEWS}")
   gamma = graded_option(g, "continuation_gamma")
   _require(gamma >= 0, "loss.graded.continuation_gamma", gamma, "non-negative (0: off)")
   _require(not gamma or activation == "tanh", "loss.graded.continuation_gamma", gamma,
@@ -282,6 +285,7 @@ ADDED_FIELDS = {
     "loss.graded.type_level_codes": "continuous",
     "loss.graded.sign_gradient": "difference",
     "loss.graded.type_level_views": "all",
+    "loss.graded.classifier_views": "all",
     "model.encoder_kwargs.conv": "auto",
     "train.types_per_batch": 0,
 }

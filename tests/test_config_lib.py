@@ -45,6 +45,8 @@ def test_the_product_configs_are_valid():
      "loss.graded.type_level_codes='sign_ste'"),
     ("loss.graded.type_level_views", "query",
      "config.loss.graded.type_level_views='query': one of ('all', 'gallery')"),
+    ("loss.graded.classifier_views", "query",
+     "config.loss.graded.classifier_views='query': one of ('all', 'gallery')"),
 ])
 def test_bad_values_are_named(field, value, message):
   config = config_lib.base_config("tiny")

@@ -186,7 +186,8 @@ def graded_loss(codes, pre_codes, logits, features, *, views: Views, masks: Pair
   as more negatives of each query view, other items only, and with `memory_type_ap` more
   columns of the FastAP type order of every view.
   With `type_level_views = "gallery"` the type level (the pair term and FastAP) scores the
-  gallery views among themselves; the item level and the classifier read every view.
+  gallery views among themselves; the item level reads every view, the classifier every view
+  or, with `classifier_views = "gallery"`, the gallery views alone.
   With `class_bits` > 0 the code is split: its first `class_bits` bits are pulled to the class's
   Hadamard centre (in place of the pair and FastAP terms), the item InfoNCE reads the other bits
   only.
@@ -199,8 +200,13 @@ def graded_loss(codes, pre_codes, logits, features, *, views: Views, masks: Pair
   if memory is not None:
     start = config_lib.graded_option(g, "memory_start_step")
     filled = (memory["items"][None, :] >= 0) & (step >= start)
-  terms = {"classification": singh2019.classification_loss(logits, views.labels,
-                                                            normaliser=2 * n_global)}
+  if config_lib.graded_option(g, "classifier_views") == "gallery":
+    # The class read from the gallery views alone: the mean over the global batch's N of them.
+    per_view = optax.softmax_cross_entropy_with_integer_labels(logits, views.labels)
+    classified = jnp.sum(jnp.where(views.index < n_global, per_view, 0.0)) / n_global
+  else:
+    classified = singh2019.classification_loss(logits, views.labels, normaliser=2 * n_global)
+  terms = {"classification": classified}
   weights = {"classification": loss_config.classification_weight}
   type_codes = codes
   if config_lib.graded_option(g, "type_level_codes") == "sign_ste":

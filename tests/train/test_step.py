@@ -372,21 +372,56 @@ def test_the_memory_joins_the_type_order_of_fast_ap(config, step):
   np.testing.assert_allclose(float(got), float(want), rtol=1e-4, atol=1e-6)
 
 
-def _graded_loss_on_one_device(config, codes, pre_codes, features, labels, step):
+def _graded_loss_on_one_device(config, codes, pre_codes, features, labels, step, logits=None):
   """(total, terms) of `graded_loss` on one device for 2N views of N items (labels (N,)): the
-  gallery views first, then the query views, no classifier logits."""
+  gallery views first, then the query views; the classifier's logits (2N, 3) zero unless
+  given."""
   n = len(labels)
   mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
+  logits = jnp.zeros((2 * n, 3)) if logits is None else jnp.asarray(logits)
 
-  def local(c, p, f):
+  def local(c, p, f, lg):
     views = step_lib.Views(images=None, labels=jnp.concatenate([labels, labels]),
                            items=jnp.arange(2 * n) % n, index=jnp.arange(2 * n),
                            query_first=jnp.zeros(n, bool))
     return step_lib.graded_loss(
-        c, p, jnp.zeros((2 * n, 3)), f, views=views, masks=step_lib.pair_masks(views),
+        c, p, lg, f, views=views, masks=step_lib.pair_masks(views),
         loss_config=config.loss, num_bits=c.shape[1], num_classes=3, step=jnp.int32(step))
-  return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P()), out_specs=P(),
-                       check_vma=False)(codes, pre_codes, jnp.asarray(features))
+  return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P(), P()), out_specs=P(),
+                       check_vma=False)(codes, pre_codes, jnp.asarray(features), logits)
+
+
+@pytest.mark.parametrize("classifier_views", ["all", "gallery"])
+def test_classifier_views_chooses_the_views_the_class_is_read_from(config, classifier_views):
+  """`classifier_views`: the classification term is the softmax cross-entropy averaged over every
+  view, or over the gallery views alone (NumPy), and with "gallery" no gradient reaches the query
+  views' logits; the other terms are the same either way."""
+  n, num_bits = 4, 16
+  rng = np.random.default_rng(21)
+  codes = np.tanh(rng.normal(size=(2 * n, num_bits))).astype(np.float32)
+  logits = rng.normal(size=(2 * n, 3)).astype(np.float32) * 2.0
+  labels = np.array([0, 1, 2, 1], np.int32)
+  config.method = "graded"
+  terms = lambda lg: _graded_loss_on_one_device(config, codes, codes, codes[:, :8], labels, 0,
+                                                logits=lg)[1]
+  # A new function for each setting: jit reads the config when it traces.
+  every_view = jax.jit(lambda lg: terms(lg))(logits)
+  config.loss.graded.classifier_views = classifier_views
+  got = jax.jit(lambda lg: terms(lg))(logits)
+  grad = np.asarray(jax.jit(jax.grad(lambda lg: terms(lg)["classification"]))(logits))
+
+  shifted = logits - logits.max(axis=1, keepdims=True)
+  log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+  per_view = -log_p[np.arange(2 * n), np.concatenate([labels, labels])]
+  want = per_view[:n].mean() if classifier_views == "gallery" else per_view.mean()
+  np.testing.assert_allclose(float(got["classification"]), want, rtol=1e-5)
+  assert np.any(grad[:n])
+  assert np.any(grad[n:]) == (classifier_views == "all")
+  for name in set(got) - {"classification"}:
+    np.testing.assert_allclose(float(got[name]), float(every_view[name]), rtol=1e-6,
+                               err_msg=name)
+  assert (abs(float(got["classification"]) - float(every_view["classification"])) > 1e-3) == (
+      classifier_views == "gallery")
 
 
 @pytest.mark.parametrize("step", [0, 450])
