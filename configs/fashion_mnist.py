@@ -38,6 +38,10 @@ def get_config():
       max_shift=3.0, flip=True, max_rotation_deg=8.0, scale_range=(0.9, 1.1),
       max_brightness=0.1, contrast_range=(0.6, 1.4), gamma_range=(0.7, 1.4),
       background_prob=0.3, background_max_level=0.4)
+  # Query views of each item in a step (method="graded"): more than one puts several shopper
+  # photos of each gallery view in the batch, each an anchor of the item level; 1 + query_views
+  # views of each of the batch_size // 2 items pass the network.
+  config.input.augment.query_views = 1
 
   config.model = ml_collections.ConfigDict()
   config.model.encoder = "cnn"

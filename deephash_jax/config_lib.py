@@ -80,6 +80,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   methods = ("singh2019", "graded", *sorted(baselines.BASELINES))
   method = config.get("method", "singh2019")
   _require(method in methods, "method", method, f"one of {methods}")
+  query_views = added_field(config, "input.augment.query_views")
+  _require(isinstance(query_views, int) and query_views >= 1, "input.augment.query_views",
+           query_views, "a positive int (query views of each item in a step)")
+  _require(query_views == 1 or (method == "graded" and not graded_option(
+      l.get("graded") or {}, "item_symmetric")), "input.augment.query_views", query_views,
+           "1 unless method='graded' without loss.graded.item_symmetric (the objective that "
+           "reads every query view)")
   if method == "graded":
     _validate_graded(l.get("graded"), activation=activation, num_bits=m.num_bits,
                      num_classes=config.input.num_classes,
@@ -288,6 +295,7 @@ ADDED_FIELDS = {
     "loss.graded.classifier_views": "all",
     "model.encoder_kwargs.conv": "auto",
     "train.types_per_batch": 0,
+    "input.augment.query_views": 1,
 }
 
 

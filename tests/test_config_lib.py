@@ -45,6 +45,8 @@ def test_the_product_configs_are_valid():
      "loss.graded.type_level_codes='sign_ste'"),
     ("loss.graded.type_level_views", "query",
      "config.loss.graded.type_level_views='query': one of ('all', 'gallery')"),
+    ("input.augment.query_views", 0,
+     "config.input.augment.query_views=0: a positive int"),
     ("loss.graded.classifier_views", "query",
      "config.loss.graded.classifier_views='query': one of ('all', 'gallery')"),
 ])
@@ -61,6 +63,19 @@ def test_bad_values_are_named(field, value, message):
     config.loss.graded.class_bits = 8       # the centre fields matter only with a split code
   with pytest.raises(config_lib.ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
     config_lib.validate_config(config)
+
+
+@pytest.mark.parametrize("method,symmetric", [("singh2019", False), ("dch", False),
+                                              ("graded", True)])
+def test_more_query_views_outside_the_graded_item_level_are_named(method, symmetric):
+  config = config_lib.base_config("tiny")
+  config.method, config.input.augment.query_views = method, 2
+  config.loss.graded.item_symmetric = symmetric
+  with pytest.raises(config_lib.ConfigError, match="query_views=2: 1 unless method='graded' "
+                     "without loss.graded.item_symmetric"):
+    config_lib.validate_config(config)
+  config.method, config.loss.graded.item_symmetric = "graded", False
+  config_lib.validate_config(config)
 
 
 def test_sign_type_level_with_a_split_code_is_named():

@@ -44,11 +44,13 @@ DROPOUT_STREAM = 1 << 20   # fold_in offset of the dropout keys, apart from the 
 
 
 class Views(NamedTuple):
-  """This device's 2N views: the N gallery views, then the N query views of the same items."""
-  images: jax.Array       # (2N, H, W, C) float32 in [0, 1]
-  labels: jax.Array       # (2N,) clothing type
-  items: jax.Array        # (2N,) catalogue item id
-  index: jax.Array        # (2N,) global view index (unique over devices)
+  """This device's VN views: the N gallery views, then V - 1 blocks of N query views of the same
+  items (V = 2 unless input.augment.query_views > 1). The global index of block b's view of
+  example e (global) is b * N_global + e."""
+  images: jax.Array       # (VN, H, W, C) float32 in [0, 1]
+  labels: jax.Array       # (VN,) clothing type
+  items: jax.Array        # (VN,) catalogue item id
+  index: jax.Array        # (VN,) global view index (unique over devices)
   query_first: jax.Array  # (N,) per pair, whether the discriminator sees the query view first
 
 
@@ -64,19 +66,31 @@ def _global_size(n_local):
   return n_local * lax.axis_size(AXIS)
 
 
-def render_views(batch, rng, step, augment_config) -> Views:
-  """The gallery and query view of each of this device's catalogue items."""
+def views_per_item(views: Views) -> int:
+  """V: the gallery view and the query views of each item."""
+  return views.labels.shape[0] // views.query_first.shape[0]
+
+
+def render_views(batch, rng, step, augment_config, *, query_views: int = 1) -> Views:
+  """The gallery view and `query_views` query views of each of this device's catalogue items.
+  The gallery view and the first query view are those of `augment.two_views`; query view b > 1
+  of an item draws its nuisances from the item's key folded with b."""
   n_local = batch["label"].shape[0]
   example_index = lax.axis_index(AXIS) * n_local + jnp.arange(n_local)
   k_aug, k_order = jax.random.split(jax.random.fold_in(rng, step))
   keys = jax.vmap(lambda i: jax.random.fold_in(k_aug, i))(example_index)
   gallery, query = augment.two_views(batch["image"], keys, augment_config)
+  more = [jax.vmap(lambda x, k, b=b: augment.query_view(
+      x, jax.random.fold_in(k, b), augment_config.query))(batch["image"], keys)
+          for b in range(2, query_views + 1)]
   query_first = jax.vmap(lambda i: jax.random.bernoulli(jax.random.fold_in(k_order, i)))(
       example_index)
-  return Views(images=jnp.concatenate([gallery, query]),
-               labels=jnp.concatenate([batch["label"], batch["label"]]),
-               items=jnp.concatenate([batch["item"], batch["item"]]),
-               index=jnp.concatenate([example_index, _global_size(n_local) + example_index]),
+  blocks = 1 + query_views
+  return Views(images=jnp.concatenate([gallery, query, *more]),
+               labels=jnp.tile(batch["label"], blocks),
+               items=jnp.tile(batch["item"], blocks),
+               index=jnp.concatenate([b * _global_size(n_local) + example_index
+                                      for b in range(blocks)]),
                query_first=query_first)
 
 
@@ -93,7 +107,8 @@ def discriminator_update(state, disc, codes, query_first):
 
   def loss_fn(disc_params):
     frozen = lax.stop_gradient(codes)
-    first, second = discriminator_pairs(frozen[:n_local], frozen[n_local:], query_first)
+    first, second = discriminator_pairs(frozen[:n_local], frozen[n_local:2 * n_local],
+                                        query_first)
     d_logits, _ = disc.apply({"params": disc_params}, first, second)
     loss = singh2019.discriminator_loss(d_logits, query_first, normaliser=_global_size(n_local))
     return loss, d_logits
@@ -196,6 +211,7 @@ def graded_loss(codes, pre_codes, logits, features, *, views: Views, masks: Pair
   if config_lib.graded_option(g, "continuation_gamma"):
     codes = continuation_codes(pre_codes, step, g).astype(codes.dtype)
   n_global = _global_size(views.query_first.shape[0])
+  n_views = views_per_item(views) * n_global    # over the global batch
   filled = None   # (1, M): the memory's rows in use at this step
   if memory is not None:
     start = config_lib.graded_option(g, "memory_start_step")
@@ -205,7 +221,7 @@ def graded_loss(codes, pre_codes, logits, features, *, views: Views, masks: Pair
     per_view = optax.softmax_cross_entropy_with_integer_labels(logits, views.labels)
     classified = jnp.sum(jnp.where(views.index < n_global, per_view, 0.0)) / n_global
   else:
-    classified = singh2019.classification_loss(logits, views.labels, normaliser=2 * n_global)
+    classified = singh2019.classification_loss(logits, views.labels, normaliser=n_views)
   terms = {"classification": classified}
   weights = {"classification": loss_config.classification_weight}
   type_codes = codes
@@ -218,7 +234,7 @@ def graded_loss(codes, pre_codes, logits, features, *, views: Views, masks: Pair
   item_terms = _graded_item_terms(codes, features, views=views, g=g, num_bits=num_bits,
                                   num_classes=num_classes, memory=memory, filled=filled)
   terms.update(type_terms, **item_terms)
-  terms["quantization"] = singh2019.quantization_loss(codes, normaliser=2 * n_global * num_bits)
+  terms["quantization"] = singh2019.quantization_loss(codes, normaliser=n_views * num_bits)
   weights.update(type_weights, item=g.item_weight, item_features=g.feature_item_weight,
                  quantization=loss_config.quantization_weight)
   total = sum(weights[name] * value for name, value in terms.items())
@@ -230,15 +246,16 @@ def _graded_type_terms(codes, pre_codes, *, views: Views, masks: PairMasks, g, n
   """(terms, weights) of the graded objective's type level: the Hadamard class centres of the
   first `class_bits` bits, or the Cauchy pair term and FastAP over the whole code."""
   n_global = _global_size(views.query_first.shape[0])
+  n_views = views_per_item(views) * n_global
   class_bits = g.get("class_bits", 0)
   if class_bits:
     centres = graded.class_centres(num_classes, class_bits)
     terms = {
         "class_centre": graded.class_centre_loss(
             pre_codes[:, :class_bits], views.labels, centres, scale=g.centre_scale,
-            margin=g.centre_margin, normaliser=2 * n_global),
+            margin=g.centre_margin, normaliser=n_views),
         "class_centre_bits": graded.centre_bit_loss(
-            pre_codes[:, :class_bits], views.labels, centres, normaliser=2 * n_global)}
+            pre_codes[:, :class_bits], views.labels, centres, normaliser=n_views)}
     return terms, {"class_centre": g.centre_weight, "class_centre_bits": g.centre_bit_weight}
   gathered = lax.all_gather(codes, AXIS, tiled=True)
   # "inner_product": the distances between the signs with a gradient on every bit; identical
@@ -277,7 +294,7 @@ def _graded_type_terms(codes, pre_codes, *, views: Views, masks: PairMasks, g, n
           [valid, jnp.broadcast_to(filled_rows, (codes.shape[0], filled.shape[1]))], axis=1)
     # The mean over the anchors: every view's, or the gallery views' alone.
     terms["type_ap"] = graded.fast_ap_loss(d, similar, valid, num_bits=num_bits,
-                                           normaliser=(2 if rows is None else 1) * n_global)
+                                           normaliser=n_views if rows is None else n_global)
     weights["type_ap"] = g.ap_weight
   return terms, weights
 
@@ -291,7 +308,8 @@ def _graded_item_terms(codes, features, *, views: Views, g, num_bits: int, num_c
   n_global = _global_size(n_local)
   class_bits = g.get("class_bits", 0)
   gallery = lambda x: lax.all_gather(x[:n_local], AXIS, tiled=True)
-  positive = views.index[n_local:] - n_global          # the anchor's own gallery column
+  positive = views.index[n_local:] % n_global          # the anchor's own gallery column
+  n_anchors = (views_per_item(views) - 1) * n_global    # query views over the global batch
   negative = ((gallery(views.items)[None, :] != views.items[n_local:, None])
               | (gallery(views.labels)[None, :] != views.labels[n_local:, None]))
   memory_negative = None
@@ -305,10 +323,10 @@ def _graded_item_terms(codes, features, *, views: Views, g, num_bits: int, num_c
   item_terms = (
       ("item", codes[:, class_bits:], "codes", functools.partial(
           graded.item_infonce_on_codes, temperature=g.item_temperature,
-          num_bits=num_bits - class_bits, normaliser=n_global)),
+          num_bits=num_bits - class_bits, normaliser=n_anchors)),
       ("item_features", features, "features", functools.partial(
           graded.item_infonce_on_features, temperature=g.feature_temperature,
-          normaliser=n_global)))
+          normaliser=n_anchors)))
   # With item_type_bit_discount: the code distance weighted per bit, the bits each type agrees
   # on (over the global batch's views) weighing less, so the items spread off their type's place.
   weights = lambda anchor_labels: {}
@@ -328,7 +346,8 @@ def _graded_item_terms(codes, features, *, views: Views, g, num_bits: int, num_c
       # And each gallery view against the batch's query views (its own query view the
       # positive, CLIP's symmetric form): the two directions averaged.
       extra = weights(views.labels[:n_local]) if name == "item" else {}
-      reverse = term(x[:n_local], query(x), views.index[:n_local], reverse_negative, **extra)
+      reverse = term(x[:n_local], query(x), views.index[:n_local], reverse_negative,
+                     **{**extra, "normaliser": n_global})
       terms[name] = 0.5 * (terms[name] + reverse)
   return terms
 
@@ -360,17 +379,18 @@ def step_metrics(*, total, terms, disc_loss, d_logits, logits, codes, views: Vie
                  num_bits: int) -> dict:
   """Every loss term, the accuracies and the collapse watch, summed over devices."""
   n_global = _global_size(views.query_first.shape[0])
+  n_views = views_per_item(views) * n_global
   binary = codes > 0
   return {
       "loss": lax.psum(total, AXIS),
       **{f"loss_{k}": lax.psum(v, AXIS) for k, v in terms.items()},
       "loss_discriminator": lax.psum(disc_loss, AXIS),
-      "accuracy": count(jnp.argmax(logits, -1) == views.labels) / (2 * n_global),
+      "accuracy": count(jnp.argmax(logits, -1) == views.labels) / n_views,
       "discriminator_accuracy": count((d_logits > 0) == views.query_first) / n_global,
       # Collapse watch: |mean of each bit over the batch|, 0 = balanced, 1 = constant bit.
       "bit_imbalance": jnp.mean(jnp.abs(
-          lax.psum(jnp.sum(2.0 * binary - 1.0, axis=0), AXIS) / (2 * n_global))),
-      "code_saturation": count(jnp.abs(codes) > 0.9) / (2 * n_global * num_bits),
+          lax.psum(jnp.sum(2.0 * binary - 1.0, axis=0), AXIS) / n_views)),
+      "code_saturation": count(jnp.abs(codes) > 0.9) / (n_views * num_bits),
       "grad_norm": optax.tree.norm(grads),
       "grad_norm_encoder": optax.tree.norm(grads["encoder"]),
   }
@@ -386,12 +406,14 @@ def make_train_step(config, mesh) -> Callable:
                                     compute_dtype=config.train.get("compute_dtype", "float32"))
   num_bits = config.model.num_bits
   method = config.get("method", "singh2019")
+  query_views = config_lib.added_field(config, "input.augment.query_views")
   if method in baselines.BASELINES:
     hyper = {**baselines.default_hyper(method, num_bits),
              **dict(config.loss.get("baseline_hyper", {}) or {})}
 
   def body(state, batch, rng):
-    views = render_views(batch, rng, state.step, config.input.augment)
+    views = render_views(batch, rng, state.step, config.input.augment,
+                         query_views=query_views)
 
     # Dropout (the AlexNet encoder) differs per device and step; the lean CNN has none.
     dropout_key = jax.random.fold_in(jax.random.fold_in(rng, state.step),

@@ -39,9 +39,12 @@ def _one_step(config, devices, state, batch):
 
 @pytest.mark.parametrize("method,code_activation",
                          [("singh2019", "sign_ste"), ("singh2019", "tanh"), ("graded", "tanh"),
-                          ("graded_split", "tanh"), ("graded_ap", "tanh"), ("dch", "tanh")])
+                          ("graded_split", "tanh"), ("graded_ap", "tanh"), ("dch", "tanh"),
+                          ("graded_query_views", "tanh")])
 def test_eight_devices_equal_one_device(config, method, code_activation):
   assert jax.device_count() == 8
+  if method == "graded_query_views":      # two query views of each item, the type level on all
+    method, config.input.augment.query_views = "graded", 2
   if method == "graded_ap":               # the type level's FastAP term beside the pair term
     method, config.loss.graded.ap_weight = "graded", 1.0
   if method == "graded_split":            # the 16-bit tiny code: an 8-bit class prefix, 8 item bits
@@ -285,6 +288,82 @@ def test_symmetric_item_terms_average_both_directions(config, num_devices, disco
     want = 0.5 * (_np_info_nce(forward, np.arange(n), negative)
                   + _np_info_nce(backward, np.arange(n), negative.T))
     np.testing.assert_allclose(float(got[name]), want, rtol=2e-5, err_msg=name)
+
+
+def test_more_query_views_render_the_same_first_two_views_and_new_nuisances(config):
+  """`query_views=3`: the gallery view and the first query view of each item are those of one
+  query view; blocks 2 and 3 are new draws of the query recipe (neither a copy of block 1 nor of
+  each other); labels, items and the global index follow the block layout, on 2 devices."""
+  batch = _batch(8)
+  mesh = Mesh(np.array(jax.devices()[:2]), ("data",))
+
+  def render(query_views):
+    local = lambda b: step_lib.render_views(b, jax.random.key(5), 3, config.input.augment,
+                                            query_views=query_views)
+    out = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=P("data"), out_specs=P("data"),
+                                check_vma=False))(batch)
+    # Each device's (V * 4) views in block order: (devices, V, 4, ...) -> (V, 8, ...).
+    return {k: np.swapaxes(np.asarray(v).reshape(2, -1, 4, *np.shape(v)[1:]), 0, 1).reshape(
+        -1, 8, *np.shape(v)[1:]) for k, v in out._asdict().items() if k != "query_first"}
+
+  one, three = render(1), render(3)
+  np.testing.assert_array_equal(three["images"][:2], one["images"])
+  for b in (1, 2):
+    assert not np.allclose(three["images"][b + 1], three["images"][b])
+  assert not np.allclose(three["images"][3], three["images"][1])
+  for b in range(4):
+    np.testing.assert_array_equal(three["labels"][b], batch["label"])
+    np.testing.assert_array_equal(three["items"][b], batch["item"])
+    np.testing.assert_array_equal(three["index"][b], b * 8 + np.arange(8))
+
+
+@pytest.mark.parametrize("num_devices", [1, 8])
+def test_every_query_view_is_an_anchor_of_the_item_level(config, num_devices):
+  """`query_views=2`: each item term is the mean over both query blocks' anchors of their
+  InfoNCE against the global batch's gallery views (NumPy), the same on 1 and 8 devices; the
+  classification term averages all 3N views."""
+  n, num_bits = 8, 16
+  n_local = n // num_devices
+  rng = np.random.default_rng(4)
+  codes = np.tanh(rng.normal(size=(3, n, num_bits)) * 2).astype(np.float32)  # gallery, 2 queries
+  features = rng.normal(size=(3, n, 8)).astype(np.float32)
+  logits = rng.normal(size=(3, n, 3)).astype(np.float32)
+  labels = rng.integers(0, 3, n).astype(np.int32)
+  items = np.arange(n, dtype=np.int32)
+  items[3], labels[3] = items[0], labels[0]
+  config.method = "graded"
+  config.input.augment.query_views = 2
+  mesh = Mesh(np.array(jax.devices()[:num_devices]), ("data",))
+
+  def local(c, f, lg, lab, it):   # this device's gallery views, then its two query blocks
+    i0 = jax.lax.axis_index("data") * n_local + jnp.arange(n_local)
+    views = step_lib.Views(images=None, labels=jnp.tile(lab, 3), items=jnp.tile(it, 3),
+                           index=jnp.concatenate([i0, n + i0, 2 * n + i0]),
+                           query_first=jnp.zeros(n_local, bool))
+    flat = lambda x: x.reshape(-1, x.shape[-1])
+    _, terms = step_lib.graded_loss(
+        flat(c), flat(c), flat(lg), flat(f), views=views, masks=step_lib.pair_masks(views),
+        loss_config=config.loss, num_bits=num_bits, num_classes=3)
+    return {k: jax.lax.psum(terms[k], "data")
+            for k in ("item", "item_features", "classification")}
+
+  got = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(
+      P(None, "data"), P(None, "data"), P(None, "data"), P("data"), P("data")),
+                              out_specs=P(), check_vma=False))(codes, features, logits, labels,
+                                                               items)
+  negative = (items[:, None] != items[None, :]) | (labels[:, None] != labels[None, :])
+  unit = lambda x: x / np.sqrt(np.sum(x * x, -1, keepdims=True) + 1e-6)
+  g = config.loss.graded
+  for name, logits_of in (
+      ("item", lambda q: -np_relaxed_hamming(codes[q], codes[0], num_bits) / g.item_temperature),
+      ("item_features",
+       lambda q: unit(features[q]) @ unit(features[0]).T / g.feature_temperature)):
+    want = 0.5 * sum(_np_info_nce(logits_of(q), np.arange(n), negative) for q in (1, 2))
+    np.testing.assert_allclose(float(got[name]), want, rtol=2e-5, err_msg=name)
+  shifted = logits - logits.max(-1, keepdims=True)
+  log_p = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+  want = -np.take_along_axis(log_p, np.broadcast_to(labels[None, :, None], (3, n, 1)), -1).mean()
+  np.testing.assert_allclose(float(got["classification"]), want, rtol=2e-5)
 
 
 def test_the_memory_holds_the_last_steps_gallery_views_and_is_the_same_on_8_devices(config):
