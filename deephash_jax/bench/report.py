@@ -230,22 +230,31 @@ def aggregate(runs: dict, category_names) -> dict:
   return out
 
 
+def _reference_setting(key):
+  """A reference's key without the training views' augmentation (input.augment), which neither
+  pixel SAD nor a trained model's evaluation reads; keys written with it compare equal."""
+  if not (isinstance(key, dict) and isinstance(key.get("input"), dict)):
+    return key
+  return {**key, "input": {k: v for k, v in key["input"].items() if k != "augment"}}
+
+
 def references(config, workdir: str, runs: dict, previous: dict | None = None,
                source: str | None = None) -> dict:
   """Pixel SAD and the float codes of the reference run, each cached in references.json.
 
-  Each is keyed by what it is computed from: the evaluation and input settings, and for the
-  float codes also the reference model itself (its weights' fingerprint and step, not its run's
-  record: a new field in the records recomputes nothing, a retrained model recomputes them).
+  Each is keyed by what it is computed from: the evaluation and input settings (the training
+  views' augmentation aside), and for the float codes also the reference model itself (its
+  weights' fingerprint and step, not its run's record: a new field in the records recomputes
+  nothing, a retrained model recomputes them).
   Each figure carries its key into results.json, so that a later report given this one
   (`previous`, read from `source`) takes a figure of the same key from it, marked with `source`,
   rather than computing it again (pixel SAD over 70,000 images: minutes on a CPU).
   """
   refs, bench = config.benchmark.references, config.benchmark
   float_run = plan_lib.Run(refs.float_method, bench.reference_bits, 0)
-  setting = json.loads(json.dumps(dict(
+  setting = _reference_setting(json.loads(json.dumps(dict(
       eval=config.eval.to_dict(), input=config.input.to_dict(), references=refs.to_dict()),
-      default=_to_json))
+      default=_to_json)))
   path = os.path.join(workdir, REFERENCES_JSON)
   cached = _read_json(path) or {}
   earlier_refs = (previous or {}).get("references") or {}
@@ -253,9 +262,9 @@ def references(config, workdir: str, runs: dict, previous: dict | None = None,
 
   def cached_or(name, key, compute):
     entry = cached.get(name)
-    if not (isinstance(entry, dict) and entry.get("key") == key):
+    if not (isinstance(entry, dict) and _reference_setting(entry.get("key")) == key):
       earlier = earlier_refs.get(name)
-      if isinstance(earlier, dict) and earlier.get("key") == key:
+      if isinstance(earlier, dict) and _reference_setting(earlier.get("key")) == key:
         logging.info("References: %s from %s.", name, source)
         value = {k: v for k, v in earlier.items() if k != "key"}
         entry = {"key": key, "value": {**value, "source": value.get("source", source)}}

@@ -310,6 +310,13 @@ def test_pixel_sad_of_the_same_settings_comes_from_the_earlier_report(tmp_path, 
           **carried, "category": {"map_all": 0.5}, "queries_per_second": 9.0,
           "closest_match": {"recall_at_1": 0.1, "recall_at_10": 0.2, "map_all": 0.3}}}},
           ["map_all"]))
+  # A training-only setting (the training views' augmentation, e.g. a field added since):
+  # still taken.
+  trained = config.copy_and_resolve_references()
+  trained.input.augment.query_views = 3
+  trained.input.augment.query.max_rotation_deg += 1.0
+  assert report.references(trained, folder("trained"), runs, earlier, "old/results.json")[
+      "sad"]["source"] == "old/results.json" and calls == ["sad"]
   # Another setting (here the closest-match queries): computed again, not taken.
   other = config.copy_and_resolve_references()
   other.eval.closest_match.num_queries += 1
