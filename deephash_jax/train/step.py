@@ -6,8 +6,9 @@ of gradients and counts, `all_gather` of codes for the pairwise loss, BatchNorm 
 `axis_name`). It runs under `jax.shard_map` inside one `jax.jit` that donates the state.
 
 One step does, in order (each stage a module-level function, testable alone):
- 1. `render_views`: the two views of each catalogue item (data/augment.py), one PRNG key per
-    example, so the views do not depend on how the batch is split over devices;
+ 1. `render_views`: the gallery view and the query view(s) of each catalogue item
+    (data/augment.py; `input.augment.query_views` of them), one PRNG key per example, so the
+    views do not depend on how the batch is split over devices;
  2. one forward pass of the hash network (kept as a VJP closure);
  3. `discriminator_update`: the discriminator's step on the codes of same-item pairs (gradients
     stopped at the codes);
@@ -400,7 +401,7 @@ def make_train_step(config, mesh) -> Callable:
   """Returns the jitted `train_step(state, batch, rng) -> (state, metrics)`.
 
   `batch` is a global batch of catalogue items sharded on `data`: uint8 "image" (N, H, W, C),
-  int32 "label" (N,) and "item" (N,); the step renders 2N views.
+  int32 "label" (N,) and "item" (N,); the step renders (1 + input.augment.query_views) N views.
   """
   net, disc = models.create_models(config.model, config.input.num_classes, axis_name=AXIS,
                                     compute_dtype=config.train.get("compute_dtype", "float32"))
