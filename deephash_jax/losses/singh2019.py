@@ -76,10 +76,14 @@ def cauchy_cross_entropy(distances, similar, valid, *, gamma, num_similar=None,
   return 0.5 * (pos + neg)
 
 
-def classification_loss(logits, labels, *, normaliser=None):
-  """Softmax cross-entropy, summed and divided by `normaliser` (default: the batch size)."""
+def classification_loss(logits, labels, *, normaliser=None, where=None):
+  """Softmax cross-entropy, summed over the rows where `where` (default: every row) and divided
+  by `normaliser` (default: the number of rows summed)."""
   per_example = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-  return jnp.sum(per_example) / (labels.shape[0] if normaliser is None else normaliser)
+  if where is None:
+    return jnp.sum(per_example) / (labels.shape[0] if normaliser is None else normaliser)
+  total = jnp.sum(jnp.where(where, per_example, 0.0))
+  return total / (jnp.sum(where) if normaliser is None else normaliser)
 
 
 def quantization_loss(codes, *, normaliser=None):

@@ -72,6 +72,11 @@ def views_per_item(views: Views) -> int:
   return views.labels.shape[0] // views.query_first.shape[0]
 
 
+def is_gallery(index, n_global):
+  """Whether the views of global indices `index` are gallery views (block 0 of `Views`)."""
+  return index < n_global
+
+
 def render_views(batch, rng, step, augment_config, *, query_views: int = 1) -> Views:
   """The gallery view and `query_views` query views of each of this device's catalogue items.
   The gallery view and the first query view are those of `augment.two_views`; query view b > 1
@@ -219,8 +224,8 @@ def graded_loss(codes, pre_codes, logits, features, *, views: Views, masks: Pair
     filled = (memory["items"][None, :] >= 0) & (step >= start)
   if config_lib.graded_option(g, "classifier_views") == "gallery":
     # The class read from the gallery views alone: the mean over the global batch's N of them.
-    per_view = optax.softmax_cross_entropy_with_integer_labels(logits, views.labels)
-    classified = jnp.sum(jnp.where(views.index < n_global, per_view, 0.0)) / n_global
+    classified = singh2019.classification_loss(
+        logits, views.labels, normaliser=n_global, where=is_gallery(views.index, n_global))
   else:
     classified = singh2019.classification_loss(logits, views.labels, normaliser=n_views)
   terms = {"classification": classified}
@@ -271,9 +276,8 @@ def _graded_type_terms(codes, pre_codes, *, views: Views, masks: PairMasks, g, n
   if config_lib.graded_option(g, "type_level_views") == "gallery":
     # Gallery views only, as anchors and as columns: the type level learns from views like the
     # images the category search ranks, the query views' nuisances are left to the item level.
-    is_gallery = lambda index: index < n_global
-    rows = is_gallery(views.index)
-    columns = is_gallery(lax.all_gather(views.index, AXIS, tiled=True))
+    rows = is_gallery(views.index, n_global)
+    columns = is_gallery(lax.all_gather(views.index, AXIS, tiled=True), n_global)
     m = m._replace(valid=m.valid & rows[:, None] & columns[None, :])
   terms = {"hamming": singh2019.cauchy_cross_entropy(
       distances, m.category_similar, m.valid, gamma=g.pair_gamma,

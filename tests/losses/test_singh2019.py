@@ -133,6 +133,14 @@ def test_classification_quantization_discriminator_match_numpy():
   np.testing.assert_allclose(losses.classification_loss(logits, labels), expected, rtol=1e-5)
   np.testing.assert_allclose(losses.classification_loss(logits, labels, normaliser=10),
                              expected / 2, rtol=1e-5)
+  # A mask: the mean over the rows kept, or the sum over them divided by the normaliser given.
+  where = np.array([True, False, True, False, False])
+  kept = -log_softmax[[0, 2], labels[[0, 2]]]
+  np.testing.assert_allclose(losses.classification_loss(logits, labels, where=where),
+                             kept.mean(), rtol=1e-5)
+  np.testing.assert_allclose(
+      losses.classification_loss(logits, labels, where=where, normaliser=5), kept.sum() / 5,
+      rtol=1e-5)
 
   codes = np.array([[1.0, -1.0, 0.0], [0.5, -0.25, 1.0]], np.float32)
   expected = np.mean((np.abs(codes) - 1) ** 2)
