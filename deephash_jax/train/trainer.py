@@ -171,9 +171,11 @@ def _train_loop(run: _Run, writer, clock: _TrainClock) -> tuple[int, bool]:
                                      every_steps=config.train.log_every_steps)
   preemption = stopping.Preemption()
   watchdog = stopping.Watchdog(config.train.get("hang_timeout_seconds", 600))
-  logging.info("Training %d steps (%d per epoch), global batch %d views = %d items on %d "
-               "devices.", run.total_steps, run.sampler.steps_per_epoch,
-               config.train.batch_size, config.train.batch_size // 2, jax.device_count())
+  query_views = config_lib.added_field(config, "input.augment.query_views")
+  logging.info("Training %d steps (%d per epoch), global batch %d items x %d views (1 gallery, "
+               "%d query) on %d devices.", run.total_steps,
+               run.sampler.steps_per_epoch, config.train.batch_size // 2, 1 + query_views,
+               query_views, jax.device_count())
   done, stopped, in_flight = run.start_step, False, None
   try:
     with writers.ensure_flushes(writer):
