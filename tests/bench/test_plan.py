@@ -94,6 +94,13 @@ def test_graded_is_configs_graded_full_and_its_variants_differ_from_it_in_one_fi
       json.loads(graded.to_json_best_effort()),
       plan.run_config(config, "graded_type_48b_s0")) == [
           f"loss.graded.pair_weight: {full.loss.graded.pair_weight!r} -> 20.0"]
+  tanh = plan.run_config(config, "graded_tanh_48b_s0")
+  assert sorted(config_lib.config_differences(
+      json.loads(tanh.to_json_best_effort()),
+      plan.run_config(config, "graded_tanh_qv2_48b_s0"))) == [
+          "input.augment.query_views: 1 -> 2",
+          f"loss.graded.ap_weight: {full.loss.graded.ap_weight!r} -> 5.0",
+          f"loss.graded.pair_weight: {full.loss.graded.pair_weight!r} -> 2.0"]
 
 
 def test_workers_split_the_plan():
