@@ -91,8 +91,9 @@ def benchmark_section():
       # level on the gallery views at every length").
       graded_tanh=graded_variant(type_level_codes="continuous"),
       # The same at lighter type weights (pair 2, FastAP 5) with two query views of each item a
-      # step, each an anchor of the item level (1.6 times the step's time): both searches between
-      # `graded_tanh` and `graded` (experiments/graded_codes/README.md, "Several query views").
+      # step, each an anchor of the item level: both searches between `graded_tanh` and `graded`
+      # at the peers' 15 epochs, for 1.6 times the step's time, which spent on epochs with one
+      # query view does better (experiments/graded_codes/README.md, "Several query views").
       graded_tanh_qv2=graded_variant(type_level_codes="continuous", pair_weight=2.0,
                                      ap_weight=5.0, query_views=2),
       # The split code: a 32-bit class prefix pulled to Hadamard centres, 16 item bits.
