@@ -1,11 +1,12 @@
 """The training order as a pure function of (seed, step).
 
 Each step takes `batch_size // 2` catalogue items; the compiled train step renders each as a
-catalogue view and `input.augment.query_views` query views (default 1; see augment.py). Because a batch depends on the step alone, a
-run that resumes from a checkpoint, even after SIGKILL, sees exactly the batches an uninterrupted
-run sees, and every process of a multi-host run takes its own contiguous slice of the global
-batch. The datasets are small enough to live in host memory as uint8 (Fashion-MNIST: 47 MB);
-augmentation runs on the accelerator inside the compiled step, so the host only gathers rows.
+catalogue view and `input.augment.query_views` query views (default 1; see augment.py). Because
+a batch depends on the step alone, a run that resumes from a checkpoint, even after SIGKILL, sees
+exactly the batches an uninterrupted run sees, and every process of a multi-host run takes its
+own contiguous slice of the global batch. The datasets are small enough to live in host memory
+as uint8 (Fashion-MNIST: 47 MB); augmentation runs on the accelerator inside the compiled step, so
+the host only gathers rows.
 """
 
 from __future__ import annotations

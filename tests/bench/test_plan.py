@@ -94,6 +94,11 @@ def test_graded_is_configs_graded_full_and_its_variants_differ_from_it_in_one_fi
       json.loads(graded.to_json_best_effort()),
       plan.run_config(config, "graded_type_48b_s0")) == [
           f"loss.graded.pair_weight: {full.loss.graded.pair_weight!r} -> 20.0"]
+
+
+def test_graded_tanh_qv2_is_graded_tanh_with_lighter_type_weights_and_two_query_views():
+  config = config_lib.base_config("benchmark")
+  full = config_lib.base_config("graded", "full")
   tanh = plan.run_config(config, "graded_tanh_48b_s0")
   assert sorted(config_lib.config_differences(
       json.loads(tanh.to_json_best_effort()),
@@ -101,6 +106,9 @@ def test_graded_is_configs_graded_full_and_its_variants_differ_from_it_in_one_fi
           "input.augment.query_views: 1 -> 2",
           f"loss.graded.ap_weight: {full.loss.graded.ap_weight!r} -> 5.0",
           f"loss.graded.pair_weight: {full.loss.graded.pair_weight!r} -> 2.0"]
+  runs = plan.planned_runs(config.benchmark)
+  assert [(r.bits, r.seed) for r in runs if r.method == "graded_tanh_qv2"] == [
+      (48, 0), (16, 0), (32, 0), (64, 0), (48, 1), (48, 2)]
 
 
 def test_workers_split_the_plan():
