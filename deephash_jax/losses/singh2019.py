@@ -80,10 +80,10 @@ def classification_loss(logits, labels, *, normaliser=None, where=None):
   """Softmax cross-entropy, summed over the rows where `where` (default: every row) and divided
   by `normaliser` (default: the number of rows summed)."""
   per_example = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-  if where is None:
-    return jnp.sum(per_example) / (labels.shape[0] if normaliser is None else normaliser)
-  total = jnp.sum(jnp.where(where, per_example, 0.0))
-  return total / (jnp.sum(where) if normaliser is None else normaliser)
+  rows = labels.shape[0]
+  if where is not None:
+    per_example, rows = jnp.where(where, per_example, 0.0), jnp.sum(where)
+  return jnp.sum(per_example) / (rows if normaliser is None else normaliser)
 
 
 def quantization_loss(codes, *, normaliser=None):
