@@ -1,0 +1,112 @@
+r"""Where a trained model loses the closest match: the query's drift, or the crowd at the original.
+
+    python experiments/graded_codes/where_garment_goes.py WORKDIR [WORKDIR ...]
+
+For each workdir (a finished `deephash train`), on its closest-match protocol
+(`config.eval.closest_match`: the same rendered queries, the test originals then the training
+images as distractors, codes as the evaluation makes them), with d0 the Hamming distance from a
+query's code to its original's code:
+* `recall_at_1`: the tie-aware R@1, mean of [nothing closer than d0] / (1 + the items tied at
+  d0), the evaluation's figure recomputed here (a check of this script);
+* `drift_*`: d0's mean, quantiles and the shares of queries at d0 = 0, <= 1, <= 2, <= 4 bits (how
+  far the shopper's nuisances move a code);
+* `closer_*`: over the queries that miss (something strictly closer than d0), the mean number of
+  database items strictly closer, of the original's type and of other types (who takes the
+  place: the garment's own type's crowd, or the type level's failure);
+* `recall_at_1_if_no_drift`: the tie-aware R@1 had each query got its original's code exactly
+  (d0 = 0; 1 / (1 + the other items with that very code)): the ceiling the code's uniqueness
+  sets, whatever the robustness;
+* `recall_at_1_drift_le_k`: the R@1 among the queries that drifted at most k bits.
+Every figure is computed from the sign codes with NumPy, the queries in chunks of 256.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+
+from deephash_jax.data import registry
+from deephash_jax.encoder import HashEncoder
+from deephash_jax.evaluators import closest_match
+
+
+def _signs(codes: np.ndarray) -> np.ndarray:
+  return np.where(codes > 0, 1.0, -1.0).astype(np.float32)
+
+
+def garment_losses(query: np.ndarray, database: np.ndarray, db_labels: np.ndarray,
+                   query_labels: np.ndarray, *, chunk: int = 256) -> dict:
+  """The figures of the module docstring from +-1 codes: `query` (N, K), whose original is
+  database row i for query i, `database` (M, K) with `db_labels` (M,), `query_labels` (N,)."""
+  num_bits = query.shape[1]
+  n = len(query)
+  d0 = np.empty(n, np.int64)
+  closer_same = np.empty(n, np.int64)
+  closer_other = np.empty(n, np.int64)
+  tied = np.empty(n, np.int64)
+  same_code = np.empty(n, np.int64)
+  for start in range(0, n, chunk):
+    rows = np.arange(start, min(start + chunk, n))
+    d = np.rint((num_bits - query[rows] @ database.T) / 2).astype(np.int64)
+    own = d[np.arange(len(rows)), rows]
+    closer = d < own[:, None]
+    same_type = db_labels[None, :] == query_labels[rows, None]
+    d0[rows] = own
+    closer_same[rows] = (closer & same_type).sum(1)
+    closer_other[rows] = (closer & ~same_type).sum(1)
+    tied[rows] = (d == own[:, None]).sum(1) - 1
+    d_orig = np.rint((num_bits - database[rows] @ database.T) / 2)
+    same_code[rows] = (d_orig == 0).sum(1) - 1
+  closer_all = closer_same + closer_other
+  hit = np.where(closer_all == 0, 1.0 / (1 + tied), 0.0)
+  miss = closer_all > 0
+  out = {
+      "num_queries": n,
+      "recall_at_1": round(float(hit.mean()), 4),
+      "drift_mean": round(float(d0.mean()), 2),
+      "drift_quantiles_25_50_75_90": [float(q) for q in np.percentile(d0, [25, 50, 75, 90])],
+      **{f"drift_le_{k}": round(float((d0 <= k).mean()), 4) for k in (0, 1, 2, 4)},
+      "misses": int(miss.sum()),
+      "closer_same_type_mean": round(float(closer_same[miss].mean()), 1) if miss.any() else 0.0,
+      "closer_other_type_mean": round(float(closer_other[miss].mean()), 1) if miss.any() else 0.0,
+      "misses_with_only_same_type_closer": (
+          round(float((closer_other[miss] == 0).mean()), 4) if miss.any() else 0.0),
+      "recall_at_1_if_no_drift": round(float((1.0 / (1 + same_code)).mean()), 4),
+  }
+  for k in (0, 2, 4, 8):
+    kept = d0 <= k
+    out[f"recall_at_1_drift_le_{k}"] = round(float(hit[kept].mean()), 4) if kept.any() else None
+  return out
+
+
+def diagnose(workdir: str, num_queries: int | None = None) -> dict:
+  enc = HashEncoder.from_workdir(workdir)
+  config = enc.config
+  cm_config = config.eval.closest_match
+  if num_queries:
+    cm_config.num_queries = num_queries
+  query = registry.load_split(config.input, config.input.query_split)
+  database = registry.load_split(config.input, config.input.database_split)
+  protocol = closest_match.prepare(query.images, len(database), cm_config)
+  db_codes = np.concatenate([enc.embed(query.images), enc.embed(database.images)])
+  db_labels = np.concatenate([query.labels, database.labels])
+  out = {"workdir": workdir, "num_bits": enc.num_bits}
+  out.update(garment_losses(_signs(enc.embed(protocol.queries)), _signs(db_codes), db_labels,
+                            query.labels[:len(protocol.queries)]))
+  return out
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("workdirs", nargs="+")
+  parser.add_argument("--num_queries", type=int, default=None,
+                      help="the first N closest-match queries (default: the config's)")
+  args = parser.parse_args()
+  for workdir in args.workdirs:
+    print(json.dumps(diagnose(workdir, args.num_queries)), flush=True)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,58 @@
+"""The experiments' diagnostics against loops over the same codes, ties included."""
+import importlib.util
+import pathlib
+
+import numpy as np
+
+from deephash_jax.evaluators import ranking
+from deephash_jax.search import packing
+
+_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _load(path: str):
+  spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem, _ROOT / path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_where_garment_goes_matches_loops_and_the_tie_aware_recall():
+  garment = _load("experiments/graded_codes/where_garment_goes.py")
+  rng = np.random.default_rng(3)
+  num_bits, n, m = 6, 30, 200           # 6 bits over 200 items: many exact ties
+  db = np.where(rng.random((m, num_bits)) > 0.5, 1.0, -1.0).astype(np.float32)
+  db[1] = db[0]                         # two originals sharing a code
+  query = db[:n].copy()
+  query[rng.random((n, num_bits)) < 0.2] *= -1
+  db_labels = rng.integers(0, 3, m)
+  query_labels = db_labels[:n]
+  out = garment.garment_losses(query, db, db_labels, query_labels, chunk=7)
+
+  d = (query[:, None, :] != db[None, :, :]).sum(-1)
+  d0 = d[np.arange(n), np.arange(n)]
+  hits, closer_same, closer_other, ceiling = [], [], [], []
+  for i in range(n):
+    closer = [j for j in range(m) if d[i, j] < d0[i]]
+    tied = sum(1 for j in range(m) if j != i and d[i, j] == d0[i])
+    hits.append(0.0 if closer else 1.0 / (1 + tied))
+    if closer:
+      closer_same.append(sum(db_labels[j] == query_labels[i] for j in closer))
+      closer_other.append(sum(db_labels[j] != query_labels[i] for j in closer))
+    same_code = sum(1 for j in range(m) if j != i and np.array_equal(db[j], db[i]))
+    ceiling.append(1.0 / (1 + same_code))
+  reference = ranking.retrieval_metrics(
+      packing.pack_bits(query), None, packing.pack_bits(db), None, num_bits=num_bits,
+      map_at=(), radius=(), recall_at=(1,), ties="expected", query_ids=np.arange(n),
+      db_ids=np.concatenate([np.arange(n), np.full(m - n, -1)]))
+  assert out["recall_at_1"] == round(float(np.mean(hits)), 4)
+  assert out["recall_at_1"] == round(float(reference["recall_at_1"]), 4)
+  assert out["drift_mean"] == round(float(d0.mean()), 2)
+  assert out["drift_le_1"] == round(float((d0 <= 1).mean()), 4)
+  assert out["misses"] == len(closer_same) > 0
+  assert out["closer_same_type_mean"] == round(float(np.mean(closer_same)), 1)
+  assert out["closer_other_type_mean"] == round(float(np.mean(closer_other)), 1)
+  assert out["recall_at_1_if_no_drift"] == round(float(np.mean(ceiling)), 4)
+  assert out["recall_at_1_if_no_drift"] < 1.0          # rows 0 and 1 share a code
+  kept = d0 <= 2
+  assert out["recall_at_1_drift_le_2"] == round(float(np.mean(np.array(hits)[kept])), 4)
