@@ -6,7 +6,9 @@ garment, `data.augment.query_view`). Database: every original image of the query
 database split as distractors. Relevant: the original only. Metrics: R@1, R@10 and mAP (= mean
 reciprocal rank, with one relevant item), ranked by Hamming distance with the ties rule of
 `config.eval.ties` (ranking.py: "expected" scores the expectation over every order of tied items,
-so that neither the database order nor collapsed codes can win ties).
+so that neither the database order nor collapsed codes can win ties); and the same ranked by the
+asymmetric distance of the queries' continuous codes to the database's bits
+(`asymmetric_metrics`).
 """
 
 from __future__ import annotations
@@ -100,3 +102,15 @@ def metrics(protocol: ClosestMatch, query_codes, original_codes, distractor_code
       num_bits=num_bits, map_at=(), radius=(), recall_at=(1, 10), ties=ties,
       query_ids=protocol.query_ids, db_ids=protocol.db_ids)
   return {k: result[k] for k in (*METRICS, "num_queries", "num_database")}
+
+
+def asymmetric_metrics(protocol: ClosestMatch, query_codes, original_codes, distractor_codes, *,
+                       ties: str) -> dict[str, float]:
+  """`metrics` with the queries' continuous codes against the database's signs, ranked by the
+  asymmetric distance (ranking.asymmetric_distance_rows): the database stays bits, a query's
+  unsure bits count for little."""
+  database = np.concatenate([original_codes, distractor_codes])
+  result = ranking.one_relevant_metrics(
+      ranking.asymmetric_distance_rows(query_codes, database), protocol.query_ids,
+      protocol.db_ids, recall_at=(1, 10), ties=ties)
+  return {k: result[k] for k in METRICS}

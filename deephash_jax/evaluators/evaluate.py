@@ -7,7 +7,9 @@
 
 The keys of the category protocol are plain (`map_all`, ...; `pr_curve`: precision and recall
 at every Hamming radius); those of the closest match are prefixed `closest_match_`
-(`closest_match_recall_at_1`, `closest_match_recall_at_10`, `closest_match_map`).
+(`closest_match_recall_at_1`, `closest_match_recall_at_10`, `closest_match_map`), and
+`closest_match_asymmetric_` for the same ranked by the queries' continuous codes against the
+database's bits (closest_match.asymmetric_metrics).
 """
 
 from __future__ import annotations
@@ -50,10 +52,15 @@ def evaluate_variables(config, variables, *, mesh=None) -> dict:
   cm_config = config.eval.get("closest_match")
   if cm_config and cm_config.num_queries:
     protocol = closest_match.prepare(query.images, len(database), cm_config)
-    cm = closest_match.metrics(protocol, embed(protocol.queries), query_codes, db_codes,
-                               num_bits=num_bits, ties=config.eval.get("ties", "expected"))
+    cm_codes, ties = embed(protocol.queries), config.eval.get("ties", "expected")
+    cm = closest_match.metrics(protocol, cm_codes, query_codes, db_codes, num_bits=num_bits,
+                               ties=ties)
     results.update({f"closest_match_{'map' if k == 'map_all' else k}": v
                     for k, v in cm.items()})
+    asymmetric = closest_match.asymmetric_metrics(protocol, cm_codes, query_codes, db_codes,
+                                                  ties=ties)
+    results.update({f"closest_match_asymmetric_{'map' if k == 'map_all' else k}": v
+                    for k, v in asymmetric.items()})
   return results
 
 

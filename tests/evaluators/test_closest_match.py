@@ -1,4 +1,6 @@
 """evaluators/closest_match.py: the rendered queries, the database and the metrics."""
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -43,3 +45,33 @@ def test_the_database_holds_the_originals_then_the_distractors_and_ties_are_fair
   assert result["recall_at_1"] == pytest.approx(1 / 16)
   assert result["recall_at_10"] == pytest.approx(10 / 16)
   assert result["num_queries"] == 4 and result["num_database"] == 16
+  asymmetric = closest_match.asymmetric_metrics(protocol, codes(4), codes(10), codes(6),
+                                                ties="expected")
+  assert asymmetric == {k: pytest.approx(result[k]) for k in closest_match.METRICS}
+
+
+def test_asymmetric_ranking_is_hamming_on_signs_and_counts_a_bit_by_the_query_confidence():
+  rng = np.random.default_rng(2)
+  originals = fake_data.class_images(np.arange(10) % 10, rng)[..., None]
+  cm_config = config_lib.base_config("fashion_mnist").eval.closest_match
+  cm_config.num_queries = 6
+  protocol = closest_match.prepare(originals, 30, cm_config)
+  signs = lambda n: np.where(rng.random((n, 6)) > 0.5, 1.0, -1.0)   # 6 bits: many ties
+  query, original, distractor = signs(6), signs(10), signs(30)
+  hamming = closest_match.metrics(protocol, query, original, distractor, num_bits=6,
+                                  ties="expected")
+  asymmetric = closest_match.asymmetric_metrics(protocol, query, original, distractor,
+                                                ties="expected")
+  assert asymmetric == {k: pytest.approx(hamming[k], abs=1e-12) for k in closest_match.METRICS}
+  # Query 0 one bit from its original (bit 5, which it is unsure of) and from a distractor
+  # (bit 0, which it is sure of), every other item 4 or more bits away: a tie for the Hamming
+  # distance, won by the asymmetric one.
+  original[:], distractor[:] = -1.0, -1.0
+  original[0] = [1, 1, 1, 1, 1, 1]
+  distractor[0] = [-1, 1, 1, 1, 1, -1]
+  query = np.array([[0.9, 0.9, 0.9, 0.9, 0.9, -0.1]])
+  first = dataclasses.replace(protocol, queries=protocol.queries[:1])
+  assert closest_match.metrics(first, query, original, distractor, num_bits=6,
+                               ties="expected")["recall_at_1"] == pytest.approx(0.5)
+  assert closest_match.asymmetric_metrics(first, query, original, distractor,
+                                          ties="expected")["recall_at_1"] == 1.0

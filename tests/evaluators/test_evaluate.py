@@ -23,7 +23,9 @@ def test_both_protocols_and_the_curve_are_in_the_results(config):
   assert results["num_bits"] == 16 and 0.0 <= results["map_all"] <= 1.0
   assert results["closest_match_num_queries"] == 20
   assert results["closest_match_num_database"] == 80 + 320       # originals + distractors
-  for key in ("closest_match_recall_at_1", "closest_match_recall_at_10", "closest_match_map"):
+  for key in ("closest_match_recall_at_1", "closest_match_recall_at_10", "closest_match_map",
+              "closest_match_asymmetric_recall_at_1", "closest_match_asymmetric_recall_at_10",
+              "closest_match_asymmetric_map"):
     assert 0.0 <= results[key] <= 1.0, key
   curve = results["pr_curve"]
   assert len(curve["precision"]) == len(curve["recall"]) == 17

@@ -359,3 +359,46 @@ def test_ranking_metrics_of_any_distance_equal_brute_force_and_the_hamming_metri
                                     ties=ties)
     for key in ("map_all", "map_at_5", "recall_at_1", "recall_at_3"):
       assert ours[key] == pytest.approx(ref[key], abs=1e-12), (ties, key)
+
+
+@pytest.mark.parametrize("ties", ["expected", "index"])
+def test_one_relevant_metrics_equal_ranking_metrics(ties):
+  rng = np.random.default_rng(7)
+  nq, nd = 12, 50
+  dist = rng.integers(0, 5, (nq, nd)).astype(np.float64)   # many ties, the original among them
+  query_ids = np.arange(nq)
+  db_ids = np.full(nd, -1)
+  db_ids[rng.permutation(nd)[:nq - 2]] = np.arange(nq - 2)  # queries 10 and 11: no original
+  ks = dict(map_at=(1, 3, 100), recall_at=(1, 2, 10), precision_at=(1, 5), ndcg_at=(3,))
+  got = ranking.one_relevant_metrics(lambda a, b: dist[a:b], query_ids, db_ids, ties=ties,
+                                     query_batch_size=5, **ks)
+  want = ranking.ranking_metrics(lambda a, b: dist[a:b], query_ids, db_ids, ties=ties, **ks)
+  assert got.keys() == want.keys()
+  _assert_close(got, want)
+  assert got["recall_at_1"] <= got["recall_at_2"] < got["recall_at_10"] < 1   # not all 0 or 1
+
+
+def test_one_relevant_metrics_refuse_a_second_relevant_item():
+  with pytest.raises(ValueError, match="db_ids: query id 1 occurs 2 times"):
+    ranking.one_relevant_metrics(lambda a, b: np.zeros((b - a, 4)), [0, 1], [1, -1, 1, 0])
+
+
+def test_asymmetric_distance_weighs_each_bit_by_the_query_confidence():
+  rng = np.random.default_rng(8)
+  query = rng.uniform(-1, 1, (6, 10))
+  db = rng.uniform(-1, 1, (30, 10))
+  db[7] = db[3] * 0.5                  # the same signs as item 3: the same distance, exactly
+  rows = ranking.asymmetric_distance_rows(query, db)
+  got = rows(0, 6)
+  want = [[sum(abs(q[i]) for i in range(10) if (q[i] > 0) != (d[i] > 0)) for d in db]
+          for q in query]
+  np.testing.assert_allclose(got, want, atol=10 * 2.0**-20)
+  assert (got[:, 7] == got[:, 3]).all()
+  np.testing.assert_array_equal(rows(2, 4), got[2:4])
+  # Ranks as the inner product with the signs; on +-1 queries it is the Hamming distance.
+  inner = query @ np.where(db > 0, 1.0, -1.0).T
+  np.testing.assert_array_equal(np.argsort(got, axis=1, kind="stable"),
+                                np.argsort(-np.round(inner, 5), axis=1, kind="stable"))
+  signs = np.where(query > 0, 1.0, -1.0)
+  hamming = ranking.hamming_distances(_pack(query > 0), _pack(db > 0))
+  np.testing.assert_array_equal(ranking.asymmetric_distance_rows(signs, db)(0, 6), hamming)
