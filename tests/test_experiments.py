@@ -58,18 +58,18 @@ def test_where_garment_goes_matches_loops_and_the_tie_aware_recall():
   assert out["recall_at_1_drift_le_2"] == round(float(np.mean(np.array(hits)[kept])), 4)
 
 
-def test_asymmetric_recall_is_hamming_on_signs_and_breaks_ties_by_confidence():
+
+def test_category_both_ways_agree_on_sign_queries_and_differ_on_confident_ones():
   garment = _load("experiments/graded_codes/where_garment_goes.py")
-  rng = np.random.default_rng(4)
-  db = np.where(rng.random((120, 5)) > 0.5, 1.0, -1.0).astype(np.float32)
-  query = db[:25].copy()
-  query[rng.random((25, 5)) < 0.2] *= -1
-  hamming = garment.garment_losses(query, db, np.zeros(120, int), np.zeros(25, int))
-  assert garment.asymmetric_recall_at_1(query, db, chunk=4) == hamming["recall_at_1"]
-  # Query 0 is one bit from its original and from item 2 alike; the unsure bit is the one on
-  # which it differs from its original, so the original wins once the bit counts for little.
-  db = np.array([[1, 1, 1, 1], [-1, -1, -1, -1], [1, 1, -1, -1]], np.float32)
-  query = np.array([[0.9, 0.9, 0.9, -0.1]], np.float32)   # Hamming: 1 bit from rows 0 and 2
-  assert garment.garment_losses(np.sign(query), db, np.zeros(3, int),
-                                np.zeros(1, int))["recall_at_1"] == 0.5
-  assert garment.asymmetric_recall_at_1(query, db) == 1.0
+  rng = np.random.default_rng(5)
+  db = rng.uniform(-1, 1, (80, 6))
+  db_labels, query_labels = rng.integers(0, 3, 80), rng.integers(0, 3, 12)
+  query = rng.uniform(-1, 1, (12, 6))
+  signs = garment.category_both_ways(np.sign(query), query_labels, db, db_labels, num_bits=6,
+                                     ties="expected")
+  assert signs["asymmetric_map_all"] == signs["hamming_map_all"]
+  assert signs["asymmetric_map_at_1000"] == signs["hamming_map_at_1000"]
+  graded = garment.category_both_ways(query, query_labels, db, db_labels, num_bits=6,
+                                      ties="expected")
+  assert graded["hamming_map_all"] == signs["hamming_map_all"]
+  assert graded["asymmetric_map_all"] != graded["hamming_map_all"]

@@ -307,17 +307,23 @@ def ranking_metrics(distance_rows: Callable[[int, int], np.ndarray], query_keys,
   nq, nd = len(query_keys), len(db_keys)
   if nq == 0 or nd == 0:
     raise ValueError(f"need at least one query and one database item, got {nq} and {nd}")
-  batch = packing.check_positive("query_batch_size", query_batch_size)
   ranker = _Ranker(nd, ties=ties, map_at=map_at, precision_at=precision_at,
                    recall_at=recall_at, ndcg_at=ndcg_at)
+  for start, stop, dist in _distance_batches(distance_rows, nq, nd, query_batch_size):
+    ranker.add_distances(dist, db_keys[None, :] == query_keys[start:stop, None])
+  return ranker.result(nq)
+
+
+def _distance_batches(distance_rows, nq: int, nd: int, query_batch_size: int):
+  """(start, stop, the (stop - start, nd) distances) of each batch of queries, shape checked."""
+  batch = packing.check_positive("query_batch_size", query_batch_size)
   for start in range(0, nq, batch):
     stop = min(start + batch, nq)
     dist = np.asarray(distance_rows(start, stop))
     if dist.shape != (stop - start, nd):
       raise ValueError(f"distance_rows({start}, {stop}) returned shape {dist.shape}, expected "
                        f"{(stop - start, nd)}")
-    ranker.add_distances(dist, db_keys[None, :] == query_keys[start:stop, None])
-  return ranker.result(nq)
+    yield start, stop, dist
 
 
 def one_relevant_metrics(distance_rows: Callable[[int, int], np.ndarray], query_ids, db_ids, *,
@@ -344,15 +350,9 @@ def one_relevant_metrics(distance_rows: Callable[[int, int], np.ndarray], query_
     raise ValueError(f"db_ids: query id {ids[counts > 1][0].item()!r} occurs "
                      f"{counts[counts > 1][0]} times; one relevant item a query at most")
   position = dict(zip(db_ids[relevant].tolist(), relevant.tolist()))
-  batch = packing.check_positive("query_batch_size", query_batch_size)
   ranker = _Ranker(nd, ties=ties, map_at=map_at, precision_at=precision_at,
                    recall_at=recall_at, ndcg_at=ndcg_at)
-  for start in range(0, nq, batch):
-    stop = min(start + batch, nq)
-    dist = np.asarray(distance_rows(start, stop))
-    if dist.shape != (stop - start, nd):
-      raise ValueError(f"distance_rows({start}, {stop}) returned shape {dist.shape}, expected "
-                       f"{(stop - start, nd)}")
+  for start, stop, dist in _distance_batches(distance_rows, nq, nd, query_batch_size):
     where = np.array([position.get(q, -1) for q in query_ids[start:stop].tolist()])
     found = where >= 0
     own = dist[np.arange(stop - start), np.maximum(where, 0)][:, None]

@@ -1,6 +1,6 @@
 r"""Where a trained model loses the closest match: the query's drift, or the crowd at the original.
 
-    python experiments/graded_codes/where_garment_goes.py WORKDIR [WORKDIR ...]
+    python experiments/graded_codes/where_garment_goes.py WORKDIR [WORKDIR ...] [--category]
 
 For each workdir (a finished `deephash train`), on its closest-match protocol
 (`config.eval.closest_match`: the same rendered queries, the test originals then the training
@@ -18,10 +18,13 @@ query's code to its original's code:
   sets, whatever the robustness;
 * `recall_at_1_drift_le_k`: the R@1 among the queries that drifted at most k bits;
 * `asymmetric_recall_at_1`: R@1 of the query's continuous code (the mean tanh the evaluation
-  makes) against the database's sign codes, ranked by their inner product (an asymmetric
-  distance: a bit the query is unsure of counts for little), ties by expectation.
+  makes) against the database's signs, ranked by the asymmetric distance
+  (evaluators/ranking.py `asymmetric_distance_rows`: a bit the query is unsure of counts for
+  little), ties by expectation: the evaluation's `closest_match_asymmetric_recall_at_1`.
 Every figure but the last is computed from the sign codes with NumPy, the queries in chunks of
-256.
+256. `--category` adds the category search (the test images against the training images,
+relevant = same type) ranked both ways: `hamming_map_all`, `asymmetric_map_all` and their
+mAP@1000, ties by expectation (the asymmetric ranking sorts every row: about a minute more).
 """
 
 from __future__ import annotations
@@ -34,31 +37,18 @@ import numpy as np
 from deephash_jax.data import registry
 from deephash_jax.encoder import HashEncoder
 from deephash_jax.evaluators import closest_match
+from deephash_jax.evaluators import ranking
+from deephash_jax.search import packing
 
 
 def _signs(codes: np.ndarray) -> np.ndarray:
   return np.where(codes > 0, 1.0, -1.0).astype(np.float32)
 
 
-def asymmetric_recall_at_1(query: np.ndarray, database: np.ndarray, *,
-                           chunk: int = 256) -> float:
-  """Tie-aware R@1 of continuous `query` codes (N, K) against +-1 `database` codes (M, K) by
-  their inner product (larger = nearer), query i's original being database row i."""
-  hits = []
-  for start in range(0, len(query), chunk):
-    rows = np.arange(start, min(start + chunk, len(query)))
-    score = query[rows].astype(np.float64) @ database.T.astype(np.float64)
-    own = score[np.arange(len(rows)), rows]
-    above = (score > own[:, None]).sum(1)
-    tied = (score == own[:, None]).sum(1) - 1
-    hits.append(np.where(above == 0, 1.0 / (1 + tied), 0.0))
-  return round(float(np.concatenate(hits).mean()), 4)
-
-
 def garment_losses(query: np.ndarray, database: np.ndarray, db_labels: np.ndarray,
                    query_labels: np.ndarray, *, chunk: int = 256) -> dict:
-  """The figures of the module docstring but the asymmetric one from +-1 codes: `query` (N, K),
-  whose original is database row i for query i, `database` (M, K) with `db_labels` (M,),
+  """The figures of the module docstring but the last from +-1 codes: `query` (N, K), whose
+  original is database row i for query i, `database` (M, K) with `db_labels` (M,),
   `query_labels` (N,)."""
   num_bits = query.shape[1]
   n = len(query)
@@ -101,7 +91,20 @@ def garment_losses(query: np.ndarray, database: np.ndarray, db_labels: np.ndarra
   return out
 
 
-def diagnose(workdir: str, num_queries: int | None = None) -> dict:
+def category_both_ways(query_codes, query_labels, db_codes, db_labels, *, num_bits: int,
+                       ties: str) -> dict:
+  """mAP@all and mAP@1000 of the category search, by Hamming and by the asymmetric distance."""
+  hamming = ranking.retrieval_metrics(
+      packing.pack_bits(query_codes), query_labels, packing.pack_bits(db_codes), db_labels,
+      num_bits=num_bits, map_at=(1000,), radius=(), ties=ties)
+  asymmetric = ranking.ranking_metrics(
+      ranking.asymmetric_distance_rows(query_codes, db_codes), query_labels, db_labels,
+      map_at=(1000,), ties=ties)
+  return {f"{name}_{key}": round(float(result[key]), 4) for key in ("map_all", "map_at_1000")
+          for name, result in (("hamming", hamming), ("asymmetric", asymmetric))}
+
+
+def diagnose(workdir: str, num_queries: int | None = None, category: bool = False) -> dict:
   enc = HashEncoder.from_workdir(workdir)
   config = enc.config
   cm_config = config.eval.closest_match
@@ -116,7 +119,14 @@ def diagnose(workdir: str, num_queries: int | None = None) -> dict:
   query_codes = enc.embed(protocol.queries)
   out.update(garment_losses(_signs(query_codes), _signs(db_codes), db_labels,
                             query.labels[:len(protocol.queries)]))
-  out["asymmetric_recall_at_1"] = asymmetric_recall_at_1(query_codes, _signs(db_codes))
+  asymmetric = closest_match.asymmetric_metrics(
+      protocol, query_codes, db_codes[:len(query)], db_codes[len(query):],
+      ties=config.eval.get("ties", "expected"))
+  out["asymmetric_recall_at_1"] = round(float(asymmetric["recall_at_1"]), 4)
+  if category:
+    out.update(category_both_ways(db_codes[:len(query)], query.labels, db_codes[len(query):],
+                                  database.labels, num_bits=enc.num_bits,
+                                  ties=config.eval.get("ties", "expected")))
   return out
 
 
@@ -125,9 +135,11 @@ def main():
   parser.add_argument("workdirs", nargs="+")
   parser.add_argument("--num_queries", type=int, default=None,
                       help="the first N closest-match queries (default: the config's)")
+  parser.add_argument("--category", action="store_true",
+                      help="also the category search ranked by Hamming and asymmetric distance")
   args = parser.parse_args()
   for workdir in args.workdirs:
-    print(json.dumps(diagnose(workdir, args.num_queries)), flush=True)
+    print(json.dumps(diagnose(workdir, args.num_queries, args.category)), flush=True)
 
 
 if __name__ == "__main__":

@@ -27,12 +27,16 @@ def test_closest_match_queries_are_fixed_by_the_seed():
 
 
 
-def test_the_database_holds_the_originals_then_the_distractors_and_ties_are_fair():
-  rng = np.random.default_rng(1)
-  originals = fake_data.class_images(np.arange(10) % 10, rng)[..., None]
+def _protocol(num_queries: int, num_distractors: int, seed: int):
+  """The closest match of 10 fake originals rendered by the default recipe."""
+  originals = fake_data.class_images(np.arange(10) % 10, np.random.default_rng(seed))[..., None]
   cm_config = config_lib.base_config("fashion_mnist").eval.closest_match
-  cm_config.num_queries = 4
-  protocol = closest_match.prepare(originals, 6, cm_config)
+  cm_config.num_queries = num_queries
+  return closest_match.prepare(originals, num_distractors, cm_config)
+
+
+def test_the_database_holds_the_originals_then_the_distractors_and_ties_are_fair():
+  protocol = _protocol(4, 6, seed=1)
   assert protocol.queries.shape == (4, 28, 28, 1)
   np.testing.assert_array_equal(protocol.query_ids, np.arange(4))
   np.testing.assert_array_equal(protocol.db_ids, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9] + [-1] * 6)
@@ -52,10 +56,7 @@ def test_the_database_holds_the_originals_then_the_distractors_and_ties_are_fair
 
 def test_asymmetric_ranking_is_hamming_on_signs_and_counts_a_bit_by_the_query_confidence():
   rng = np.random.default_rng(2)
-  originals = fake_data.class_images(np.arange(10) % 10, rng)[..., None]
-  cm_config = config_lib.base_config("fashion_mnist").eval.closest_match
-  cm_config.num_queries = 6
-  protocol = closest_match.prepare(originals, 30, cm_config)
+  protocol = _protocol(6, 30, seed=2)
   signs = lambda n: np.where(rng.random((n, 6)) > 0.5, 1.0, -1.0)   # 6 bits: many ties
   query, original, distractor = signs(6), signs(10), signs(30)
   hamming = closest_match.metrics(protocol, query, original, distractor, num_bits=6,
