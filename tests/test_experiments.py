@@ -58,7 +58,6 @@ def test_where_garment_goes_matches_loops_and_the_tie_aware_recall():
   assert out["recall_at_1_drift_le_2"] == round(float(np.mean(np.array(hits)[kept])), 4)
 
 
-
 def test_category_both_ways_agree_on_sign_queries_and_differ_on_confident_ones():
   garment = _load("experiments/graded_codes/where_garment_goes.py")
   rng = np.random.default_rng(5)
