@@ -4,6 +4,7 @@ import pathlib
 
 import numpy as np
 
+from deephash_jax import config_lib
 from deephash_jax.evaluators import ranking
 from deephash_jax.search import packing
 
@@ -64,11 +65,12 @@ def test_category_both_ways_agree_on_sign_queries_and_differ_on_confident_ones()
   db = rng.uniform(-1, 1, (80, 6))
   db_labels, query_labels = rng.integers(0, 3, 80), rng.integers(0, 3, 12)
   query = rng.uniform(-1, 1, (12, 6))
-  signs = garment.category_both_ways(np.sign(query), query_labels, db, db_labels, num_bits=6,
-                                     ties="expected")
+  eval_config = config_lib.base_config("fashion_mnist").eval     # map_at (1000,), ties expected
+  signs = garment.category_both_ways(np.sign(query), query_labels, db, db_labels,
+                                     eval_config=eval_config, num_bits=6)
   assert signs["asymmetric_map_all"] == signs["hamming_map_all"]
   assert signs["asymmetric_map_at_1000"] == signs["hamming_map_at_1000"]
-  graded = garment.category_both_ways(query, query_labels, db, db_labels, num_bits=6,
-                                      ties="expected")
+  graded = garment.category_both_ways(query, query_labels, db, db_labels,
+                                      eval_config=eval_config, num_bits=6)
   assert graded["hamming_map_all"] == signs["hamming_map_all"]
   assert graded["asymmetric_map_all"] != graded["hamming_map_all"]

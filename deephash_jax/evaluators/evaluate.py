@@ -53,14 +53,12 @@ def evaluate_variables(config, variables, *, mesh=None) -> dict:
   if cm_config and cm_config.num_queries:
     protocol = closest_match.prepare(query.images, len(database), cm_config)
     cm_codes, ties = embed(protocol.queries), config.eval.get("ties", "expected")
-    cm = closest_match.metrics(protocol, cm_codes, query_codes, db_codes, num_bits=num_bits,
-                               ties=ties)
-    results.update({f"closest_match_{'map' if k == 'map_all' else k}": v
-                    for k, v in cm.items()})
-    asymmetric = closest_match.asymmetric_metrics(protocol, cm_codes, query_codes, db_codes,
-                                                  ties=ties)
-    results.update({f"closest_match_asymmetric_{'map' if k == 'map_all' else k}": v
-                    for k, v in asymmetric.items()})
+    for prefix, cm in (
+        ("closest_match_", closest_match.metrics(protocol, cm_codes, query_codes, db_codes,
+                                                 num_bits=num_bits, ties=ties)),
+        ("closest_match_asymmetric_", closest_match.asymmetric_metrics(
+            protocol, cm_codes, query_codes, db_codes, ties=ties))):
+      results.update({f"{prefix}{'map' if k == 'map_all' else k}": v for k, v in cm.items()})
   return results
 
 

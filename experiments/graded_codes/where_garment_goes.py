@@ -24,7 +24,7 @@ query's code to its original's code:
 Every figure but the last is computed from the sign codes with NumPy, the queries in chunks of
 256. `--category` adds the category search (the test images against the training images,
 relevant = same type) ranked both ways: `hamming_map_all`, `asymmetric_map_all` and their
-mAP@1000, ties by expectation (the asymmetric ranking sorts every row: about a minute more).
+mAP@k (`config.eval.map_at`), with the evaluation's ties rule (the asymmetric ranking sorts every row: about a minute more).
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ import numpy as np
 
 from deephash_jax.data import registry
 from deephash_jax.encoder import HashEncoder
+from deephash_jax.evaluators import category as category_lib
 from deephash_jax.evaluators import closest_match
 from deephash_jax.evaluators import ranking
-from deephash_jax.search import packing
 
 
 def _signs(codes: np.ndarray) -> np.ndarray:
@@ -91,16 +91,17 @@ def garment_losses(query: np.ndarray, database: np.ndarray, db_labels: np.ndarra
   return out
 
 
-def category_both_ways(query_codes, query_labels, db_codes, db_labels, *, num_bits: int,
-                       ties: str) -> dict:
-  """mAP@all and mAP@1000 of the category search, by Hamming and by the asymmetric distance."""
-  hamming = ranking.retrieval_metrics(
-      packing.pack_bits(query_codes), query_labels, packing.pack_bits(db_codes), db_labels,
-      num_bits=num_bits, map_at=(1000,), radius=(), ties=ties)
+def category_both_ways(query_codes, query_labels, db_codes, db_labels, *, eval_config,
+                       num_bits: int) -> dict:
+  """mAP@all and mAP@k (`eval_config.map_at`) of the category search, by Hamming (the
+  evaluation's `category.metrics`) and by the asymmetric distance, with `eval_config.ties`."""
+  hamming = category_lib.metrics(query_codes, query_labels, db_codes, db_labels,
+                             eval_config=eval_config, num_bits=num_bits)
   asymmetric = ranking.ranking_metrics(
       ranking.asymmetric_distance_rows(query_codes, db_codes), query_labels, db_labels,
-      map_at=(1000,), ties=ties)
-  return {f"{name}_{key}": round(float(result[key]), 4) for key in ("map_all", "map_at_1000")
+      map_at=tuple(eval_config.map_at), ties=eval_config.get("ties", "expected"))
+  keys = ("map_all", *(f"map_at_{k}" for k in eval_config.map_at))
+  return {f"{name}_{key}": round(float(result[key]), 4) for key in keys
           for name, result in (("hamming", hamming), ("asymmetric", asymmetric))}
 
 
@@ -125,8 +126,8 @@ def diagnose(workdir: str, num_queries: int | None = None, category: bool = Fals
   out["asymmetric_recall_at_1"] = round(float(asymmetric["recall_at_1"]), 4)
   if category:
     out.update(category_both_ways(db_codes[:len(query)], query.labels, db_codes[len(query):],
-                                  database.labels, num_bits=enc.num_bits,
-                                  ties=config.eval.get("ties", "expected")))
+                                  database.labels, eval_config=config.eval,
+                                  num_bits=enc.num_bits))
   return out
 
 
