@@ -112,6 +112,11 @@ def get_config():
   # True: both item terms averaged with the reverse direction, each gallery view against the
   # batch's query views (CLIP's symmetric InfoNCE).
   config.loss.graded.item_symmetric = False
+  # > 0: a hinge on each query view's signs against its gallery view's, item_bit_margin beyond 0
+  # on the pre-codes (losses/graded.py bit_agreement_loss): the bits the search reads held, where
+  # the item InfoNCE's cosine barely scores a bit near 0.
+  config.loss.graded.item_bit_weight = 0.0
+  config.loss.graded.item_bit_margin = 0.5
   # In [0, 1]: the item term's code distance weighted per bit by 1 - discount * |the anchor's
   # type's mean code on the bit| (mean 1 over the bits; losses/graded.py type_bit_weights): the
   # items spread on the bits their type does not agree on. Not with memory_size > 0.

@@ -120,6 +120,9 @@ def _validate_graded(g, *, activation: str, num_bits: int, num_classes: int,
     _require(g[name] >= 0, f"loss.graded.{name}", g[name], "non-negative")
   for name in ("pair_gamma", "item_temperature", "feature_temperature"):
     _require(g[name] > 0, f"loss.graded.{name}", g[name], "positive")
+  for name in ("item_bit_weight", "item_bit_margin"):
+    value = graded_option(g, name)
+    _require(value >= 0, f"loss.graded.{name}", value, "non-negative")
   discount = graded_option(g, "item_type_bit_discount")
   _require(0.0 <= discount <= 1.0, "loss.graded.item_type_bit_discount", discount,
            "between 0 and 1")
@@ -286,6 +289,8 @@ ADDED_FIELDS = {
     "loss.graded.continuation_step_size": 200,
     "loss.graded.item_symmetric": False,
     "loss.graded.item_type_bit_discount": 0.0,
+    "loss.graded.item_bit_weight": 0.0,
+    "loss.graded.item_bit_margin": 0.5,
     "loss.graded.memory_size": 0,
     "loss.graded.memory_start_step": 1000,
     "loss.graded.memory_type_ap": False,

@@ -32,6 +32,8 @@ def test_the_product_configs_are_valid():
     ("loss.graded.memory_size", 20, "config.loss.graded.memory_size=20: 0 (no memory) or a "
      "multiple of the batch's items (train.batch_size / 2 = 16)"),
     ("loss.graded.memory_start_step", -5, "config.loss.graded.memory_start_step=-5: a non-neg"),
+    ("loss.graded.item_bit_weight", -1.0, "config.loss.graded.item_bit_weight=-1.0: non-neg"),
+    ("loss.graded.item_bit_margin", -0.5, "config.loss.graded.item_bit_margin=-0.5: non-neg"),
     ("loss.graded.item_type_bit_discount", 1.5,
      "config.loss.graded.item_type_bit_discount=1.5: between 0 and 1"),
     ("loss.graded.continuation_gamma", -0.1,

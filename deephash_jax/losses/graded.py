@@ -9,7 +9,8 @@ Three forces, one per level (train/step.py `graded_loss` weights and combines th
 * item level: InfoNCE of each query view against the gallery views of the whole batch (in-batch
   negatives of every type), on the relaxed Hamming distance (`item_infonce_on_codes`) and on
   the encoder's features (`item_infonce_on_features`): the query's own garment must be the
-  nearest, not only a neighbour;
+  nearest, not only a neighbour; and (`item_bit_weight`) a hinge on the query view's signs
+  against its gallery view's (`bit_agreement_loss`): the bits the search reads must not flip;
 * the classifier (on the features, so that it does not pull every bit towards its class) and
   the quantization term, as in the paper.
 
@@ -140,6 +141,24 @@ def item_infonce_on_features(anchor_features, candidate_features, positive, nega
     negative = jnp.concatenate([negative, memory_negative], axis=1)
   cos = jnp.matmul(a, c.T, precision=jax.lax.Precision.HIGHEST)
   return info_nce(cos / temperature, positive, negative, normaliser=normaliser)
+
+
+def bit_agreement_loss(anchor_pre_codes, target_codes, *, margin, normaliser=None):
+  """A hinge on each bit's sign: per anchor (row), the mean over bits of
+  `max(0, margin - p_b * sign(t_b))`, p the anchor's pre-codes, t its target's codes (no gradient
+  through them; a target bit of exactly 0 gives the constant `margin`); summed over anchors and
+  divided by `normaliser` (default: the number of anchors).
+
+  The item InfoNCE scores the relaxed distance, a cosine: a bit near 0 in both codes weighs
+  nearly nothing there, yet its sign is what the search reads. This term scores the signs: a
+  query view's bit is pushed across 0 to its gallery view's sign and `margin` beyond it, with the
+  same slope however far it is on the wrong side (on the pre-codes, where tanh does not flatten).
+  anchor_pre_codes, target_codes: (A, K).
+  """
+  p = jnp.asarray(anchor_pre_codes, jnp.float32)
+  target = jnp.sign(jax.lax.stop_gradient(jnp.asarray(target_codes, jnp.float32)))
+  per_anchor = jnp.mean(jax.nn.relu(margin - p * target), axis=-1)
+  return jnp.sum(per_anchor) / (p.shape[0] if normaliser is None else normaliser)
 
 
 def centres_fit(num_classes: int, class_bits: int) -> bool:

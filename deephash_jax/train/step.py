@@ -211,7 +211,8 @@ def graded_loss(codes, pre_codes, logits, features, *, views: Views, masks: Pair
   or, with `classifier_views = "gallery"`, the gallery views alone.
   With `class_bits` > 0 the code is split: its first `class_bits` bits are pulled to the class's
   Hadamard centre (in place of the pair and FastAP terms), the item InfoNCE reads the other bits
-  only.
+  only. With `item_bit_weight` > 0 each query view's signs are held to its gallery view's
+  (`_graded_item_bits`).
   """
   g = loss_config.graded
   if config_lib.graded_option(g, "continuation_gamma"):
@@ -240,6 +241,9 @@ def graded_loss(codes, pre_codes, logits, features, *, views: Views, masks: Pair
   item_terms = _graded_item_terms(codes, features, views=views, g=g, num_bits=num_bits,
                                   num_classes=num_classes, memory=memory, filled=filled)
   terms.update(type_terms, **item_terms)
+  if config_lib.graded_option(g, "item_bit_weight"):
+    terms["item_bits"] = _graded_item_bits(pre_codes, codes, views=views, g=g)
+    weights["item_bits"] = g.item_bit_weight
   terms["quantization"] = singh2019.quantization_loss(codes, normaliser=n_views * num_bits)
   weights.update(type_weights, item=g.item_weight, item_features=g.feature_item_weight,
                  quantization=loss_config.quantization_weight)
@@ -355,6 +359,20 @@ def _graded_item_terms(codes, features, *, views: Views, g, num_bits: int, num_c
                      **{**extra, "normaliser": n_global})
       terms[name] = 0.5 * (terms[name] + reverse)
   return terms
+
+
+def _graded_item_bits(pre_codes, codes, *, views: Views, g):
+  """The hinge of each query view's signs against its own gallery view's
+  (`graded.bit_agreement_loss` on the last num_bits - class_bits bits), the mean over the global
+  batch's query views."""
+  n_local = views.query_first.shape[0]
+  n_global = _global_size(n_local)
+  class_bits = g.get("class_bits", 0)
+  gallery = lax.all_gather(codes[:n_local, class_bits:], AXIS, tiled=True)
+  own = gallery[views.index[n_local:] % n_global]       # each query view's gallery view
+  return graded.bit_agreement_loss(
+      pre_codes[n_local:, class_bits:], own, margin=config_lib.graded_option(g, "item_bit_margin"),
+      normaliser=(views_per_item(views) - 1) * n_global)
 
 
 def baseline_loss(pre_codes, logits, *, views: Views, method: str, hyper: dict, loss_config,

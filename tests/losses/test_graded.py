@@ -180,6 +180,32 @@ def test_centre_bit_loss_matches_numpy_and_is_log2_at_zero():
   assert 0.0 <= float(far) < 1e-20
 
 
+def test_bit_agreement_loss_matches_a_loop_with_ties_and_its_gradient():
+  """A loop over bits: max(0, margin - p * sign(t)); a target bit of 0 gives the margin and no
+  gradient; the gradient is -sign(t) / K per active bit (constant on the wrong side), none
+  reaches the targets."""
+  rng = np.random.default_rng(5)
+  pre = rng.normal(size=(5, 8)).astype(np.float32)
+  target = np.tanh(rng.normal(size=(5, 8))).astype(np.float32)
+  target[0, :3] = 0.0
+  pre[1, 2] = 0.5 * np.sign(target[1, 2])           # exactly at the margin: inactive
+  margin = 0.5
+  want = sum(max(0.0, margin - float(p) * float(np.sign(t)))
+             for row_p, row_t in zip(pre, target) for p, t in zip(row_p, row_t)) / 8 / 5
+  loss = lambda p, t: graded.bit_agreement_loss(p, t, margin=margin)
+  np.testing.assert_allclose(loss(jnp.asarray(pre), jnp.asarray(target)), want, rtol=1e-6)
+  np.testing.assert_allclose(
+      graded.bit_agreement_loss(jnp.asarray(pre), jnp.asarray(target), margin=margin,
+                                normaliser=2.0), want * 5 / 2, rtol=1e-6)
+  grad_p, grad_t = jax.grad(loss, argnums=(0, 1))(jnp.asarray(pre), jnp.asarray(target))
+  active = margin - pre * np.sign(target) > 0
+  np.testing.assert_allclose(grad_p, np.where(active, -np.sign(target), 0.0) / 8 / 5, atol=1e-7)
+  assert not np.any(np.asarray(grad_t))
+  assert grad_p[1, 2] == 0.0 and np.all(np.asarray(grad_p)[0, :3] == 0.0)
+  # Every bit on its target's side beyond the margin: 0.
+  assert float(loss(jnp.asarray(np.sign(target[1:]) * 2), jnp.asarray(target[1:]))) == 0.0
+
+
 def np_fast_ap_loss(distances, similar, valid, num_bits):
   """Per anchor, with loops: triangular soft counts per bin, cumulative precision, 1 - AP."""
   total = 0.0

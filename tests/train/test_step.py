@@ -321,11 +321,13 @@ def test_more_query_views_render_the_same_first_two_views_and_new_nuisances(conf
 def test_every_query_view_is_an_anchor_of_the_item_level(config, num_devices):
   """`query_views=2`: each item term is the mean over both query blocks' anchors of their
   InfoNCE against the global batch's gallery views (NumPy), the same on 1 and 8 devices; the
-  classification term averages all 3N views."""
+  classification term averages all 3N views; `item_bit_weight`'s hinge holds each query view's
+  pre-codes to its own gallery view's signs, the mean over the 2N query views."""
   n, num_bits = 8, 16
   n_local = n // num_devices
   rng = np.random.default_rng(4)
-  codes = np.tanh(rng.normal(size=(3, n, num_bits)) * 2).astype(np.float32)  # gallery, 2 queries
+  pre_codes = (rng.normal(size=(3, n, num_bits)) * 2).astype(np.float32)  # gallery, 2 queries
+  codes = np.tanh(pre_codes)
   features = rng.normal(size=(3, n, 8)).astype(np.float32)
   logits = rng.normal(size=(3, n, 3)).astype(np.float32)
   labels = rng.integers(0, 3, n).astype(np.int32)
@@ -333,24 +335,25 @@ def test_every_query_view_is_an_anchor_of_the_item_level(config, num_devices):
   items[3], labels[3] = items[0], labels[0]
   config.method = "graded"
   config.input.augment.query_views = 2
+  config.loss.graded.item_bit_weight = 1.0
   mesh = Mesh(np.array(jax.devices()[:num_devices]), ("data",))
 
-  def local(c, f, lg, lab, it):   # this device's gallery views, then its two query blocks
+  def local(c, pre, f, lg, lab, it):   # this device's gallery views, then its two query blocks
     i0 = jax.lax.axis_index("data") * n_local + jnp.arange(n_local)
     views = step_lib.Views(images=None, labels=jnp.tile(lab, 3), items=jnp.tile(it, 3),
                            index=jnp.concatenate([i0, n + i0, 2 * n + i0]),
                            query_first=jnp.zeros(n_local, bool))
     flat = lambda x: x.reshape(-1, x.shape[-1])
     _, terms = step_lib.graded_loss(
-        flat(c), flat(c), flat(lg), flat(f), views=views, masks=step_lib.pair_masks(views),
+        flat(c), flat(pre), flat(lg), flat(f), views=views, masks=step_lib.pair_masks(views),
         loss_config=config.loss, num_bits=num_bits, num_classes=3)
     return {k: jax.lax.psum(terms[k], "data")
-            for k in ("item", "item_features", "classification")}
+            for k in ("item", "item_features", "classification", "item_bits")}
 
   got = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(
-      P(None, "data"), P(None, "data"), P(None, "data"), P("data"), P("data")),
-                              out_specs=P(), check_vma=False))(codes, features, logits, labels,
-                                                               items)
+      P(None, "data"), P(None, "data"), P(None, "data"), P(None, "data"), P("data"), P("data")),
+                              out_specs=P(), check_vma=False))(codes, pre_codes, features, logits,
+                                                               labels, items)
   negative = (items[:, None] != items[None, :]) | (labels[:, None] != labels[None, :])
   unit = lambda x: x / np.sqrt(np.sum(x * x, -1, keepdims=True) + 1e-6)
   g = config.loss.graded
@@ -364,6 +367,10 @@ def test_every_query_view_is_an_anchor_of_the_item_level(config, num_devices):
   log_p = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
   want = -np.take_along_axis(log_p, np.broadcast_to(labels[None, :, None], (3, n, 1)), -1).mean()
   np.testing.assert_allclose(float(got["classification"]), want, rtol=2e-5)
+  margin = config.loss.graded.item_bit_margin
+  want = np.mean([np.maximum(0.0, margin - pre_codes[q] * np.sign(codes[0])).mean(-1)
+                  for q in (1, 2)])
+  np.testing.assert_allclose(float(got["item_bits"]), want, rtol=2e-5)
 
 
 def test_the_memory_holds_the_last_steps_gallery_views_and_is_the_same_on_8_devices(config):
