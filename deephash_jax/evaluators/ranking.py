@@ -36,6 +36,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
+from deephash_jax.search import asymmetric
 from deephash_jax.search import packing
 
 __all__ = ["asymmetric_distance_rows", "hamming_distances", "one_relevant_metrics",
@@ -373,15 +374,12 @@ def asymmetric_distance_rows(query_codes, db_codes) -> Callable[[int, int], np.n
   d(q, b) = sum of |q_i| over the bits where sign(q_i) differs from b_i: a Hamming distance in
   which each bit counts the query's confidence in it (an asymmetric distance: the database keeps
   its bits, the query its continuous code). Equals the Hamming distance for +-1 queries, and
-  ranks as the inner product q . b does. |q_i| is rounded to a multiple of 2**-20, so every sum
-  is exact in float64 and equal codes tie in any summation order.
+  ranks as the inner product q . b does (search/asymmetric.py: |q_i| rounded so that every sum
+  is exact in float64 and equal codes tie in any summation order).
   """
-  q = np.asarray(query_codes, np.float64)
-  weights = np.round(np.abs(q) * 2.0**20) / 2.0**20
-  signed = np.where(q > 0, weights, -weights)
-  total = weights.sum(axis=1)
+  signed = asymmetric.query_weights(query_codes)
   b = np.where(np.asarray(db_codes) > 0, 1.0, -1.0)
-  return lambda start, stop: (total[start:stop, None] - signed[start:stop] @ b.T) / 2.0
+  return lambda start, stop: asymmetric.distances(signed[start:stop], b)
 
 
 def retrieval_metrics(query_codes, query_labels, db_codes, db_labels, *, num_bits: int,

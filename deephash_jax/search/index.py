@@ -29,6 +29,7 @@ from typing import Sequence
 
 import numpy as np
 
+from deephash_jax.search import asymmetric
 from deephash_jax.search import hamming
 from deephash_jax.search import layout
 from deephash_jax.search import packing
@@ -38,6 +39,9 @@ __all__ = ["FORMAT_VERSION", "HammingIndex", "IndexFileError"]
 
 FORMAT_VERSION = 2
 _MAGIC = b"DHHIDX\x00\x01"
+# Hamming candidates per query that search_asymmetric re-ranks (experiments/graded_codes/README.md,
+# "The asymmetric ranking as a re-ranking").
+DEFAULT_CANDIDATES = 100
 _PREFIX = struct.Struct("<8sIQ32s")  # magic, format_version, header_nbytes, header_sha256
 
 
@@ -194,6 +198,36 @@ class HammingIndex:
     """Exact k-NN: (D int32 (nq, k), I int64 (nq, k) item ids), ties by insertion order."""
     dist, positions = hamming.search_prepared(xq_packed, self._database(), k)
     return dist, self._to_ids(positions)
+
+  def search_asymmetric(self, query_codes, k: int, *, candidates: int = DEFAULT_CANDIDATES):
+    """k-NN by the asymmetric distance of continuous query codes (search/asymmetric.py).
+
+    The packed scan finds each query's ``candidates`` nearest codes by the Hamming distance of
+    its signs (ties by insertion order, as ``search``); these are re-ranked by the asymmetric
+    distance and the first k kept. Exact over the whole index when ``candidates >= ntotal``;
+    with fewer, an item beyond the Hamming candidates is not seen.
+
+    Args:
+      query_codes: float (nq, num_bits) continuous codes (``HashEncoder.embed``), not packed.
+      k: results per query; candidates: Hamming candidates per query (at least k).
+
+    Returns:
+      (D float64 (nq, k), I int64 (nq, k) item ids): sorted by asymmetric distance, ties by
+      Hamming distance, then insertion order; missing results have distance inf and id -1.
+    """
+    k = packing.check_positive("k", k)
+    candidates = packing.check_positive("candidates", candidates)
+    if candidates < k:
+      raise ValueError(f"candidates={candidates}: must be at least k={k}")
+    query_codes = np.asarray(query_codes)
+    if query_codes.ndim != 2 or query_codes.shape[1] != self.num_bits:
+      raise ValueError(f"query_codes: expected continuous codes of shape (nq, {self.num_bits}), "
+                       f"got {query_codes.dtype} {query_codes.shape}")
+    _, positions = hamming.search_prepared(packing.pack_bits(query_codes), self._database(),
+                                           min(candidates, max(len(self), k)))
+    dist, positions = asymmetric.rerank(query_codes, self._codes, positions,
+                                        num_bits=self.num_bits)
+    return dist[:, :k], self._to_ids(positions[:, :k])
 
   def range_search(self, xq_packed, radius: int):
     """Items within Hamming ``radius``: (lims, D, I ids), faiss contract (see hamming)."""

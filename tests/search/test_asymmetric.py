@@ -1,0 +1,126 @@
+"""search/asymmetric.py and HammingIndex.search_asymmetric against loops in plain NumPy."""
+import numpy as np
+import pytest
+
+from deephash_jax.search import asymmetric
+from deephash_jax.search import hamming
+from deephash_jax.search import packing
+from deephash_jax.search.index import HammingIndex
+from tests.search import brute
+
+
+def _loop_distance(q, bits):
+  """sum of |q_i| over the bits where (q_i > 0) != bits_i, one bit at a time."""
+  return sum(abs(float(x)) for x, b in zip(q, bits) if (x > 0) != bool(b))
+
+
+def _reference(query, db_bits, k, candidates):
+  """Per query: the Hamming top-`candidates` (stable, ties to the lower position), ordered by the
+  loop's asymmetric distance, then by their place among the candidates; the first k."""
+  hamming_d = (np.asarray(query > 0)[:, None, :] != db_bits[None, :, :]).sum(-1)
+  out_d, out_i = [], []
+  for row, q in enumerate(query):
+    pool = list(np.argsort(hamming_d[row], kind="stable")[:candidates])
+    pool.sort(key=lambda p: _loop_distance(q, db_bits[p]))   # stable: keeps the Hamming order
+    chosen = pool[:k]
+    out_d.append([_loop_distance(q, db_bits[p]) for p in chosen]
+                 + [np.inf] * (k - len(chosen)))
+    out_i.append(chosen + [-1] * (k - len(chosen)))
+  return np.array(out_d), np.array(out_i)
+
+
+def _data(seed=0, nq=6, nd=80, num_bits=20):
+  rng = np.random.default_rng(seed)
+  db_bits = rng.random((nd, num_bits)) < 0.5
+  db_bits[nd // 2:] = db_bits[:nd - nd // 2]          # every code twice: exact ties
+  # Queries near database codes, with unsure bits (near 0) and quantized magnitudes, so that
+  # different codes can tie exactly too.
+  signs = np.where(db_bits[rng.integers(0, nd, nq)], 1.0, -1.0)
+  magnitude = rng.choice([0.0, 0.125, 0.25, 0.5, 1.0], size=(nq, num_bits))
+  query = (signs * magnitude * np.where(rng.random((nq, num_bits)) < 0.2, -1, 1))
+  return query.astype(np.float32), db_bits
+
+
+@pytest.mark.parametrize("candidates", [5, 17, 80, 200])
+def test_search_asymmetric_matches_the_loop_reference(candidates):
+  query, db_bits = _data()
+  index = HammingIndex(20)
+  index.add(packing.pack_bits(db_bits))
+  k = min(5, candidates)
+  d, i = index.search_asymmetric(query, k, candidates=candidates)
+  want_d, want_i = _reference(query, db_bits, k, candidates)
+  np.testing.assert_array_equal(i, want_i)
+  np.testing.assert_array_equal(d, want_d)
+
+
+def test_equal_codes_tie_to_the_lower_position_and_ids_are_mapped():
+  query, db_bits = _data(seed=1)
+  ids = np.arange(80) * 3 + 1000
+  index = HammingIndex(20)
+  index.add(packing.pack_bits(db_bits), ids=ids)
+  d, i = index.search_asymmetric(query, 80, candidates=80)
+  positions = (i - 1000) // 3
+  for row in range(len(query)):
+    for a, b in zip(positions[row][:-1], positions[row][1:]):
+      assert d[row][list(positions[row]).index(a)] <= d[row][list(positions[row]).index(b)]
+      if np.array_equal(db_bits[a], db_bits[b]):   # the same code: the lower position first
+        assert a < b
+
+
+def test_sign_queries_rank_as_the_hamming_search():
+  """+-1 queries: the asymmetric distance is the Hamming distance, the order the same."""
+  rng = np.random.default_rng(2)
+  xb = brute.codes(rng, 120, 24)
+  query = np.where(rng.random((7, 24)) < 0.5, 1.0, -1.0)
+  index = HammingIndex(24)
+  index.add(xb)
+  want_d, want_i = hamming.search(packing.pack_bits(query), xb, 10, num_bits=24)
+  d, i = index.search_asymmetric(query, 10, candidates=120)
+  np.testing.assert_array_equal(i, want_i)
+  np.testing.assert_array_equal(d, want_d.astype(np.float64))
+
+
+def test_distances_are_exact_in_any_order():
+  """Rounded weights: the sum does not depend on the order of the bits."""
+  rng = np.random.default_rng(3)
+  w = asymmetric.query_weights(np.tanh(rng.normal(size=(4, 64))))
+  assert np.all(np.abs(w) * 2**20 == np.round(np.abs(w) * 2**20))
+  b = np.where(rng.random((9, 64)) < 0.5, 1.0, -1.0)
+  perm = rng.permutation(64)
+  np.testing.assert_array_equal(asymmetric.distances(w, b),
+                                asymmetric.distances(w[:, perm], b[:, perm]))
+  loop = [[_loop_distance(q, bits > 0) for bits in b] for q in w]
+  np.testing.assert_allclose(asymmetric.distances(w, b), loop, rtol=0, atol=1e-12)
+
+
+def test_missing_results_and_empty_index():
+  query, db_bits = _data(nd=4)
+  index = HammingIndex(20)
+  index.add(packing.pack_bits(db_bits))
+  d, i = index.search_asymmetric(query, 6, candidates=10)
+  assert np.all(i[:, 4:] == -1) and np.all(np.isinf(d[:, 4:]))
+  assert sorted(i[0, :4]) == [0, 1, 2, 3]
+  d, i = HammingIndex(20).search_asymmetric(query, 3)
+  assert np.all(i == -1) and np.all(np.isinf(d))
+
+
+@pytest.mark.parametrize("kwargs,codes_shape,match", [
+    (dict(k=5, candidates=4), (2, 20), "candidates=4: must be at least k=5"),
+    (dict(k=0), (2, 20), "k must be a positive int"),
+    (dict(k=1), (2, 16), r"shape \(nq, 20\)"),
+    (dict(k=1), (20,), r"shape \(nq, 20\)"),
+])
+def test_bad_arguments_are_named(kwargs, codes_shape, match):
+  index = HammingIndex(20)
+  index.add(packing.pack_bits(np.zeros((3, 20), bool)))
+  with pytest.raises(ValueError, match=match):
+    index.search_asymmetric(np.zeros(codes_shape, np.float32), **kwargs)
+
+
+def test_non_finite_query_is_refused():
+  index = HammingIndex(20)
+  index.add(packing.pack_bits(np.zeros((3, 20), bool)))
+  query = np.zeros((1, 20), np.float32)
+  query[0, 3] = np.nan
+  with pytest.raises(ValueError, match="non-finite"):
+    index.search_asymmetric(query, 1)
