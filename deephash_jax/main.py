@@ -7,7 +7,7 @@ r"""The `deephash` command: a thin dispatcher. Each command owns its flags, then
     deephash index --workdir=workdirs/catalogue --split=gallery --output=catalogue.dhidx
     deephash demo --workdir=workdirs/catalogue --index=catalogue.dhidx [--port=8000]
     deephash predict --workdir=workdirs/fm --image=query.png [--index=fm.dhidx] [--k=10] \
-        [--json] [--grid=matches.png]
+        [--rerank=100] [--json] [--grid=matches.png]
     deephash benchmark --config=configs/benchmark.py --workdir=workdirs/benchmark \
         [--print_plan | --worker=0/2 | --report [--output=docs/benchmark]] \
         [--previous_report=docs/benchmark/results.json]
@@ -65,6 +65,8 @@ flags.DEFINE_string("index", None, "The index file built by `deephash index` (pr
 flags.DEFINE_integer("port", 8000, "Port on 127.0.0.1.")
 flags.DEFINE_multi_string("image", [], "A query image file; repeat for several.")
 flags.DEFINE_integer("k", 10, "Matches per query.")
+flags.DEFINE_integer("rerank", 0, "predict: 0 ranks by Hamming distance; N > 0 re-ranks the "
+                     "Hamming top-N by the query's continuous code (search/asymmetric.py).")
 flags.DEFINE_string("grid", None, "Also write the queries and their matches to this PNG.")
 # benchmark.
 flags.DEFINE_bool("print_plan", False, "Print the `deephash train` command of every planned run "
@@ -155,7 +157,7 @@ def _predict():
   from deephash_jax.serve import catalogue, predict  # pylint: disable=g-import-not-at-top
   try:
     results = predict.predict(FLAGS.workdir, FLAGS.image, index_path=FLAGS.index, k=FLAGS.k,
-                              grid=FLAGS.grid)
+                              rerank=FLAGS.rerank, grid=FLAGS.grid)
   except (catalogue.CatalogueError, FileNotFoundError) as e:
     sys.exit(f"deephash predict: {e}")
   print(json.dumps({"queries": results}) if FLAGS.json else predict.render_table(results))
@@ -206,7 +208,8 @@ COMMANDS = {
     "evaluate": Command(_evaluate, ("workdir", *_MULTIHOST), ("workdir",)),
     "index": Command(_index, ("workdir", "split", "output", "image_root"), ("workdir", "output")),
     "demo": Command(_demo, ("workdir", "index", "port"), ("workdir", "index")),
-    "predict": Command(_predict, ("workdir", "image", "index", "k", "grid"), ("workdir",)),
+    "predict": Command(_predict, ("workdir", "image", "index", "k", "rerank", "grid"),
+                       ("workdir",)),
     "dataset create": Command(_dataset_create, (
         "output", "images_dir", "labels_csv", "fashion_mnist_dir", "split_ratios", "split_seed",
         "per_class_limit")),

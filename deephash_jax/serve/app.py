@@ -3,7 +3,9 @@
     deephash demo --workdir=workdirs/catalogue --index=catalogue.dhidx [--port=8000]
 
 JSON API (OpenAPI docs at /docs):
-  POST /api/search              multipart field `image` (a photo), query param `k`
+  POST /api/search              multipart field `image` (a photo), query params `k` and
+                                `rerank` (0: by Hamming distance; N: the Hamming top-N
+                                re-ranked by the photo's continuous code)
   GET  /api/items               catalogue entries, paged (`offset`, `limit`) or `random=true`
   GET  /api/items/{id}          metadata of one entry
   GET  /api/items/{id}/image    its thumbnail (PNG)
@@ -40,6 +42,9 @@ STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 MAX_PIXELS = 40_000_000
 MAX_K = 100
+MAX_RERANK = 10_000
+# /api/search re-ranks the Hamming top DEFAULT_RERANK by the photo's continuous code (0: off).
+DEFAULT_RERANK = 0
 # Upload problems -> HTTP status: the client can tell "too big" from "not an image".
 STATUS_OF_IMAGE_ERROR = {"empty_file": 400, "corrupt": 400, "unreadable": 400,
                          "not_image": 415, "unsupported_format": 415, "too_large": 413}
@@ -61,9 +66,11 @@ def api_entry(catalogue: catalogue_lib.Catalogue, item_id: int) -> dict:
           "url": f"/api/items/{item_id}"}
 
 
-def api_results(catalogue: catalogue_lib.Catalogue, packed: np.ndarray, k: int) -> list[dict]:
-  return [dict(api_entry(catalogue, m["id"]), rank=m["rank"], distance=m["distance"])
-          for m in catalogue.search_codes(packed, k)[0]]
+def api_results(catalogue: catalogue_lib.Catalogue, matches: list[dict]) -> list[dict]:
+  """One query's matches (`Catalogue.search_codes` or `search_embeddings`) as the API shows
+  them."""
+  return [dict(api_entry(catalogue, m["id"]), rank=m["rank"], distance=m["distance"],
+               **{k: m[k] for k in ("asymmetric_distance",) if k in m}) for m in matches]
 
 
 def _info(catalogue: catalogue_lib.Catalogue, workdir: str) -> dict:
@@ -117,7 +124,7 @@ async def refuse_large_bodies(request: fastapi.Request, call_next):
 
 
 def search_upload(catalogue: catalogue_lib.Catalogue, image: UploadFile | None, k: int, *,
-                  max_bytes: int, max_pixels: int) -> dict:
+                  rerank: int, max_bytes: int, max_pixels: int) -> dict:
   """The response of POST /api/search: the upload decoded, encoded and searched, timed."""
   start = time.perf_counter()
   data = _read_upload(image, max_bytes)
@@ -131,12 +138,13 @@ def search_upload(catalogue: catalogue_lib.Catalogue, image: UploadFile | None, 
   except images_lib.ImageError as e:
     raise HTTPException(STATUS_OF_IMAGE_ERROR.get(e.kind, 400), str(e)) from e
   decoded_at = time.perf_counter()
-  code = catalogue.encoder.encode(pixels[None])
+  code = catalogue.encoder.embed(pixels[None])
   encoded_at = time.perf_counter()
-  results = api_results(catalogue, code, k)
+  results = api_results(catalogue, catalogue.search_embeddings(code, k, rerank=rerank)[0])
   done = time.perf_counter()
   return {
-      "query": query, "k": k, "num_bits": catalogue.encoder.num_bits, "results": results,
+      "query": query, "k": k, "rerank": rerank, "num_bits": catalogue.encoder.num_bits,
+      "results": results,
       "timing_ms": {"decode": round(1e3 * (decoded_at - start), 2),
                     "encode": round(1e3 * (encoded_at - decoded_at), 2),
                     "search": round(1e3 * (done - encoded_at), 2),
@@ -178,10 +186,13 @@ def create_app(workdir: str, index_path: str, *, max_upload_bytes: int = MAX_UPL
 
   @app.post("/api/search")
   def search(image: UploadFile | None = File(None, description="the query photo"),
-             k: int = Query(10, ge=1, le=MAX_K, description="number of results")):
+             k: int = Query(10, ge=1, le=MAX_K, description="number of results"),
+             rerank: int = Query(DEFAULT_RERANK, ge=0, le=MAX_RERANK, description=(
+                 "0: rank by Hamming distance; N: re-rank the Hamming top N by the photo's "
+                 "continuous code (asymmetric distance)"))):
     """Encodes the uploaded photo and returns its k nearest catalogue entries."""
-    return search_upload(catalogue, image, k, max_bytes=app.state.max_upload_bytes,
-                         max_pixels=app.state.max_pixels)
+    return search_upload(catalogue, image, k, rerank=rerank,
+                         max_bytes=app.state.max_upload_bytes, max_pixels=app.state.max_pixels)
 
   @app.get("/api/items")
   def items(offset: int = Query(0, ge=0), limit: int = Query(24, ge=1, le=200),
@@ -215,7 +226,7 @@ def create_app(workdir: str, index_path: str, *, max_upload_bytes: int = MAX_UPL
     query = api_entry(catalogue, item_id)
     code = catalogue.index.codes[catalogue.position[item_id]][None]
     return {"query": query, "k": k, "num_bits": catalogue.encoder.num_bits,
-            "results": api_results(catalogue, code, k)}
+            "results": api_results(catalogue, catalogue.search_codes(code, k)[0])}
 
   return app
 

@@ -5,7 +5,8 @@ the model and an index built for it by `deephash index` (`build_index`; its bit 
 `model_id` must be the model's: codes of two models are not comparable, so a mismatch is an
 error), or, without an index, encodes the workdir's `config.input.database_split` on the fly.
 Queries are read by the one image loader (data/images.py), searched exactly in the
-`HammingIndex`, and come back as entries sorted by (Hamming distance, id).
+`HammingIndex`, and come back as entries sorted by (Hamming distance, id), or, re-ranked
+(`search_embeddings`' `rerank`), by the asymmetric distance of the query's continuous code.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from deephash_jax.data import fashion_mnist
 from deephash_jax.data import images as images_lib
 from deephash_jax.data import registry
 from deephash_jax.search import index as index_lib
+from deephash_jax.search import packing
 
 THUMBNAIL_SIZE = 160
 
@@ -152,6 +154,31 @@ class Catalogue:
     return [[dict(self.entry(int(i)), rank=rank, distance=int(d))
              for rank, (d, i) in enumerate(zip(dist, idx), start=1) if i >= 0]
             for dist, idx in zip(distances, ids)]
+
+  def search_embeddings(self, codes: np.ndarray, k: int, *, rerank: int = 0) -> list[list[dict]]:
+    """The k nearest entries of continuous codes (`HashEncoder.embed`), as `search_codes` gives
+    them for their signs; with `rerank` > 0 the Hamming top-`rerank` (at least k) re-ranked by
+    the asymmetric distance of the codes themselves (`HammingIndex.search_asymmetric`: a bit the
+    photo is unsure of counts for little), each entry with its Hamming `distance` and its
+    `asymmetric_distance`."""
+    if k < 1:
+      raise CatalogueError(f"k={k}: must be at least 1")
+    if rerank < 0:
+      raise CatalogueError(f"rerank={rerank}: 0 (the Hamming ranking) or the number of Hamming "
+                           "candidates to re-rank")
+    packed = packing.pack_bits(codes)
+    if not rerank or not len(self.index):
+      return self.search_codes(packed, k)
+    k = min(k, len(self.index))
+    distances, ids = self.index.search_asymmetric(codes, k, candidates=max(rerank, k))
+    results = []
+    for query, dist, idx in zip(packed, distances, ids):
+      stored = self.index.codes[[self.position[int(i)] for i in idx]]
+      hamming = np.unpackbits(stored ^ query, axis=1).sum(axis=1)
+      results.append([dict(self.entry(int(i)), rank=rank, distance=int(h),
+                           asymmetric_distance=round(float(d), 4))
+                      for rank, (d, h, i) in enumerate(zip(dist, hamming, idx), start=1)])
+    return results
 
   def entry(self, item_id: int) -> dict:
     """What the catalogue knows of one entry: id, label, clothing type, item and image path."""

@@ -1,13 +1,15 @@
 r"""`deephash predict`: the nearest catalogue images of query photos, by a trained model.
 
     deephash predict --workdir=workdirs/fm --image=query.png [--image=other.jpg] \
-        [--index=fm.dhidx] [--k=10] [--json] [--grid=matches.png]
+        [--index=fm.dhidx] [--k=10] [--rerank=100] [--json] [--grid=matches.png]
 
 Each query file is read like the demo's uploads and the catalogue's own images (the one image
 loader, data/images.py: EXIF rotation, transparency on black, converted and resized to the
 model's input), encoded by the model and searched exactly in the catalogue (catalogue.py: an
 index built by `deephash index` for this very model, or without one the workdir's database split
-encoded on the fly). Matches come sorted by (Hamming distance, id).
+encoded on the fly). Matches come sorted by (Hamming distance, id); with `rerank` > 0, the
+Hamming top-`rerank` re-ranked by the asymmetric distance of the query's continuous code
+(search/asymmetric.py).
 """
 
 from __future__ import annotations
@@ -22,13 +24,14 @@ import numpy as np
 
 from deephash_jax import config_lib
 from deephash_jax.data import registry
+from deephash_jax.search import packing
 from deephash_jax.serve import catalogue as catalogue_lib
 
 GRID_CELL_INCHES = 1.5
 
 
 def predict(workdir: str, image_paths: Sequence[str], *, index_path: str | None = None,
-            k: int = 10, grid: str | None = None) -> list[dict]:
+            k: int = 10, rerank: int = 0, grid: str | None = None) -> list[dict]:
   """The k nearest index entries of each query image file, by the model in `workdir`.
 
   Args:
@@ -37,32 +40,41 @@ def predict(workdir: str, image_paths: Sequence[str], *, index_path: str | None 
     index_path: an index of this model built by `deephash index`; None encodes the workdir's
       database split on the fly (see the module docstring).
     k: matches per query (at most the index size).
+    rerank: 0, the Hamming ranking; > 0, the Hamming top-`rerank` re-ranked by the asymmetric
+      distance (`Catalogue.search_embeddings`).
     grid: when given, a PNG with one row per query: the query, then its matches.
 
   Returns:
     One record per query, in order: {"query": path, "code": packed code as hex, "num_bits",
     "matches": [{"rank", "id", "label" (class name), "label_id", "distance" (Hamming),
-    "path" (image file or None)}]}, matches sorted by (distance, id).
+    "path" (image file or None), and re-ranked "asymmetric_distance"}]}, matches sorted by
+    (distance, id) or, re-ranked, by asymmetric distance.
 
   Raises:
-    CatalogueError: a query file is missing or not an image (named), k < 1, or the index is not
-      this model's (bit length or model_id).
+    CatalogueError: a query file is missing or not an image (named), k < 1, rerank < 0, or the
+      index is not this model's (bit length or model_id).
   """
   if not image_paths:
     raise catalogue_lib.CatalogueError("no query images: pass --image=<file> (repeat it for "
                                        "several)")
   if k < 1:
     raise catalogue_lib.CatalogueError(f"k={k}: must be at least 1")
+  if rerank < 0:
+    raise catalogue_lib.CatalogueError(f"rerank={rerank}: 0 (the Hamming ranking) or the number "
+                                       "of Hamming candidates to re-rank")
   # Queries are read before the model is loaded, so a bad file fails at once.
   image_shape = registry.image_shape(config_lib.load_config(workdir).input)
   images = np.stack([catalogue_lib.read_query(p, image_shape) for p in image_paths])
   catalogue = catalogue_lib.Catalogue.open(workdir, index_path)
-  codes = catalogue.encoder.encode(images)
+  embeddings = catalogue.encoder.embed(images)
+  codes = packing.pack_bits(embeddings)
   num_bits = catalogue.encoder.num_bits
+  keys = ("rank", "id", "label", "label_id", "distance", "path") + (
+      ("asymmetric_distance",) if rerank else ())
   results = [{"query": os.path.abspath(path), "code": code.tobytes().hex(), "num_bits": num_bits,
-              "matches": [{k_: m[k_] for k_ in ("rank", "id", "label", "label_id", "distance",
-                                                "path")} for m in matches]}
-             for path, code, matches in zip(image_paths, codes, catalogue.search_codes(codes, k))]
+              "matches": [{key: m[key] for key in keys} for m in matches]}
+             for path, code, matches in zip(
+                 image_paths, codes, catalogue.search_embeddings(embeddings, k, rerank=rerank))]
   if grid:
     rows = [(image, os.path.basename(result["query"]),
              [dict(m, image=catalogue.entry_image(m["id"])) for m in result["matches"]])
@@ -78,10 +90,13 @@ def render_table(results: Sequence[dict]) -> str:
   for result in results:
     matches = result["matches"]
     width = max([len(str(m["label"])) for m in matches] + [5])
+    asymmetric = bool(matches) and "asymmetric_distance" in matches[0]
+    extra = lambda m: f"  {m['asymmetric_distance']:>7.3f}" if asymmetric else ""
+    head = f"  {'asym':>7}" if asymmetric else ""
     lines = [f"query {result['query']}  ({result['num_bits']}-bit code {result['code']})",
-             f"{'rank':>4}  {'id':>7}  {'dist':>4}  {'label':<{width}}  path"]
-    lines += [f"{m['rank']:>4}  {m['id']:>7}  {m['distance']:>4}  {str(m['label']):<{width}}  "
-              f"{m['path'] or '-'}" for m in matches]
+             f"{'rank':>4}  {'id':>7}  {'dist':>4}{head}  {'label':<{width}}  path"]
+    lines += [f"{m['rank']:>4}  {m['id']:>7}  {m['distance']:>4}{extra(m)}  "
+              f"{str(m['label']):<{width}}  {m['path'] or '-'}" for m in matches]
     blocks.append("\n".join(lines))
   return "\n\n".join(blocks)
 

@@ -39,8 +39,9 @@ def _bytes(image, fmt="PNG", **kwargs):
   return buffer.getvalue()
 
 
-def _post(client, data, name="q.png", k=5):
-  return client.post(f"/api/search?k={k}", files={"image": (name, data, "image/png")})
+def _post(client, data, name="q.png", k=5, rerank=None):
+  query = f"k={k}" + ("" if rerank is None else f"&rerank={rerank}")
+  return client.post(f"/api/search?{query}", files={"image": (name, data, "image/png")})
 
 
 def test_index_holds_codes_labels_paths_and_metadata(tree_model):
@@ -78,10 +79,11 @@ def test_search_matches_brute_force_and_finds_the_image_itself(client, tree_mode
   workdir, index_path, tree = tree_model
   query_path = tree_file(tree, "query", "Trouser")
   with open(query_path, "rb") as f:
-    response = _post(client, f.read(), k=7)
+    response = _post(client, f.read(), k=7, rerank=0)
   assert response.status_code == 200, response.text
   body = response.json()
   assert body["k"] == 7 and body["num_bits"] == 16 and len(body["results"]) == 7
+  assert body["rerank"] == 0 and "asymmetric_distance" not in body["results"][0]
   assert body["query"] == {"width": 28, "height": 28, "mode": "L", "format": "PNG"}
   # Distances are exact: NumPy popcount against every stored code, ties by id.
   encoder = encoder_lib.HashEncoder.from_workdir(workdir)
@@ -101,9 +103,36 @@ def test_search_matches_brute_force_and_finds_the_image_itself(client, tree_mode
   # of the index is asked for, as the tiny model gives more than k images that very code.
   gallery_path = index.paths[13]
   with open(gallery_path, "rb") as f:
-    results = _post(client, f.read(), k=min(len(index.paths), demo.MAX_K)).json()["results"]
+    results = _post(client, f.read(), k=min(len(index.paths), demo.MAX_K),
+                    rerank=0).json()["results"]
   assert results[0]["distance"] == 0
   assert 13 in [r["id"] for r in results if r["distance"] == 0]
+
+
+def test_rerank_orders_by_the_photos_continuous_code(client, tree_model):
+  """rerank=N >= the index: every entry ranked by the asymmetric distance of the photo's
+  continuous code (a loop over the bits), ties in (Hamming distance, id) order; the default is
+  demo.DEFAULT_RERANK; a rerank beyond MAX_RERANK is a 422."""
+  workdir, index_path, tree = tree_model
+  query_path = tree_file(tree, "query", "Sandal")
+  with open(query_path, "rb") as f:
+    data = f.read()
+  index = index_lib.HammingIndex.load(index_path)
+  body = _post(client, data, k=9, rerank=len(index)).json()
+  assert body["rerank"] == len(index) and len(body["results"]) == 9
+  encoder = encoder_lib.HashEncoder.from_workdir(workdir)
+  q = encoder.embed(images_lib.read_image(query_path, 64, 3)[None])[0].astype(np.float64)
+  weights = np.round(np.abs(q) * 2**20) / 2**20
+  bits = packing.unpack_bits(index.codes, 16).astype(bool)
+  asymmetric = [sum(w for w, x, b in zip(weights, q, row) if (x > 0) != b) for row in bits]
+  hamming = (bits != (q > 0)).sum(1)
+  order = sorted(range(len(bits)), key=lambda i: (asymmetric[i], hamming[i], i))[:9]
+  assert [r["id"] for r in body["results"]] == order
+  assert [r["distance"] for r in body["results"]] == hamming[order].tolist()
+  assert [r["asymmetric_distance"] for r in body["results"]] == [
+      round(asymmetric[i], 4) for i in order]
+  assert _post(client, data).json()["rerank"] == demo.DEFAULT_RERANK
+  assert _post(client, data, rerank=demo.MAX_RERANK + 1).status_code == 422
 
 
 def test_greyscale_rgba_palette_cmyk_and_16_bit_uploads_work(client, tree_model):

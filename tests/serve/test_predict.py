@@ -59,6 +59,40 @@ def test_a_database_image_finds_itself_first(trained, tmp_path):
   assert row[:3] == ["1", str(query_id), "0"]
 
 
+def test_rerank_orders_the_hamming_candidates_by_the_query_confidence(trained, tmp_path):
+  """`rerank`: the Hamming top-N re-ranked by the asymmetric distance of the query's continuous
+  code, against a loop over the bits; each match keeps its Hamming distance; with N = the index
+  size the whole index is ranked; the table gains the column."""
+  workdir, index_path, database, query_path, query_id = trained
+  other_path = str(tmp_path / "other.png")
+  Image.fromarray(np.rot90(database.images[201][..., 0])).save(other_path)
+  index = index_lib.HammingIndex.load(index_path)
+  cat = catalogue.Catalogue.open(workdir, index_path)
+  images = np.stack([catalogue.read_query(p, cat.encoder.image_shape)
+                     for p in (query_path, other_path)])
+  embeddings = cat.encoder.embed(images)
+  bits = packing.unpack_bits(index.codes, index.num_bits).astype(bool)
+  for rerank in (12, len(index)):
+    results = predict.predict(workdir, [query_path, other_path], index_path=index_path, k=8,
+                              rerank=rerank)
+    for result, q in zip(results, embeddings):
+      hamming_ids, _ = _brute_force(index, result["code"], rerank)
+      weights = np.round(np.abs(q.astype(np.float64)) * 2**20) / 2**20
+      loop = {int(i): sum(w for w, x, b in zip(weights, q, bits[int(i)]) if (x > 0) != b)
+              for i in hamming_ids}
+      want = sorted(hamming_ids, key=lambda i: loop[i])[:8]       # stable: Hamming order kept
+      matches = result["matches"]
+      assert all(set(m) == MATCH_FIELDS | {"asymmetric_distance"} for m in matches)
+      assert [m["id"] for m in matches] == want
+      assert [m["asymmetric_distance"] for m in matches] == [round(loop[i], 4) for i in want]
+      assert [m["distance"] for m in matches] == [
+          int((bits[i] != (q > 0)).sum()) for i in want]
+  assert results[0]["matches"][0]["id"] == query_id       # the image itself: distance 0 either way
+  assert "asym" in predict.render_table(results).splitlines()[1]
+  with pytest.raises(catalogue.CatalogueError, match="rerank=-1"):
+    predict.predict(workdir, [query_path], index_path=index_path, rerank=-1)
+
+
 def test_without_index_the_database_split_is_encoded_on_the_fly(trained, caplog):
   workdir, index_path, _, query_path, _ = trained
   caplog.set_level(logging.INFO)

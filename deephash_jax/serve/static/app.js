@@ -32,7 +32,7 @@ function showError(message) {
   $("status").textContent = "";
 }
 
-function card(entry, extra) {
+function card(entry, extra, asymmetric) {
   const li = document.createElement("li");
   li.className = "result";
   li.dataset.id = entry.id;
@@ -50,7 +50,9 @@ function card(entry, extra) {
     const distance = document.createElement("span");
     distance.className = "distance";
     distance.textContent = `d = ${extra}`;
-    distance.title = `Hamming distance: ${extra} of ${info.num_bits} bits differ`;
+    distance.title = `Hamming distance: ${extra} of ${info.num_bits} bits differ` +
+      (asymmetric === undefined ? "" :
+        `; re-ranked by the photo's confidence in each bit: ${asymmetric.toFixed(3)}`);
     caption.append(distance);
   }
   li.title = entry.path || "";
@@ -61,7 +63,7 @@ function card(entry, extra) {
 function showResults(data, label) {
   $("error").hidden = true;
   const results = $("results");
-  results.replaceChildren(...data.results.map((r) => card(r, r.distance)));
+  results.replaceChildren(...data.results.map((r) => card(r, r.distance, r.asymmetric_distance)));
   const timing = data.timing_ms ? ` in ${data.timing_ms.total.toFixed(0)} ms` : "";
   $("status").textContent = `${data.results.length} nearest to ${label}${timing}`;
   results.querySelectorAll(".result").forEach((li) =>
