@@ -74,3 +74,47 @@ def test_category_both_ways_agree_on_sign_queries_and_differ_on_confident_ones()
                                       eval_config=eval_config, num_bits=6)
   assert graded["hamming_map_all"] == signs["hamming_map_all"]
   assert graded["asymmetric_map_all"] != graded["hamming_map_all"]
+
+
+def test_rerank_depth_figures_match_loops_over_the_shuffled_index():
+  """rerank_depth.index_figures: R@1, R@10, found_in_D and the category P@10 of the Hamming
+  search and of the re-ranked top-D against loops over the same codes, ranked the index's way
+  (distance, then insertion order in the seeded shuffle)."""
+  rerank = _load("experiments/graded_codes/rerank_depth.py")
+  rng = np.random.default_rng(4)
+  num_bits, n, m = 8, 25, 120
+  db = np.where(rng.random((m, num_bits)) > 0.5, 1.0, -1.0) * rng.uniform(0.2, 1.0, (m, num_bits))
+  flipped = rng.random((n, num_bits)) < 0.25    # the flips, on bits the query is unsure of
+  query = np.sign(db[:n]) * np.where(flipped, -rng.uniform(0.05, 0.3, (n, num_bits)),
+                                     rng.uniform(0.5, 1.0, (n, num_bits)))
+  labels = rng.integers(0, 3, m)
+  depths = (10, 40)
+  out = rerank.index_figures(query, db, query, labels[:n], db[n:], labels[n:], depths=depths,
+                             seed=7)
+  assert out["rerank_40_recall_at_1"] > out["hamming_recall_at_1"]   # the re-ranking matters
+
+  def ranked(q, codes):   # by Hamming distance, then insertion order (the seeded permutation)
+    order = np.random.default_rng(7).permutation(len(codes))
+    hamming = lambda row: int(((q > 0) != (codes[row] > 0)).sum())
+    return [order[p] for p in sorted(range(len(order)), key=lambda p: (hamming(order[p]), p))]
+
+  def asym(q, row, codes):
+    return sum(abs(x) for x, b in zip(q, codes[row]) if (x > 0) != (b > 0))
+
+  for prefix, depth in (("hamming", None), *((f"rerank_{d}", d) for d in depths)):
+    r1, r10, p10, found = [], [], [], []
+    for i, q in enumerate(query):
+      cm, cat = ranked(q, db), ranked(q, db[n:])
+      if depth is not None:
+        found.append(i in cm[:depth])
+        cm = sorted(cm[:depth], key=lambda row: asym(q, row, db))        # stable
+        cat = sorted(cat[:depth], key=lambda row: asym(q, row, db[n:]))
+      r1.append(cm[0] == i)
+      r10.append(i in cm[:10])
+      p10.append(np.mean(labels[n:][cat[:10]] == labels[i]))
+    assert out[f"{prefix}_recall_at_1"] == round(float(np.mean(r1)), 4), prefix
+    assert out[f"{prefix}_recall_at_10"] == round(float(np.mean(r10)), 4), prefix
+    assert out[f"{prefix}_category_precision_at_10"] == round(float(np.mean(p10)), 4), prefix
+    if depth is not None:
+      assert out[f"found_in_{depth}"] == round(float(np.mean(found)), 4)
+      assert out[f"{prefix}_queries_per_second"] > 0
