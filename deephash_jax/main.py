@@ -65,8 +65,9 @@ flags.DEFINE_string("index", None, "The index file built by `deephash index` (pr
 flags.DEFINE_integer("port", 8000, "Port on 127.0.0.1.")
 flags.DEFINE_multi_string("image", [], "A query image file; repeat for several.")
 flags.DEFINE_integer("k", 10, "Matches per query.")
-flags.DEFINE_integer("rerank", 0, "predict: 0 ranks by Hamming distance; N > 0 re-ranks the "
-                     "Hamming top-N by the query's continuous code (search/asymmetric.py).")
+flags.DEFINE_integer("rerank", None, "predict: N > 0 re-ranks the Hamming top-N by the query's "
+                     "continuous code (search/asymmetric.py; default: "
+                     "search/index.py DEFAULT_CANDIDATES); 0 ranks by Hamming distance.")
 flags.DEFINE_string("grid", None, "Also write the queries and their matches to this PNG.")
 # benchmark.
 flags.DEFINE_bool("print_plan", False, "Print the `deephash train` command of every planned run "
@@ -156,8 +157,9 @@ def _demo():
 def _predict():
   from deephash_jax.serve import catalogue, predict  # pylint: disable=g-import-not-at-top
   try:
+    rerank = {} if FLAGS.rerank is None else {"rerank": FLAGS.rerank}
     results = predict.predict(FLAGS.workdir, FLAGS.image, index_path=FLAGS.index, k=FLAGS.k,
-                              rerank=FLAGS.rerank, grid=FLAGS.grid)
+                              grid=FLAGS.grid, **rerank)
   except (catalogue.CatalogueError, FileNotFoundError) as e:
     sys.exit(f"deephash predict: {e}")
   print(json.dumps({"queries": results}) if FLAGS.json else predict.render_table(results))

@@ -21,6 +21,7 @@ import numpy as np
 from deephash_jax.search import packing
 
 WEIGHT_QUANTUM = 2.0**-20
+QUERY_CHUNK = 256   # queries whose lookup tables `rerank` builds at once (256 * B * 2 KiB)
 
 
 def query_weights(query_codes) -> np.ndarray:
@@ -41,6 +42,28 @@ def distances(signed_weights: np.ndarray, db_signs: np.ndarray) -> np.ndarray:
   (nd, K): (sum_i |w_i| - w . b) / 2, exact."""
   total = np.abs(signed_weights).sum(axis=1)
   return (total[:, None] - signed_weights @ np.asarray(db_signs, np.float64).T) / 2.0
+
+
+_BYTE_BITS = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1,
+                           bitorder="little").astype(np.float64)      # (256, 8): bit t of byte v
+
+
+def byte_tables(signed_weights: np.ndarray) -> np.ndarray:
+  """(nq, B, 256) float64 lookup tables: entry [q, j, v] is the asymmetric distance that byte
+  value v at byte j of a packed code (packing.py's bit order) adds for query q. A code's distance
+  is the sum over its B bytes of table[q, j, code[j]], as product quantization's asymmetric
+  distance computation sums a table per sub-vector: B lookups per code rather than K bits, and
+  exact, as every entry is a multiple of WEIGHT_QUANTUM. Padding bits (beyond K) weigh 0."""
+  nq, num_bits = signed_weights.shape
+  width = packing.num_bytes(num_bits)
+  w = np.zeros((nq, 8 * width))
+  w[:, :num_bits] = signed_weights
+  w = w.reshape(nq, width, 8)
+  # A bit adds |w| when it differs from the query's sign: |w| * (b + s - 2 b s), s = [w > 0].
+  positive = (w > 0).astype(np.float64)
+  base = np.sum(np.abs(w) * positive, axis=-1)                            # every bit b = 0
+  slope = (np.abs(w) * (1.0 - 2.0 * positive)).reshape(-1, 8)
+  return base[..., None] + (slope @ _BYTE_BITS.T).reshape(nq, width, 256)
 
 
 def rerank(query_codes, db_packed: np.ndarray, candidates: np.ndarray, *, num_bits: int):
@@ -68,10 +91,13 @@ def rerank(query_codes, db_packed: np.ndarray, candidates: np.ndarray, *, num_bi
   present = candidates >= 0
   if not present.any():      # an empty database, or nothing found
     return np.full(candidates.shape, np.inf), np.full(candidates.shape, -1, np.int64)
-  bits = packing.unpack_bits(db_packed[np.where(present, candidates, 0)].reshape(
-      -1, db_packed.shape[-1]), num_bits).reshape(*candidates.shape, num_bits)
-  signs = np.where(bits, 1.0, -1.0)
-  d = (np.abs(w).sum(axis=1)[:, None] - np.einsum("qk,qck->qc", w, signs)) / 2.0
+  codes = db_packed[np.where(present, candidates, 0)]                  # (nq, c, B)
+  d = np.empty(candidates.shape)
+  for start in range(0, len(w), QUERY_CHUNK):    # tables of a chunk stay in cache
+    rows = slice(start, start + QUERY_CHUNK)
+    tables = byte_tables(w[rows])                                     # (chunk, B, 256)
+    d[rows] = tables[np.arange(len(tables))[:, None, None], np.arange(codes.shape[-1]),
+                     codes[rows]].sum(axis=-1)
   d = np.where(present, d, np.inf)
   order = np.argsort(d, axis=1, kind="stable")
   return (np.take_along_axis(d, order, axis=1),

@@ -36,6 +36,7 @@ import starlette.datastructures
 import uvicorn
 
 from deephash_jax.data import images as images_lib
+from deephash_jax.search import index as index_lib
 from deephash_jax.serve import catalogue as catalogue_lib
 
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
@@ -44,7 +45,7 @@ MAX_PIXELS = 40_000_000
 MAX_K = 100
 MAX_RERANK = 10_000
 # /api/search re-ranks the Hamming top DEFAULT_RERANK by the photo's continuous code (0: off).
-DEFAULT_RERANK = 0
+DEFAULT_RERANK = index_lib.DEFAULT_CANDIDATES
 # Upload problems -> HTTP status: the client can tell "too big" from "not an image".
 STATUS_OF_IMAGE_ERROR = {"empty_file": 400, "corrupt": 400, "unreadable": 400,
                          "not_image": 415, "unsupported_format": 415, "too_large": 413}

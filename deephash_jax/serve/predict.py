@@ -7,9 +7,9 @@ Each query file is read like the demo's uploads and the catalogue's own images (
 loader, data/images.py: EXIF rotation, transparency on black, converted and resized to the
 model's input), encoded by the model and searched exactly in the catalogue (catalogue.py: an
 index built by `deephash index` for this very model, or without one the workdir's database split
-encoded on the fly). Matches come sorted by (Hamming distance, id); with `rerank` > 0, the
-Hamming top-`rerank` re-ranked by the asymmetric distance of the query's continuous code
-(search/asymmetric.py).
+encoded on the fly). The Hamming top-`rerank` (100 by default) is re-ranked by the asymmetric
+distance of the query's continuous code (search/asymmetric.py); with rerank=0 matches come
+sorted by (Hamming distance, id).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import numpy as np
 
 from deephash_jax import config_lib
 from deephash_jax.data import registry
+from deephash_jax.search import index as index_lib
 from deephash_jax.search import packing
 from deephash_jax.serve import catalogue as catalogue_lib
 
@@ -31,7 +32,8 @@ GRID_CELL_INCHES = 1.5
 
 
 def predict(workdir: str, image_paths: Sequence[str], *, index_path: str | None = None,
-            k: int = 10, rerank: int = 0, grid: str | None = None) -> list[dict]:
+            k: int = 10, rerank: int = index_lib.DEFAULT_CANDIDATES,
+            grid: str | None = None) -> list[dict]:
   """The k nearest index entries of each query image file, by the model in `workdir`.
 
   Args:
@@ -41,7 +43,7 @@ def predict(workdir: str, image_paths: Sequence[str], *, index_path: str | None 
       database split on the fly (see the module docstring).
     k: matches per query (at most the index size).
     rerank: 0, the Hamming ranking; > 0, the Hamming top-`rerank` re-ranked by the asymmetric
-      distance (`Catalogue.search_embeddings`).
+      distance (`Catalogue.search_embeddings`; default `index.DEFAULT_CANDIDATES`).
     grid: when given, a PNG with one row per query: the query, then its matches.
 
   Returns:

@@ -124,3 +124,17 @@ def test_non_finite_query_is_refused():
   query[0, 3] = np.nan
   with pytest.raises(ValueError, match="non-finite"):
     index.search_asymmetric(query, 1)
+
+
+@pytest.mark.parametrize("num_bits", [8, 13, 48])
+def test_byte_tables_sum_to_the_loop_distance(num_bits):
+  rng = np.random.default_rng(num_bits)
+  w = asymmetric.query_weights(np.tanh(rng.normal(size=(3, num_bits))))
+  bits = rng.random((11, num_bits)) < 0.5
+  packed = packing.pack_bits(bits)
+  tables = asymmetric.byte_tables(w)
+  assert tables.shape == (3, packing.num_bytes(num_bits), 256)
+  got = np.array([[sum(tables[q, j, code[j]] for j in range(len(code))) for code in packed]
+                  for q in range(3)])
+  want = [[_loop_distance(q, b) for b in bits] for q in w]
+  np.testing.assert_array_equal(got, want)   # exact: multiples of 2**-20

@@ -35,7 +35,8 @@ def test_a_database_image_finds_itself_first(trained, tmp_path):
   # A second query in another format and size: converted like the catalogue images.
   other_path = str(tmp_path / "other.jpg")
   Image.fromarray(database.images[200][..., 0]).convert("RGB").resize((100, 90)).save(other_path)
-  results = predict.predict(workdir, [query_path, other_path], index_path=index_path, k=10)
+  results = predict.predict(workdir, [query_path, other_path], index_path=index_path, k=10,
+                            rerank=0)
   assert [r["query"] for r in results] == [query_path, other_path]
   first = results[0]["matches"][0]
   assert first == {"rank": 1, "id": query_id, "distance": 0, "path": None,
@@ -112,7 +113,8 @@ def test_command_line_json_table_and_grid(trained, tmp_path):
   queries = json.loads(done.stdout)["queries"]
   assert len(queries) == 2 and queries[0] == queries[1]
   assert set(queries[0]) == {"query", "code", "num_bits", "matches"}
-  assert all(set(m) == MATCH_FIELDS for m in queries[0]["matches"])
+  # Re-ranked by default (--rerank=100): each match carries its asymmetric distance too.
+  assert all(set(m) == MATCH_FIELDS | {"asymmetric_distance"} for m in queries[0]["matches"])
   assert [m["rank"] for m in queries[0]["matches"]] == [1, 2, 3, 4]
   assert queries[0]["matches"][0]["id"] == query_id
   # The PNG: 2 rows of 1 query + 4 matches, thumbnails read from the dataset split by id.
