@@ -1,6 +1,7 @@
 """The experiments' diagnostics against loops over the same codes, ties included."""
 import importlib.util
 import pathlib
+import sys
 
 import numpy as np
 
@@ -14,6 +15,7 @@ _ROOT = pathlib.Path(__file__).resolve().parents[1]
 def _load(path: str):
   spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem, _ROOT / path)
   module = importlib.util.module_from_spec(spec)
+  sys.modules[spec.name] = module     # as an import does (dataclasses look the module up)
   spec.loader.exec_module(module)
   return module
 

@@ -21,15 +21,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 import time
 
 import numpy as np
 
-from deephash_jax.data import registry
-from deephash_jax.encoder import HashEncoder
 from deephash_jax.evaluators import closest_match
 from deephash_jax.search import packing
 from deephash_jax.search.index import HammingIndex
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import where_garment_goes  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 SHUFFLE_SEED = 0
 
@@ -78,28 +81,19 @@ def index_figures(query_codes, cm_db_codes, category_codes, category_labels, cat
 
 
 def measure(workdir: str, depths, num_queries: int | None = None) -> dict:
-  enc = HashEncoder.from_workdir(workdir)
-  config = enc.config
-  cm_config = config.eval.closest_match
-  if num_queries:
-    cm_config.num_queries = num_queries
-  query = registry.load_split(config.input, config.input.query_split)
-  database = registry.load_split(config.input, config.input.database_split)
-  protocol = closest_match.prepare(query.images, len(database), cm_config)
-  originals, distractors = enc.embed(query.images), enc.embed(database.images)
-  query_codes = enc.embed(protocol.queries)
-  ties = config.eval.get("ties", "expected")
-  hamming = closest_match.metrics(protocol, query_codes, originals, distractors,
-                                  num_bits=enc.num_bits, ties=ties)
-  asymmetric = closest_match.asymmetric_metrics(protocol, query_codes, originals, distractors,
-                                                ties=ties)
-  out = {"workdir": workdir, "num_bits": enc.num_bits, "num_queries": len(query_codes),
+  e = where_garment_goes.embed_protocol(workdir, num_queries)
+  ties = e.encoder.config.eval.get("ties", "expected")
+  hamming = closest_match.metrics(e.protocol, e.query_codes, e.originals, e.distractors,
+                                  num_bits=e.encoder.num_bits, ties=ties)
+  asymmetric = closest_match.asymmetric_metrics(e.protocol, e.query_codes, e.originals,
+                                                e.distractors, ties=ties)
+  out = {"workdir": workdir, "num_bits": e.encoder.num_bits, "num_queries": len(e.query_codes),
          "eval_hamming_recall_at_1": round(float(hamming["recall_at_1"]), 4),
          "eval_asymmetric_recall_at_1": round(float(asymmetric["recall_at_1"]), 4)}
-  out.update(index_figures(query_codes, np.concatenate([originals, distractors]), originals,
-                           query.labels, distractors, database.labels, depths=depths))
+  out.update(index_figures(e.query_codes, np.concatenate([e.originals, e.distractors]),
+                           e.originals, e.query.labels, e.distractors, e.database.labels,
+                           depths=depths))
   return out
-
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

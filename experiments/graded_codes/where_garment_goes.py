@@ -30,6 +30,7 @@ mAP@k (`config.eval.map_at`), with the evaluation's ties rule (the asymmetric ra
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 
 import numpy as np
@@ -105,7 +106,21 @@ def category_both_ways(query_codes, query_labels, db_codes, db_labels, *, eval_c
           for name, result in (("hamming", hamming), ("asymmetric", asymmetric))}
 
 
-def diagnose(workdir: str, num_queries: int | None = None, category: bool = False) -> dict:
+@dataclasses.dataclass(frozen=True)
+class Embedded:
+  """A workdir's model and the continuous codes of its evaluation's splits and queries."""
+  encoder: HashEncoder
+  query: object              # the query split (images, labels)
+  database: object           # the database split
+  protocol: closest_match.ClosestMatch
+  originals: np.ndarray      # the query split's codes: the closest match's originals
+  distractors: np.ndarray    # the database split's codes
+  query_codes: np.ndarray    # the closest-match queries' codes
+
+
+def embed_protocol(workdir: str, num_queries: int | None = None) -> Embedded:
+  """The evaluation's codes of `workdir`'s latest checkpoint: its closest-match protocol
+  (`config.eval.closest_match`, the first `num_queries` queries if given) and both splits."""
   enc = HashEncoder.from_workdir(workdir)
   config = enc.config
   cm_config = config.eval.closest_match
@@ -114,22 +129,26 @@ def diagnose(workdir: str, num_queries: int | None = None, category: bool = Fals
   query = registry.load_split(config.input, config.input.query_split)
   database = registry.load_split(config.input, config.input.database_split)
   protocol = closest_match.prepare(query.images, len(database), cm_config)
-  db_codes = np.concatenate([enc.embed(query.images), enc.embed(database.images)])
-  db_labels = np.concatenate([query.labels, database.labels])
-  out = {"workdir": workdir, "num_bits": enc.num_bits}
-  query_codes = enc.embed(protocol.queries)
-  out.update(garment_losses(_signs(query_codes), _signs(db_codes), db_labels,
-                            query.labels[:len(protocol.queries)]))
-  asymmetric = closest_match.asymmetric_metrics(
-      protocol, query_codes, db_codes[:len(query)], db_codes[len(query):],
-      ties=config.eval.get("ties", "expected"))
+  return Embedded(enc, query, database, protocol, enc.embed(query.images),
+                  enc.embed(database.images), enc.embed(protocol.queries))
+
+
+def diagnose(workdir: str, num_queries: int | None = None, category: bool = False) -> dict:
+  e = embed_protocol(workdir, num_queries)
+  config = e.encoder.config
+  db_codes = np.concatenate([e.originals, e.distractors])
+  db_labels = np.concatenate([e.query.labels, e.database.labels])
+  out = {"workdir": workdir, "num_bits": e.encoder.num_bits}
+  out.update(garment_losses(_signs(e.query_codes), _signs(db_codes), db_labels,
+                            e.query.labels[:len(e.query_codes)]))
+  asymmetric = closest_match.asymmetric_metrics(e.protocol, e.query_codes, e.originals,
+                                                e.distractors,
+                                                ties=config.eval.get("ties", "expected"))
   out["asymmetric_recall_at_1"] = round(float(asymmetric["recall_at_1"]), 4)
   if category:
-    out.update(category_both_ways(db_codes[:len(query)], query.labels, db_codes[len(query):],
-                                  database.labels, eval_config=config.eval,
-                                  num_bits=enc.num_bits))
+    out.update(category_both_ways(e.originals, e.query.labels, e.distractors, e.database.labels,
+                                  eval_config=config.eval, num_bits=e.encoder.num_bits))
   return out
-
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
