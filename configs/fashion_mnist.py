@@ -114,7 +114,9 @@ def get_config():
   config.loss.graded.item_symmetric = False
   # > 0: a hinge on each query view's signs against its gallery view's, item_bit_margin beyond 0
   # on the pre-codes (losses/graded.py bit_agreement_loss): the bits the search reads held, where
-  # the item InfoNCE's cosine barely scores a bit near 0.
+  # the item InfoNCE's cosine barely scores a bit near 0. Tried, not kept: on graded_tanh_qv2_48b_s0
+  # weight 1 cuts the query's drift 3.89 -> 2.72 bits but packs the codes (31,280 -> 22,231
+  # distinct), CM R@1 0.0849 -> 0.0660 (experiments/graded_codes/README.md, "A hinge").
   config.loss.graded.item_bit_weight = 0.0
   config.loss.graded.item_bit_margin = 0.5
   # In [0, 1]: the item term's code distance weighted per bit by 1 - discount * |the anchor's
