@@ -19,7 +19,6 @@ test images against the training images, relevant = the same type):
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -96,11 +95,8 @@ def measure(workdir: str, depths, num_queries: int | None = None) -> dict:
   return out
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("workdirs", nargs="+")
+  parser = where_garment_goes.workdirs_parser(__doc__)
   parser.add_argument("--depths", type=int, nargs="+", default=[10, 30, 100, 300, 1000])
-  parser.add_argument("--num_queries", type=int, default=None,
-                      help="the first N closest-match queries (default: the config's)")
   args = parser.parse_args()
   for workdir in args.workdirs:
     print(json.dumps(measure(workdir, args.depths, args.num_queries)), flush=True)

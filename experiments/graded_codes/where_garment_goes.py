@@ -150,11 +150,17 @@ def diagnose(workdir: str, num_queries: int | None = None, category: bool = Fals
                                   eval_config=config.eval, num_bits=e.encoder.num_bits))
   return out
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def workdirs_parser(doc: str) -> argparse.ArgumentParser:
+  """The arguments every script of this folder takes: workdirs and --num_queries."""
+  parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
   parser.add_argument("workdirs", nargs="+")
   parser.add_argument("--num_queries", type=int, default=None,
                       help="the first N closest-match queries (default: the config's)")
+  return parser
+
+
+def main():
+  parser = workdirs_parser(__doc__)
   parser.add_argument("--category", action="store_true",
                       help="also the category search ranked by Hamming and asymmetric distance")
   args = parser.parse_args()
