@@ -24,7 +24,8 @@ query's code to its original's code:
 Every figure but the last is computed from the sign codes with NumPy, the queries in chunks of
 256. `--category` adds the category search (the test images against the training images,
 relevant = same type) ranked both ways: `hamming_map_all`, `asymmetric_map_all` and their
-mAP@k (`config.eval.map_at`), with the evaluation's ties rule (the asymmetric ranking sorts every row: about a minute more).
+mAP@k (`config.eval.map_at`), with the evaluation's ties rule (the asymmetric ranking sorts
+every row: about a minute more).
 """
 
 from __future__ import annotations
