@@ -60,9 +60,9 @@ def test_equal_codes_tie_to_the_lower_position_and_ids_are_mapped():
   index.add(packing.pack_bits(db_bits), ids=ids)
   d, i = index.search_asymmetric(query, 80, candidates=80)
   positions = (i - 1000) // 3
-  for row in range(len(query)):
-    for a, b in zip(positions[row][:-1], positions[row][1:]):
-      assert d[row][list(positions[row]).index(a)] <= d[row][list(positions[row]).index(b)]
+  assert np.all(np.diff(d, axis=1) >= 0)
+  for row in positions:
+    for a, b in zip(row[:-1], row[1:]):
       if np.array_equal(db_bits[a], db_bits[b]):   # the same code: the lower position first
         assert a < b
 
