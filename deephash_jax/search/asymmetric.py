@@ -11,17 +11,26 @@ equal database codes get equal distances in any summation order, and their ties 
 lower position, as in the Hamming search (hamming.py).
 
 `rerank` orders a Hamming search's candidates by it (HammingIndex.search_asymmetric: the packed
-scan finds the candidates, this re-ranks a few hundred per query);
+scan finds the candidates, this re-ranks a few hundred per query), jitted: the weights as integer
+multiples of the quantum, each candidate's distance an int32 sum, exact while a query's sum of
+|q_i| stays under 2**11 (tanh codes of up to 2047 bits; beyond, the NumPy lookup tables of
+`rerank_tables`, also exact), then sorted on the host.
 evaluators/ranking.py `asymmetric_distance_rows` ranks the whole database by it.
 """
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
+from jax import lax
 import numpy as np
 
 from deephash_jax.search import packing
 
 WEIGHT_QUANTUM = 2.0**-20
-QUERY_CHUNK = 256   # queries whose lookup tables `rerank` builds at once (256 * B * 2 KiB)
+QUERY_CHUNK = 256   # queries re-ranked by one call (`rerank`) or one set of lookup tables
+_CALL_ELEMENTS = 1 << 24   # bits (queries * candidates * num_bits) one jitted call unpacks
+_MISSING = np.iinfo(np.int32).max   # the int32 distance of a missing candidate
+MAX_JIT_WEIGHT = _MISSING * WEIGHT_QUANTUM   # a query's sum of |q_i| that `rerank` jits below
 
 
 def query_weights(query_codes) -> np.ndarray:
@@ -66,6 +75,30 @@ def byte_tables(signed_weights: np.ndarray) -> np.ndarray:
   return base[..., None] + (slope @ _BYTE_BITS.T).reshape(nq, width, 256)
 
 
+def _check_rerank_args(query_codes, candidates, num_bits):
+  w = query_weights(query_codes)
+  if w.shape[1] != num_bits:
+    raise ValueError(f"query_codes: {w.shape[1]} bits per code, the database has {num_bits}")
+  candidates = np.asarray(candidates, np.int64)
+  if candidates.ndim != 2 or candidates.shape[0] != w.shape[0]:
+    raise ValueError(f"candidates: expected ({w.shape[0]}, c) positions, got shape "
+                     f"{candidates.shape}")
+  return w, candidates
+
+
+@jax.jit
+def _distances_jit(weights, codes):
+  """weights int32 (n, K): signed multiples of WEIGHT_QUANTUM; codes uint8 (n, c, B): the
+  candidates' packed codes. Returns int32 (n, c) asymmetric distances in quanta."""
+  n, c, width = codes.shape
+  bits = (codes[..., None] >> jnp.arange(8, dtype=jnp.uint8)) & 1            # packing's order
+  bits = bits.reshape(n, c, 8 * width)[..., :weights.shape[1]].astype(jnp.int32)
+  # A bit adds |w| where it differs from the query's sign: the distance to the all-zero code,
+  # sum(max(w, 0)), less w . b.
+  base = jnp.sum(jnp.maximum(weights, 0), axis=1)
+  return base[:, None] - jnp.sum(bits * weights[:, None, :], axis=-1)
+
+
 def rerank(query_codes, db_packed: np.ndarray, candidates: np.ndarray, *, num_bits: int):
   """The candidates of each query ordered by the asymmetric distance.
 
@@ -79,15 +112,46 @@ def rerank(query_codes, db_packed: np.ndarray, candidates: np.ndarray, *, num_bi
   Returns:
     (D float64 (nq, c), I int64 (nq, c)): each row sorted by the asymmetric distance, ties kept
     in the candidates' order (so by Hamming distance, then position); missing ones last, with
-    distance inf and position -1.
+    distance inf and position -1. The distances are jitted in calls of a power-of-two number
+    of queries (at most QUERY_CHUNK, fewer where candidates * num_bits is large), so that few
+    shapes compile; `rerank_tables` where a query's sum of |q_i| reaches MAX_JIT_WEIGHT.
   """
-  w = query_weights(query_codes)
-  if w.shape[1] != num_bits:
-    raise ValueError(f"query_codes: {w.shape[1]} bits per code, the database has {num_bits}")
-  candidates = np.asarray(candidates, np.int64)
-  if candidates.ndim != 2 or candidates.shape[0] != w.shape[0]:
-    raise ValueError(f"candidates: expected ({w.shape[0]}, c) positions, got shape "
-                     f"{candidates.shape}")
+  w, candidates = _check_rerank_args(query_codes, candidates, num_bits)
+  nq, c = candidates.shape
+  present = candidates >= 0
+  if not present.any():      # an empty database, or nothing found
+    return np.full(candidates.shape, np.inf), np.full(candidates.shape, -1, np.int64)
+  if np.abs(w).sum(axis=1).max() >= MAX_JIT_WEIGHT:       # int32 sums would overflow
+    return rerank_tables(query_codes, db_packed, candidates, num_bits=num_bits)
+  weights = np.round(w / WEIGHT_QUANTUM).astype(np.int32)        # whole quanta, exact
+  codes = db_packed[np.where(present, candidates, 0)]             # (nq, c, B)
+  rows = max(1, min(QUERY_CHUNK, _CALL_ELEMENTS // (c * num_bits)))
+  rows = min(1 << (rows.bit_length() - 1), 1 << (nq - 1).bit_length())   # a power of two
+  pending = []
+  for start in range(0, nq, rows):
+    part = [weights[start:start + rows], codes[start:start + rows]]
+    pad = rows - len(part[0])
+    if pad:
+      part = [np.concatenate([a, np.zeros((pad,) + a.shape[1:], a.dtype)]) for a in part]
+    pending.append((start, _distances_jit(*part)))
+  d = np.empty((nq, c), np.int64)
+  for start, part in pending:                       # dispatched asynchronously above
+    d[start:start + rows] = np.asarray(part)[:min(rows, nq - start)]
+  d = np.where(present, d, _MISSING)
+  # Sorted on the host: XLA:CPU's sort of (distance, place) is several times slower than
+  # NumPy's argsort of the unique keys distance * c + place (ties in the candidates' order).
+  order = np.argsort(d * c + np.arange(c), axis=1)
+  d = np.take_along_axis(d, order, axis=1)
+  return (np.where(d == _MISSING, np.inf, d * WEIGHT_QUANTUM),
+          np.take_along_axis(np.where(present, candidates, -1), order, axis=1))
+
+
+def rerank_tables(query_codes, db_packed: np.ndarray, candidates: np.ndarray, *,
+                  num_bits: int):
+  """`rerank` in NumPy by `byte_tables` (float64, exact at any length): the path of queries
+  whose sum of |q_i| reaches MAX_JIT_WEIGHT (about 2**11), and the reference that
+  benchmarks/rerank_benchmark.py times."""
+  w, candidates = _check_rerank_args(query_codes, candidates, num_bits)
   present = candidates >= 0
   if not present.any():      # an empty database, or nothing found
     return np.full(candidates.shape, np.inf), np.full(candidates.shape, -1, np.int64)

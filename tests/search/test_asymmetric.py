@@ -138,3 +138,76 @@ def test_byte_tables_sum_to_the_loop_distance(num_bits):
                   for q in range(3)])
   want = [[_loop_distance(q, b) for b in bits] for q in w]
   np.testing.assert_array_equal(got, want)   # exact: multiples of 2**-20
+
+
+def _candidates(rng, nq, nd, c, missing=0.1):
+  """Distinct positions per row in a random order, some -1 (missing) among them."""
+  rows = np.array([rng.permutation(nd)[:c] for _ in range(nq)])
+  return np.where(rng.random(rows.shape) < missing, -1, rows)
+
+
+@pytest.mark.parametrize("nq,c,num_bits", [(1, 7, 20), (3, 40, 48), (300, 25, 13)])
+def test_jitted_rerank_matches_the_loop(nq, c, num_bits):
+  """Every query size (padded to a power of two, several calls past QUERY_CHUNK), missing
+  candidates anywhere in a row, exact ties: the loop's distances, its stable order."""
+  rng = np.random.default_rng(nq)
+  query, db_bits = _data(seed=nq, nq=nq, nd=60, num_bits=num_bits)
+  packed = packing.pack_bits(db_bits)
+  candidates = _candidates(rng, nq, 60, c)
+  d, i = asymmetric.rerank(query, packed, candidates, num_bits=num_bits)
+  for row in range(nq):
+    pool = [p for p in candidates[row] if p >= 0]
+    pool.sort(key=lambda p: _loop_distance(query[row], db_bits[p]))   # stable
+    want_d = [_loop_distance(query[row], db_bits[p]) for p in pool]
+    np.testing.assert_array_equal(i[row], pool + [-1] * (c - len(pool)))
+    np.testing.assert_array_equal(d[row], want_d + [np.inf] * (c - len(pool)))
+  td, ti = asymmetric.rerank_tables(query, packed, candidates, num_bits=num_bits)
+  np.testing.assert_array_equal(d, td)
+  np.testing.assert_array_equal(i, ti)
+
+
+def test_jitted_rerank_splits_long_candidate_lists(monkeypatch):
+  """Fewer queries a call when candidates * num_bits is large: the same results."""
+  rng = np.random.default_rng(5)
+  query, db_bits = _data(seed=5, nq=9, nd=200, num_bits=24)
+  packed = packing.pack_bits(db_bits)
+  candidates = _candidates(rng, 9, 200, 150)
+  want = asymmetric.rerank(query, packed, candidates, num_bits=24)
+  calls = []
+  jitted = asymmetric._distances_jit
+  monkeypatch.setattr(asymmetric, "_CALL_ELEMENTS", 2 * 150 * 24)
+  monkeypatch.setattr(asymmetric, "_distances_jit",
+                      lambda *a: calls.append(a[0].shape) or jitted(*a))
+  got = asymmetric.rerank(query, packed, candidates, num_bits=24)
+  assert calls == [(2, 24)] * 5
+  for a, b in zip(got, want):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_large_query_weights_take_the_exact_tables(monkeypatch):
+  """A query whose sum of |q_i| would overflow the int32 sums: the NumPy tables, still exact."""
+  query, db_bits = _data(seed=7, nq=4, nd=30, num_bits=40)
+  query = query * 256.0           # sums of 3,600-5,200 > 2**11
+  assert np.abs(query).sum(axis=1).max() >= asymmetric.MAX_JIT_WEIGHT
+  candidates = np.tile(np.arange(30), (4, 1))
+  monkeypatch.setattr(asymmetric, "_distances_jit", None)     # would fail if called
+  d, i = asymmetric.rerank(query, packing.pack_bits(db_bits), candidates, num_bits=40)
+  for row in range(4):
+    want = sorted(range(30), key=lambda p: _loop_distance(query[row], db_bits[p]))
+    np.testing.assert_array_equal(i[row], want)
+    np.testing.assert_array_equal(d[row], [_loop_distance(query[row], db_bits[p]) for p in want])
+
+
+def test_jitted_rerank_is_exact_at_its_largest_sums():
+  """2,047 bits of weight 1 (tanh codes' limit): sums up to 2047 * 2**20 quanta, under int32's
+  maximum; the distances are the Hamming distances, the order theirs."""
+  rng = np.random.default_rng(8)
+  db_bits = rng.random((12, 2047)) < 0.5
+  db_bits[0] = ~db_bits[1]                                     # the farthest code: 2,047
+  query = np.where(db_bits[[1, 0]], 1.0, -1.0)
+  candidates = np.tile(np.arange(12), (2, 1))
+  d, i = asymmetric.rerank(query, packing.pack_bits(db_bits), candidates, num_bits=2047)
+  hamming_d = (db_bits[None, :, :] != (query > 0)[:, None, :]).sum(-1)
+  np.testing.assert_array_equal(i, np.argsort(hamming_d, axis=1, kind="stable"))
+  np.testing.assert_array_equal(d, np.sort(hamming_d, axis=1))
+  assert d[0, -1] == 2047 and d[1, -1] == 2047
