@@ -8,7 +8,9 @@ reciprocal rank, with one relevant item), ranked by Hamming distance with the ti
 `config.eval.ties` (ranking.py: "expected" scores the expectation over every order of tied items,
 so that neither the database order nor collapsed codes can win ties); and the same ranked by the
 asymmetric distance of the queries' continuous codes to the database's bits
-(`asymmetric_metrics`).
+(`asymmetric_metrics`); and R@1 and R@10 of the search users get (`reranked_metrics`:
+HammingIndex.search_asymmetric, the Hamming top 100 re-ranked by the asymmetric distance, what
+`deephash predict` and the demo serve), on the database in an order shuffled by a fixed seed.
 """
 
 from __future__ import annotations
@@ -25,9 +27,11 @@ import numpy as np
 
 from deephash_jax.data import augment
 from deephash_jax.evaluators import ranking
+from deephash_jax.search import index as index_lib
 from deephash_jax.search import packing
 
 METRICS = ("recall_at_1", "recall_at_10", "map_all")
+RERANK_SHUFFLE_SEED = 0     # the database order of `reranked_metrics`
 
 
 def render_queries(images: np.ndarray, recipe, seed: int, *, batch_size: int = 1000) -> np.ndarray:
@@ -114,3 +118,32 @@ def asymmetric_metrics(protocol: ClosestMatch, query_codes, original_codes, dist
       ranking.asymmetric_distance_rows(query_codes, database), protocol.query_ids,
       protocol.db_ids, recall_at=(1, 10), ties=ties)
   return {k: result[k] for k in METRICS}
+
+
+def shuffled_index(codes, seed: int) -> index_lib.HammingIndex:
+  """A HammingIndex of the signs of `codes` (N, K) inserted in an order shuffled by `seed`, its
+  ids the rows' places in `codes`: the ties it breaks by insertion order fall at random."""
+  order = np.random.default_rng(seed).permutation(len(codes))
+  index = index_lib.HammingIndex(codes.shape[1])
+  index.add(packing.pack_bits(codes[order]), ids=order)
+  return index
+
+
+def reranked_metrics(protocol: ClosestMatch, query_codes, original_codes, distractor_codes, *,
+                     candidates: int = index_lib.DEFAULT_CANDIDATES,
+                     seed: int = RERANK_SHUFFLE_SEED) -> dict[str, float]:
+  """R@1 and R@10 of the served search: a HammingIndex of the database's signs, searched by
+  `search_asymmetric(query_codes, 10, candidates=candidates)` (the Hamming top `candidates`,
+  re-ranked by the asymmetric distance).
+
+  The index holds the database in an order shuffled by `seed`, since the search breaks its ties
+  (equal Hamming distances at the candidates' boundary, equal codes) by that order: one draw of
+  the random tie-breaking whose expectation `metrics` scores, so the originals (first in the
+  protocol's database) win no ties. No mAP: the list is cut at `candidates`.
+  """
+  index = shuffled_index(np.concatenate([original_codes, distractor_codes]), seed)
+  _, found = index.search_asymmetric(np.asarray(query_codes), min(10, candidates),
+                                     candidates=candidates)
+  hit = found == np.asarray(protocol.query_ids)[:, None]       # query i's original: position i
+  return {"recall_at_1": float(hit[:, 0].mean()), "recall_at_10": float(hit.any(axis=1).mean()),
+          "candidates": candidates}

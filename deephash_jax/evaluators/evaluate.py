@@ -9,7 +9,9 @@ The keys of the category protocol are plain (`map_all`, ...; `pr_curve`: precisi
 at every Hamming radius); those of the closest match are prefixed `closest_match_`
 (`closest_match_recall_at_1`, `closest_match_recall_at_10`, `closest_match_map`), and
 `closest_match_asymmetric_` for the same ranked by the queries' continuous codes against the
-database's bits (closest_match.asymmetric_metrics).
+database's bits (closest_match.asymmetric_metrics), `closest_match_reranked_` for R@1 and R@10 of
+the search `deephash predict` serves (closest_match.reranked_metrics: the Hamming top
+`closest_match_reranked_candidates` re-ranked by that distance).
 """
 
 from __future__ import annotations
@@ -57,7 +59,9 @@ def evaluate_variables(config, variables, *, mesh=None) -> dict:
         ("closest_match_", closest_match.metrics(protocol, cm_codes, query_codes, db_codes,
                                                  num_bits=num_bits, ties=ties)),
         ("closest_match_asymmetric_", closest_match.asymmetric_metrics(
-            protocol, cm_codes, query_codes, db_codes, ties=ties))):
+            protocol, cm_codes, query_codes, db_codes, ties=ties)),
+        ("closest_match_reranked_", closest_match.reranked_metrics(
+            protocol, cm_codes, query_codes, db_codes))):
       results.update({f"{prefix}{'map' if k == 'map_all' else k}": v for k, v in cm.items()})
   return results
 

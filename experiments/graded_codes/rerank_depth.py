@@ -9,7 +9,8 @@ test images against the training images, relevant = the same type):
 * `eval_*`: the evaluation's tie-aware R@1 ranked by Hamming and by the full asymmetric ranking
   (evaluators/closest_match.py), the two ends;
 * a `HammingIndex` of the database in an order shuffled by a fixed seed (so that the
-  index's ties, broken by insertion order, favour no one), searched as users search it:
+  index's ties, broken by insertion order, favour no one; closest_match.shuffled_index, as the
+  evaluation's `closest_match_reranked_*`), searched as users search it:
   `hamming_*` by `search` (the signs), `rerank_<D>_*` by `search_asymmetric(candidates=D)`: the
   Hamming top-D re-ranked by the query's continuous code. For each: closest-match R@1 and R@10,
   `found_in_<D>` (the share of originals among the D Hamming candidates: the re-ranking's
@@ -28,33 +29,22 @@ import numpy as np
 
 from deephash_jax.evaluators import closest_match
 from deephash_jax.search import packing
-from deephash_jax.search.index import HammingIndex
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import where_garment_goes  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-SHUFFLE_SEED = 0
-
-
-def _shuffled_index(codes, seed: int):
-  """A HammingIndex of `codes` (N, K) inserted in a seeded random order, whose ids are the rows'
-  places in `codes`: ties broken by insertion order fall at random."""
-  order = np.random.default_rng(seed).permutation(len(codes))
-  index = HammingIndex(codes.shape[1])
-  index.add(packing.pack_bits(codes[order]), ids=order)
-  return index
-
 
 def index_figures(query_codes, cm_db_codes, category_codes, category_labels, category_db_codes,
-                  category_db_labels, *, depths, seed: int = SHUFFLE_SEED) -> dict:
+                  category_db_labels, *, depths,
+                  seed: int = closest_match.RERANK_SHUFFLE_SEED) -> dict:
   """The `hamming_*` and `rerank_<D>_*` figures of the module docstring.
 
   query_codes (N, K) continuous codes whose original is row i of cm_db_codes (M, K);
   category_codes (Q, K) with category_labels (Q,) against category_db_codes (P, K) with
   category_db_labels (P,); all continuous codes.
   """
-  cm_index = _shuffled_index(cm_db_codes, seed)
-  category_index = _shuffled_index(category_db_codes, seed)
+  cm_index = closest_match.shuffled_index(cm_db_codes, seed)
+  category_index = closest_match.shuffled_index(category_db_codes, seed)
   own = np.arange(len(query_codes))[:, None]
 
   def scores(search, prefix):

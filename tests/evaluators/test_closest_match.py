@@ -76,3 +76,46 @@ def test_asymmetric_ranking_is_hamming_on_signs_and_counts_a_bit_by_the_query_co
                                ties="expected")["recall_at_1"] == pytest.approx(0.5)
   assert closest_match.asymmetric_metrics(first, query, original, distractor,
                                           ties="expected")["recall_at_1"] == 1.0
+
+
+def _served_reference(query, database, candidates, seed):
+  """The served search in loops: the database in the seeded order, per query the Hamming top
+  `candidates` by a stable sort, these by the asymmetric distance (stable), the first 10, as
+  the protocol's positions."""
+  order = np.random.default_rng(seed).permutation(len(database))
+  shuffled = database[order] > 0
+  found = []
+  for q in query:
+    hamming_d = [int(np.sum((q > 0) != b)) for b in shuffled]
+    pool = sorted(range(len(shuffled)), key=lambda p: hamming_d[p])[:candidates]
+    pool.sort(key=lambda p: sum(abs(float(x)) for x, b in zip(q, shuffled[p]) if (x > 0) != b))
+    found.append(order[pool[:10]])
+  return found
+
+
+@pytest.mark.parametrize("candidates,seed", [(10, 0), (12, 3), (46, 0)])
+def test_reranked_metrics_are_the_served_search_in_loops(candidates, seed):
+  """6 bits and quantized confidences: Hamming ties at the candidates' boundary, equal codes and
+  equal asymmetric distances, each broken by the shuffled order."""
+  rng = np.random.default_rng(candidates)
+  protocol = _protocol(10, 36, seed=4)
+  codes = lambda n: (np.where(rng.random((n, 6)) > 0.5, 1.0, -1.0)
+                     * rng.choice([0.25, 0.5, 1.0], size=(n, 6)))
+  query, original, distractor = codes(10), codes(10), codes(36)
+  got = closest_match.reranked_metrics(protocol, query, original, distractor,
+                                       candidates=candidates, seed=seed)
+  found = _served_reference(query, np.concatenate([original, distractor]), candidates, seed)
+  assert got["recall_at_1"] == pytest.approx(np.mean([f[0] == i for i, f in enumerate(found)]))
+  assert got["recall_at_10"] == pytest.approx(np.mean([i in f for i, f in enumerate(found)]))
+  assert got["candidates"] == candidates
+
+
+def test_reranked_metrics_give_the_originals_no_ties():
+  """Collapsed codes: by the protocol's order every original would come first; shuffled, query
+  i finds it first only where the seeded order puts it first among the 16."""
+  protocol = _protocol(4, 6, seed=1)
+  ones = lambda n: np.ones((n, 8), np.float32)
+  got = closest_match.reranked_metrics(protocol, ones(4), ones(10), ones(6), candidates=16)
+  order = np.random.default_rng(closest_match.RERANK_SHUFFLE_SEED).permutation(16)
+  assert got["recall_at_1"] == np.mean(order[0] == np.arange(4))
+  assert got["recall_at_10"] == np.mean(np.isin(np.arange(4), order[:10]))

@@ -25,8 +25,10 @@ def test_both_protocols_and_the_curve_are_in_the_results(config):
   assert results["closest_match_num_database"] == 80 + 320       # originals + distractors
   for key in ("closest_match_recall_at_1", "closest_match_recall_at_10", "closest_match_map",
               "closest_match_asymmetric_recall_at_1", "closest_match_asymmetric_recall_at_10",
-              "closest_match_asymmetric_map"):
+              "closest_match_asymmetric_map", "closest_match_reranked_recall_at_1",
+              "closest_match_reranked_recall_at_10"):
     assert 0.0 <= results[key] <= 1.0, key
+  assert results["closest_match_reranked_candidates"] == 100
   curve = results["pr_curve"]
   assert len(curve["precision"]) == len(curve["recall"]) == 17
   assert np.all(np.diff(curve["recall"]) >= 0)
