@@ -17,11 +17,11 @@ positions). Queries/s = queries / seconds.
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
 import numpy as np
 
+from deephash_jax import mesh as mesh_lib
 from deephash_jax.search import asymmetric
 from deephash_jax.search import packing
 from deephash_jax.search.index import HammingIndex
@@ -99,7 +99,7 @@ def markdown(args, rows):
                  for k, v in vars(args).items() if k != "markdown" and v is not None)
       + "`",
       "",
-      f"Machine: {os.cpu_count()} CPU cores, XLA:CPU. {args.num_queries} queries (database codes "
+      f"Machine: {mesh_lib.describe_host()}, XLA:CPU. {args.num_queries} queries (database codes "
       f"with {args.flip:.0%} of their signs flipped, confidences |tanh(normal)|), random uniform "
       f"database codes; best of {args.repeats} interleaved runs after a warm-up call. Scan: the "
       "Hamming top c (`HammingIndex.search`); re-ranking alone: its c candidates ordered by the "

@@ -1,4 +1,9 @@
 """search/asymmetric.py and HammingIndex.search_asymmetric against loops in plain NumPy."""
+import os
+import pathlib
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -211,3 +216,16 @@ def test_jitted_rerank_is_exact_at_its_largest_sums():
   np.testing.assert_array_equal(i, np.argsort(hamming_d, axis=1, kind="stable"))
   np.testing.assert_array_equal(d, np.sort(hamming_d, axis=1))
   assert d[0, -1] == 2047 and d[1, -1] == 2047
+
+
+def test_the_rerank_benchmark_checks_both_rerankings_agree(tmp_path):
+  """benchmarks/rerank_benchmark.py on a tiny database: a row per depth, each checked identical."""
+  out = tmp_path / "rerank.md"
+  result = subprocess.run(
+      [sys.executable, "benchmarks/rerank_benchmark.py", "--database_sizes=400", "--bits=20",
+       "--depths=5,60", "--num_queries=40", "--repeats=1", f"--markdown={out}"],
+      cwd=pathlib.Path(__file__).resolve().parents[2], capture_output=True, text=True,
+      timeout=600, env={**os.environ, "XLA_FLAGS": ""})
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = [line for line in out.read_text().splitlines() if line.startswith("| 400 |")]
+  assert len(rows) == 2 and all(row.endswith("| yes |") for row in rows)

@@ -1,0 +1,101 @@
+r"""Database views: each catalogue image indexed by several codes, its own and renderings of it.
+
+    python experiments/graded_codes/database_views.py WORKDIR [--views 4] [--cache FILE.npz]
+
+A shopper's photo drifts from its original's code (where_garment_goes.py); this asks whether
+the catalogue side can meet it. Every database image (the closest match's originals and
+distractors; the category protocol's training images) gets `views` codes: its own, and
+`views - 1` renderings by the closest-match recipe (closest_match.render_queries, the recipe the
+model's training query views use in `graded_tanh_qv2`) with seeds other than the evaluation's
+queries'. An item's distance to a query is the minimum over its codes, and both protocols are
+scored on it, tie-aware (ranking.one_relevant_metrics, ranking.ranking_metrics), for 1, 2 and
+`views` views: the closest match by Hamming and by the asymmetric distance, the category by
+Hamming. `--cache` keeps the views' codes (rendering and embedding 70,000 images a view is the
+slow part). One JSON line per number of views.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+from deephash_jax.evaluators import closest_match
+from deephash_jax.evaluators import ranking
+from deephash_jax.search import asymmetric
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import where_garment_goes  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+VIEW_SEED_OFFSET = 1000    # view v is rendered with the evaluation's seed + 1000 + v
+
+
+def min_distance_rows(query_codes, view_codes, *, metric: str = "hamming"):
+  """ranking's distance rows of `query_codes` (N, K) against items with several codes each,
+  `view_codes` (V, M, K): the minimum over an item's V codes of the Hamming distance between
+  signs ("hamming", int32) or of the asymmetric distance of the query's continuous code
+  ("asymmetric", search/asymmetric.py)."""
+  signs = np.where(np.asarray(view_codes) > 0, 1.0, -1.0)
+  if metric == "hamming":
+    q = np.where(np.asarray(query_codes) > 0, 1.0, -1.0)
+    num_bits = q.shape[1]
+    return lambda start, stop: np.rint(np.min(
+        [(num_bits - q[start:stop] @ s.T) / 2 for s in signs], axis=0)).astype(np.int32)
+  if metric == "asymmetric":
+    w = asymmetric.query_weights(query_codes)
+    return lambda start, stop: np.min([asymmetric.distances(w[start:stop], s) for s in signs],
+                                      axis=0)
+  raise ValueError(f"metric: 'hamming' or 'asymmetric', got {metric!r}")
+
+
+def view_codes(e: where_garment_goes.Embedded, views: int, cache: str | None) -> np.ndarray:
+  """(views, originals + distractors, K) continuous codes: the database's own, then renderings."""
+  if cache and os.path.exists(cache):
+    codes = np.load(cache)["views"]
+    if len(codes) >= views:
+      return codes[:views]
+  cm = e.encoder.config.eval.closest_match
+  images = np.concatenate([e.query.images, e.database.images])
+  codes = [np.concatenate([e.originals, e.distractors])]
+  for v in range(1, views):
+    codes.append(e.encoder.embed(closest_match.render_queries(
+        images, cm.recipe, seed=cm.seed + VIEW_SEED_OFFSET + v)))
+  codes = np.stack(codes)
+  if cache:
+    np.savez(cache, views=codes)
+  return codes
+
+
+def main():
+  parser = where_garment_goes.workdirs_parser(__doc__)
+  parser.add_argument("--views", type=int, default=4)
+  parser.add_argument("--cache", default=None, help="an .npz of the views' codes (one workdir)")
+  args = parser.parse_args()
+  for workdir in args.workdirs:
+    start = time.time()
+    e = where_garment_goes.embed_protocol(workdir, args.num_queries)
+    codes = view_codes(e, args.views, args.cache)
+    originals = len(e.originals)
+    for v in sorted({1, 2, args.views}):
+      out = {"workdir": workdir, "views": v}
+      for metric in ("hamming", "asymmetric"):
+        cm = ranking.one_relevant_metrics(min_distance_rows(e.query_codes, codes[:v],
+                                                            metric=metric),
+                                          e.protocol.query_ids, e.protocol.db_ids,
+                                          recall_at=(1, 10), ties="expected")
+        out.update({f"cm_{metric}_recall_at_1": round(float(cm["recall_at_1"]), 4),
+                    f"cm_{metric}_recall_at_10": round(float(cm["recall_at_10"]), 4)})
+      category = ranking.ranking_metrics(min_distance_rows(e.originals, codes[:v, originals:]),
+                                         e.query.labels, e.database.labels, map_at=(1000,),
+                                         ties="expected")
+      out.update(map_all=round(float(category["map_all"]), 4),
+                 map_at_1000=round(float(category["map_at_1000"]), 4),
+                 seconds=round(time.time() - start))
+      print(json.dumps(out), flush=True)
+
+
+if __name__ == "__main__":
+  main()
