@@ -17,7 +17,10 @@ positions). Queries/s = queries / seconds.
 from __future__ import annotations
 
 import argparse
+import json
 import time
+
+import jax
 
 import numpy as np
 
@@ -42,6 +45,8 @@ def _parse_args(argv=None):
   parser.add_argument("--flip", type=float, default=0.1, help="share of a query's signs flipped")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--markdown", default=None, help="also write the table to this file")
+  parser.add_argument("--json", default=None, help="also write the rows (and the devices) to "
+                      "this JSON file")
   return parser.parse_args(argv)
 
 
@@ -96,10 +101,11 @@ def markdown(args, rows):
       "",
       "Command: `.venv/bin/python benchmarks/rerank_benchmark.py "
       + " ".join(f"--{k}={','.join(map(str, v)) if isinstance(v, list) else v}"
-                 for k, v in vars(args).items() if k != "markdown" and v is not None)
+                 for k, v in vars(args).items() if k not in ("markdown", "json") and v is not None)
       + "`",
       "",
-      f"Machine: {mesh_lib.describe_host()}, XLA:CPU. {args.num_queries} queries (database codes "
+      f"Machine: {mesh_lib.describe_host()}, XLA:{jax.default_backend().upper()}. "
+      f"{args.num_queries} queries (database codes "
       f"with {args.flip:.0%} of their signs flipped, confidences |tanh(normal)|), random uniform "
       f"database codes; best of {args.repeats} interleaved runs after a warm-up call. Scan: the "
       "Hamming top c (`HammingIndex.search`); re-ranking alone: its c candidates ordered by the "
@@ -125,6 +131,10 @@ def main(argv=None):
   if args.markdown:
     with open(args.markdown, "w") as f:
       f.write(text)
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump({"host": mesh_lib.describe_host(), "platform": jax.default_backend(),
+                 "device_kind": jax.devices()[0].device_kind, "rows": rows}, f, indent=2)
   if not all(r["identical"] for r in rows):
     raise SystemExit("the jitted and the NumPy re-rankings differ")
 

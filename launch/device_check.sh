@@ -6,7 +6,9 @@
 #      (the default 28 px CNN and the 224 px AlexNet config) in each of DTYPES;
 #   3. one main-job training run (deephash train, TRAIN_CONFIG, both protocols evaluated);
 #   4. the exact Hamming search, ours on the accelerator against faiss on the CPU
-#      (benchmarks/search_benchmark.py).
+#      (benchmarks/search_benchmark.py);
+#   5. the asymmetric re-ranking of the Hamming candidates, jitted against the NumPy tables
+#      (benchmarks/rerank_benchmark.py).
 #
 #   launch/device_check.sh [--dry-run|--dry_run]
 #
@@ -31,6 +33,8 @@
 #   TRAIN_ARGS          ()                        overrides for the training run
 #   SEARCH_ARGS         (--database_sizes=1000000 --bits=32,64,128 --num_queries=1024 --k=100
 #                        --scaling_sizes= --repeats=5 --threads=$(nproc))
+#   RERANK_ARGS         (--database_sizes=1000000 --bits=48,64 --depths=10,100,1000
+#                        --num_queries=10000)
 #   DRY_RUN             (0)
 
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -46,6 +50,7 @@ STEPS="${STEPS:-100}"
 TRAIN_CONFIG="${TRAIN_CONFIG-configs/graded.py}"
 read -ra TRAIN_ARGS <<< "${TRAIN_ARGS:-}"
 read -ra SEARCH_ARGS <<< "${SEARCH_ARGS:---database_sizes=1000000 --bits=32,64,128 --num_queries=1024 --k=100 --scaling_sizes= --repeats=5 --threads=$(nproc)}"
+read -ra RERANK_ARGS <<< "${RERANK_ARGS:---database_sizes=1000000 --bits=48,64 --depths=10,100,1000 --num_queries=10000}"
 
 PIP_SOURCE=()
 if [[ -n "$WHEELS" ]]; then PIP_SOURCE=(--no-index "--find-links=$WHEELS"); fi
@@ -78,4 +83,5 @@ if [[ -n "$TRAIN_CONFIG" ]]; then
     --workdir="$OUT_DIR/train_run" --json ${TRAIN_ARGS[@]+"${TRAIN_ARGS[@]}"}
 fi
 run "$PY" benchmarks/search_benchmark.py "${SEARCH_ARGS[@]}" --json="$OUT_DIR/search.json"
+run "$PY" benchmarks/rerank_benchmark.py "${RERANK_ARGS[@]}" --json="$OUT_DIR/rerank.json"
 run "$PY" launch/device_check_report.py "$OUT_DIR"

@@ -2,8 +2,8 @@
 
     python launch/device_check_report.py OUT_DIR
 
-Each part is the last JSON line its command printed (search.json: the file the search benchmark
-wrote). Prints which parts were merged.
+Each part is the last JSON line its command printed (search.json, rerank.json: the files the
+search and re-ranking benchmarks wrote). Prints which parts were merged.
 """
 import glob
 import json
@@ -26,6 +26,7 @@ def main(out: str) -> dict:
       "train": (load(os.path.join(out, "train.json"))
                 if os.path.exists(os.path.join(out, "train.json")) else None),   # TRAIN_CONFIG=""
       "search": load(os.path.join(out, "search.json")),
+      "rerank": load(os.path.join(out, "rerank.json")),
   }
   with open(os.path.join(out, "device_check.json"), "w") as f:
     json.dump(parts, f, indent=2, sort_keys=True)

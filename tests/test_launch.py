@@ -386,6 +386,7 @@ def test_device_check_dry_run_prints_the_plan():
       for dtype in ("float32", "bfloat16")}
   assert any(cmd[1:4] == ["-m", "deephash_jax.main", "train"] for cmd in commands)
   assert any("benchmarks/search_benchmark.py" in cmd for cmd in commands)
+  assert any("benchmarks/rerank_benchmark.py" in cmd for cmd in commands)
   offline = _dry_run("device_check.sh", VENV="v", WHEELS="/wheels")
   assert any("--no-index" in cmd and "--find-links=/wheels" in cmd for line in offline
              for cmd in line)
@@ -401,7 +402,9 @@ def test_device_check_runs_end_to_end_on_the_cpu(tmp_path):
              TRAIN_ARGS=f"--config.input.source_dir={source} "
                         f"--config.input.data_dir={tmp_path / 'tfds'}",
              SEARCH_ARGS="--database_sizes=3000 --bits=32 --num_queries=16 --k=10 "
-                         "--scaling_sizes= --repeats=1 --threads=1")
+                         "--scaling_sizes= --repeats=1 --threads=1",
+             RERANK_ARGS="--database_sizes=2000 --bits=48 --depths=20 --num_queries=16 "
+                         "--repeats=1")
   _run("device_check.sh", env=env, timeout=900)
   report = json.loads((out / "device_check.json").read_text())
   assert report["devices"]["platform"] == "cpu"
@@ -413,6 +416,9 @@ def test_device_check_runs_end_to_end_on_the_cpu(tmp_path):
   assert "closest_match_recall_at_1" in report["train"]
   (row,) = report["search"]["speed"]
   assert row["same_d"] and row["same_i"] and row["n"] == 3000
+  (row,) = report["rerank"]["rows"]
+  assert row["identical"] and row["size"] == 2000 and row["depth"] == 20
+  assert report["rerank"]["platform"] == "cpu"
 
 
 @pytest.mark.slow
