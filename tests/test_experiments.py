@@ -4,6 +4,7 @@ import pathlib
 import sys
 
 import numpy as np
+import pytest
 
 from deephash_jax import config_lib
 from deephash_jax.evaluators import ranking
@@ -122,26 +123,29 @@ def test_rerank_depth_figures_match_loops_over_the_shuffled_index():
       assert out[f"{prefix}_queries_per_second"] > 0
 
 
-def test_database_views_rows_are_the_minimum_over_an_items_codes():
+def test_database_views_rows_are_the_minimum_or_mean_over_an_items_codes():
   views = _load("experiments/graded_codes/database_views.py")
   rng = np.random.default_rng(9)
   query = rng.uniform(-1, 1, (7, 10)).astype(np.float32)
   codes = rng.uniform(-1, 1, (3, 25, 10)).astype(np.float32)
   codes[1, 4] = codes[0, 4]                     # an item whose two codes are equal
-  hamming = views.min_distance_rows(query, codes)(0, 7)
-  asym = views.min_distance_rows(query, codes, metric="asymmetric")(2, 7)
-  for i in range(7):
-    for j in range(25):
-      assert hamming[i, j] == min(int(np.sum((query[i] > 0) != (codes[v, j] > 0)))
-                                  for v in range(3))
-      if i >= 2:
-        want = min(sum(abs(float(np.round(abs(x) * 2**20) / 2**20))
-                       for x, b in zip(query[i], codes[v, j]) if (x > 0) != (b > 0))
-                   for v in range(3))
-        assert asym[i - 2, j] == want
-  assert hamming.dtype == np.int32
-  # One view: the evaluation's Hamming ranking.
-  one = views.min_distance_rows(query, codes[:1])(0, 7)
-  np.testing.assert_array_equal(
-      one, (packing.unpack_bits(packing.pack_bits(query), 10)[:, None, :]
-            != packing.unpack_bits(packing.pack_bits(codes[0]), 10)[None]).sum(-1))
+  hamming_of = lambda i, v, j: int(np.sum((query[i] > 0) != (codes[v, j] > 0)))
+  asym_of = lambda i, v, j: sum(float(np.round(abs(x) * 2**20) / 2**20)
+                                for x, b in zip(query[i], codes[v, j]) if (x > 0) != (b > 0))
+  for aggregate, reduce in (("min", min), ("mean", lambda d: sum(d) / 3)):
+    hamming = views.view_distance_rows(query, codes, aggregate=aggregate)(0, 7)
+    asym = views.view_distance_rows(query, codes, metric="asymmetric", aggregate=aggregate)(2, 7)
+    for i in range(7):
+      for j in range(25):
+        assert hamming[i, j] == pytest.approx(reduce([hamming_of(i, v, j) for v in range(3)]),
+                                              abs=1e-12)
+        if i >= 2:
+          assert asym[i - 2, j] == pytest.approx(reduce([asym_of(i, v, j) for v in range(3)]),
+                                                 abs=1e-12)
+  # One view, either aggregate: the evaluation's Hamming distances.
+  bits = lambda x: packing.unpack_bits(packing.pack_bits(x), 10)
+  for aggregate in ("min", "mean"):
+    one = views.view_distance_rows(query, codes[:1], aggregate=aggregate)(0, 7)
+    np.testing.assert_array_equal(one, (bits(query)[:, None, :] != bits(codes[0])[None]).sum(-1))
+  with pytest.raises(ValueError, match="aggregate"):
+    views.view_distance_rows(query, codes, aggregate="max")

@@ -7,11 +7,13 @@ the catalogue side can meet it. Every database image (the closest match's origin
 distractors; the category protocol's training images) gets `views` codes: its own, and
 `views - 1` renderings by the closest-match recipe (closest_match.render_queries, the recipe the
 model's training query views use in `graded_tanh_qv2`) with seeds other than the evaluation's
-queries'. An item's distance to a query is the minimum over its codes, and both protocols are
-scored on it, tie-aware (ranking.one_relevant_metrics, ranking.ranking_metrics), for 1, 2 and
-`views` views: the closest match by Hamming and by the asymmetric distance, the category by
-Hamming. `--cache` keeps the views' codes (rendering and embedding 70,000 images a view is the
-slow part). One JSON line per number of views.
+queries'. An item's distance to a query is the minimum (`min_*` keys) or the mean (`mean_*`) of
+the distances to its codes, and both protocols are scored on it, tie-aware
+(ranking.one_relevant_metrics, ranking.ranking_metrics), for 1, 2 and `views` views: the closest
+match by Hamming and by the asymmetric distance, the category by Hamming. The mean Hamming
+distance is the query's signs against the mean of the item's signs, a code of V + 1 levels per
+bit. `--cache` keeps the views' codes (rendering and embedding 70,000 images a view is the slow
+part). One JSON line per number of views.
 """
 
 from __future__ import annotations
@@ -33,20 +35,25 @@ import where_garment_goes  # pylint: disable=g-import-not-at-top,wrong-import-po
 VIEW_SEED_OFFSET = 1000    # view v is rendered with the evaluation's seed + 1000 + v
 
 
-def min_distance_rows(query_codes, view_codes, *, metric: str = "hamming"):
+def view_distance_rows(query_codes, view_codes, *, metric: str = "hamming",
+                       aggregate: str = "min"):
   """ranking's distance rows of `query_codes` (N, K) against items with several codes each,
-  `view_codes` (V, M, K): the minimum over an item's V codes of the Hamming distance between
-  signs ("hamming", int32) or of the asymmetric distance of the query's continuous code
-  ("asymmetric", search/asymmetric.py)."""
+  `view_codes` (V, M, K): the minimum ("min") or the mean ("mean") over an item's V codes of the
+  Hamming distance between signs ("hamming") or of the asymmetric distance of the query's
+  continuous code ("asymmetric", search/asymmetric.py). Float64; exact (the distances are
+  integers or multiples of 2**-20, their means multiples of 1 / V of these)."""
   signs = np.where(np.asarray(view_codes) > 0, 1.0, -1.0)
+  if aggregate not in ("min", "mean"):
+    raise ValueError(f"aggregate: 'min' or 'mean', got {aggregate!r}")
+  reduce = np.min if aggregate == "min" else np.mean
   if metric == "hamming":
     q = np.where(np.asarray(query_codes) > 0, 1.0, -1.0)
     num_bits = q.shape[1]
-    return lambda start, stop: np.rint(np.min(
-        [(num_bits - q[start:stop] @ s.T) / 2 for s in signs], axis=0)).astype(np.int32)
+    return lambda start, stop: reduce([np.rint((num_bits - q[start:stop] @ s.T) / 2)
+                                       for s in signs], axis=0)
   if metric == "asymmetric":
     w = asymmetric.query_weights(query_codes)
-    return lambda start, stop: np.min([asymmetric.distances(w[start:stop], s) for s in signs],
+    return lambda start, stop: reduce([asymmetric.distances(w[start:stop], s) for s in signs],
                                       axis=0)
   raise ValueError(f"metric: 'hamming' or 'asymmetric', got {metric!r}")
 
@@ -81,19 +88,20 @@ def main():
     originals = len(e.originals)
     for v in sorted({1, 2, args.views}):
       out = {"workdir": workdir, "views": v}
-      for metric in ("hamming", "asymmetric"):
-        cm = ranking.one_relevant_metrics(min_distance_rows(e.query_codes, codes[:v],
-                                                            metric=metric),
-                                          e.protocol.query_ids, e.protocol.db_ids,
-                                          recall_at=(1, 10), ties="expected")
-        out.update({f"cm_{metric}_recall_at_1": round(float(cm["recall_at_1"]), 4),
-                    f"cm_{metric}_recall_at_10": round(float(cm["recall_at_10"]), 4)})
-      category = ranking.ranking_metrics(min_distance_rows(e.originals, codes[:v, originals:]),
-                                         e.query.labels, e.database.labels, map_at=(1000,),
-                                         ties="expected")
-      out.update(map_all=round(float(category["map_all"]), 4),
-                 map_at_1000=round(float(category["map_at_1000"]), 4),
-                 seconds=round(time.time() - start))
+      for aggregate in ("min", "mean"):
+        for metric in ("hamming", "asymmetric"):
+          cm = ranking.one_relevant_metrics(
+              view_distance_rows(e.query_codes, codes[:v], metric=metric, aggregate=aggregate),
+              e.protocol.query_ids, e.protocol.db_ids, recall_at=(1, 10), ties="expected")
+          out.update({f"{aggregate}_cm_{metric}_recall_at_1": round(float(cm["recall_at_1"]), 4),
+                      f"{aggregate}_cm_{metric}_recall_at_10": round(float(cm["recall_at_10"]),
+                                                                     4)})
+        category = ranking.ranking_metrics(
+            view_distance_rows(e.originals, codes[:v, originals:], aggregate=aggregate),
+            e.query.labels, e.database.labels, map_at=(1000,), ties="expected")
+        out.update({f"{aggregate}_map_all": round(float(category["map_all"]), 4),
+                    f"{aggregate}_map_at_1000": round(float(category["map_at_1000"]), 4)})
+      out["seconds"] = round(time.time() - start)
       print(json.dumps(out), flush=True)
 
 
