@@ -132,9 +132,11 @@ def test_database_views_rows_are_the_minimum_or_mean_over_an_items_codes():
   hamming_of = lambda i, v, j: int(np.sum((query[i] > 0) != (codes[v, j] > 0)))
   asym_of = lambda i, v, j: sum(float(np.round(abs(x) * 2**20) / 2**20)
                                 for x, b in zip(query[i], codes[v, j]) if (x > 0) != (b > 0))
-  for aggregate, reduce in (("min", min), ("mean", lambda d: sum(d) / 3)):
-    hamming = views.view_distance_rows(query, codes, aggregate=aggregate)(0, 7)
-    asym = views.view_distance_rows(query, codes, metric="asymmetric", aggregate=aggregate)(2, 7)
+  for aggregate, weight, reduce in (("min", 1.0, min), ("mean", 1.0, lambda d: sum(d) / 3),
+                                    ("mean", 3.0, lambda d: (3 * d[0] + d[1] + d[2]) / 5)):
+    rows = lambda metric: views.view_distance_rows(query, codes, metric=metric,
+                                                   aggregate=aggregate, clean_weight=weight)
+    hamming, asym = rows("hamming")(0, 7), rows("asymmetric")(2, 7)
     for i in range(7):
       for j in range(25):
         assert hamming[i, j] == pytest.approx(reduce([hamming_of(i, v, j) for v in range(3)]),

@@ -7,13 +7,13 @@ the catalogue side can meet it. Every database image (the closest match's origin
 distractors; the category protocol's training images) gets `views` codes: its own, and
 `views - 1` renderings by the closest-match recipe (closest_match.render_queries, the recipe the
 model's training query views use in `graded_tanh_qv2`) with seeds other than the evaluation's
-queries'. An item's distance to a query is the minimum (`min_*` keys) or the mean (`mean_*`) of
-the distances to its codes, and both protocols are scored on it, tie-aware
-(ranking.one_relevant_metrics, ranking.ranking_metrics), for 1, 2 and `views` views: the closest
-match by Hamming and by the asymmetric distance, the category by Hamming. The mean Hamming
-distance is the query's signs against the mean of the item's signs, a code of V + 1 levels per
-bit. `--cache` keeps the views' codes (rendering and embedding 70,000 images a view is the slow
-part). One JSON line per number of views.
+queries'. An item's distance to a query is the minimum ("min") or a weighted mean ("mean", the
+item's own code weighted `clean_weight`, each rendering 1) of the distances to its codes, and both
+protocols are scored on it, tie-aware (ranking.one_relevant_metrics, ranking.ranking_metrics),
+for 1, 2 and `views` views (the weights at `views` only): the closest match by Hamming and by the
+asymmetric distance, the category by Hamming. A mean Hamming distance is the query's signs
+against the weighted mean of the item's signs. `--cache` keeps the views' codes (rendering and
+embedding 70,000 images a view is the slow part). One JSON line per setting.
 """
 
 from __future__ import annotations
@@ -36,16 +36,19 @@ VIEW_SEED_OFFSET = 1000    # view v is rendered with the evaluation's seed + 100
 
 
 def view_distance_rows(query_codes, view_codes, *, metric: str = "hamming",
-                       aggregate: str = "min"):
+                       aggregate: str = "min", clean_weight: float = 1.0):
   """ranking's distance rows of `query_codes` (N, K) against items with several codes each,
-  `view_codes` (V, M, K): the minimum ("min") or the mean ("mean") over an item's V codes of the
-  Hamming distance between signs ("hamming") or of the asymmetric distance of the query's
-  continuous code ("asymmetric", search/asymmetric.py). Float64; exact (the distances are
-  integers or multiples of 2**-20, their means multiples of 1 / V of these)."""
+  `view_codes` (V, M, K), view 0 the items' own: the minimum ("min") or the mean ("mean", view 0
+  weighted `clean_weight`, the others 1) over an item's V codes of the Hamming distance between
+  signs ("hamming") or of the asymmetric distance of the query's continuous code ("asymmetric",
+  search/asymmetric.py). Float64."""
   signs = np.where(np.asarray(view_codes) > 0, 1.0, -1.0)
   if aggregate not in ("min", "mean"):
     raise ValueError(f"aggregate: 'min' or 'mean', got {aggregate!r}")
-  reduce = np.min if aggregate == "min" else np.mean
+  weights = np.ones(len(signs))
+  weights[0] = clean_weight
+  reduce = np.min if aggregate == "min" else (
+      lambda d, axis: np.tensordot(weights / weights.sum(), np.asarray(d), axes=(0, axis)))
   if metric == "hamming":
     q = np.where(np.asarray(query_codes) > 0, 1.0, -1.0)
     num_bits = q.shape[1]
@@ -80,28 +83,33 @@ def main():
   parser = where_garment_goes.workdirs_parser(__doc__)
   parser.add_argument("--views", type=int, default=4)
   parser.add_argument("--cache", default=None, help="an .npz of the views' codes (one workdir)")
+  parser.add_argument("--clean_weights", type=float, nargs="+", default=[1.0, 2.0, 3.0, 5.0],
+                      help="weights of the item's own code in the mean at --views views")
   args = parser.parse_args()
   for workdir in args.workdirs:
     start = time.time()
     e = where_garment_goes.embed_protocol(workdir, args.num_queries)
     codes = view_codes(e, args.views, args.cache)
     originals = len(e.originals)
-    for v in sorted({1, 2, args.views}):
-      out = {"workdir": workdir, "views": v}
-      for aggregate in ("min", "mean"):
-        for metric in ("hamming", "asymmetric"):
-          cm = ranking.one_relevant_metrics(
-              view_distance_rows(e.query_codes, codes[:v], metric=metric, aggregate=aggregate),
-              e.protocol.query_ids, e.protocol.db_ids, recall_at=(1, 10), ties="expected")
-          out.update({f"{aggregate}_cm_{metric}_recall_at_1": round(float(cm["recall_at_1"]), 4),
-                      f"{aggregate}_cm_{metric}_recall_at_10": round(float(cm["recall_at_10"]),
-                                                                     4)})
-        category = ranking.ranking_metrics(
-            view_distance_rows(e.originals, codes[:v, originals:], aggregate=aggregate),
-            e.query.labels, e.database.labels, map_at=(1000,), ties="expected")
-        out.update({f"{aggregate}_map_all": round(float(category["map_all"]), 4),
-                    f"{aggregate}_map_at_1000": round(float(category["map_at_1000"]), 4)})
-      out["seconds"] = round(time.time() - start)
+    settings = [(v, "min", 1.0) for v in sorted({1, 2, args.views})]
+    settings += [(v, "mean", 1.0) for v in sorted({2, args.views})]
+    settings += [(args.views, "mean", w) for w in args.clean_weights if w != 1.0]
+    for v, aggregate, weight in settings:
+      out = {"workdir": workdir, "views": v, "aggregate": aggregate, "clean_weight": weight}
+      rows = lambda q, c, metric="hamming": view_distance_rows(
+          q, c, metric=metric, aggregate=aggregate, clean_weight=weight)
+      for metric in ("hamming", "asymmetric"):
+        cm = ranking.one_relevant_metrics(rows(e.query_codes, codes[:v], metric),
+                                          e.protocol.query_ids, e.protocol.db_ids,
+                                          recall_at=(1, 10), ties="expected")
+        out.update({f"cm_{metric}_recall_at_1": round(float(cm["recall_at_1"]), 4),
+                    f"cm_{metric}_recall_at_10": round(float(cm["recall_at_10"]), 4)})
+      category = ranking.ranking_metrics(rows(e.originals, codes[:v, originals:]),
+                                         e.query.labels, e.database.labels, map_at=(1000,),
+                                         ties="expected")
+      out.update(map_all=round(float(category["map_all"]), 4),
+                 map_at_1000=round(float(category["map_at_1000"]), 4),
+                 seconds=round(time.time() - start))
       print(json.dumps(out), flush=True)
 
 
