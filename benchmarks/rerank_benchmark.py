@@ -128,13 +128,12 @@ def main(argv=None):
   rows = run(args)
   text = markdown(args, rows)
   print(text)
-  if args.markdown:
-    with open(args.markdown, "w") as f:
-      f.write(text)
-  if args.json:
-    with open(args.json, "w") as f:
-      json.dump({"host": mesh_lib.describe_host(), "platform": jax.default_backend(),
-                 "device_kind": jax.devices()[0].device_kind, "rows": rows}, f, indent=2)
+  record = {"host": mesh_lib.describe_host(), "platform": jax.default_backend(),
+            "device_kind": jax.devices()[0].device_kind, "rows": rows}
+  for path, content in ((args.markdown, text), (args.json, json.dumps(record, indent=2))):
+    if path:
+      with open(path, "w") as f:
+        f.write(content)
   if not all(r["identical"] for r in rows):
     raise SystemExit("the jitted and the NumPy re-rankings differ")
 
