@@ -132,8 +132,8 @@ def test_database_views_rows_are_the_minimum_or_mean_over_an_items_codes():
   hamming_of = lambda i, v, j: int(np.sum((query[i] > 0) != (codes[v, j] > 0)))
   asym_of = lambda i, v, j: sum(float(np.round(abs(x) * 2**20) / 2**20)
                                 for x, b in zip(query[i], codes[v, j]) if (x > 0) != (b > 0))
-  for aggregate, weight, reduce in (("min", 1.0, min), ("mean", 1.0, lambda d: sum(d) / 3),
-                                    ("mean", 3.0, lambda d: (3 * d[0] + d[1] + d[2]) / 5)):
+  for aggregate, weight, reduce in (("min", 1, min), ("mean", 1, sum),    # the mean as a sum
+                                    ("mean", 3, lambda d: 3 * d[0] + d[1] + d[2])):
     rows = lambda metric: views.view_distance_rows(query, codes, metric=metric,
                                                    aggregate=aggregate, clean_weight=weight)
     hamming, asym = rows("hamming")(0, 7), rows("asymmetric")(2, 7)
@@ -144,6 +144,12 @@ def test_database_views_rows_are_the_minimum_or_mean_over_an_items_codes():
         if i >= 2:
           assert asym[i - 2, j] == pytest.approx(reduce([asym_of(i, v, j) for v in range(3)]),
                                                  abs=1e-12)
+  # Whole weights: equal weighted means tie exactly, whatever the per-view distances (1, 3, 3
+  # and 2, 2, 1 at weight 3: 9 both), as the tie-aware metrics need.
+  tie = views.view_distance_rows(np.ones((1, 4)), np.array(
+      [[[-1, 1, 1, 1], [-1, -1, 1, 1]], [[-1, -1, -1, 1], [-1, -1, 1, 1]],
+       [[-1, -1, -1, 1], [-1, 1, 1, 1]]]), aggregate="mean", clean_weight=3)(0, 1)
+  assert tie[0, 0] == tie[0, 1] == 9
   # One view, either aggregate: the evaluation's Hamming distances.
   bits = lambda x: packing.unpack_bits(packing.pack_bits(x), 10)
   for aggregate in ("min", "mean"):

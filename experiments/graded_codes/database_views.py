@@ -36,19 +36,22 @@ VIEW_SEED_OFFSET = 1000    # view v is rendered with the evaluation's seed + 100
 
 
 def view_distance_rows(query_codes, view_codes, *, metric: str = "hamming",
-                       aggregate: str = "min", clean_weight: float = 1.0):
+                       aggregate: str = "min", clean_weight: int = 1):
   """ranking's distance rows of `query_codes` (N, K) against items with several codes each,
   `view_codes` (V, M, K), view 0 the items' own: the minimum ("min") or the mean ("mean", view 0
-  weighted `clean_weight`, the others 1) over an item's V codes of the Hamming distance between
-  signs ("hamming") or of the asymmetric distance of the query's continuous code ("asymmetric",
-  search/asymmetric.py). Float64."""
+  weighted `clean_weight`, the others 1; returned as the weighted sum, the same ranking) over an
+  item's V codes of the Hamming distance between signs ("hamming") or of the asymmetric distance
+  of the query's continuous code ("asymmetric", search/asymmetric.py). Float64, exact for whole
+  weights."""
   signs = np.where(np.asarray(view_codes) > 0, 1.0, -1.0)
   if aggregate not in ("min", "mean"):
     raise ValueError(f"aggregate: 'min' or 'mean', got {aggregate!r}")
   weights = np.ones(len(signs))
   weights[0] = clean_weight
+  # The mean as the weighted sum, which ranks as it does: with whole weights every sum is exact
+  # (integers, or multiples of 2**-20), so equal means tie exactly, as the tie-aware metrics need.
   reduce = np.min if aggregate == "min" else (
-      lambda d, axis: np.tensordot(weights / weights.sum(), np.asarray(d), axes=(0, axis)))
+      lambda d, axis: np.tensordot(weights, np.asarray(d), axes=(0, axis)))
   if metric == "hamming":
     q = np.where(np.asarray(query_codes) > 0, 1.0, -1.0)
     num_bits = q.shape[1]
@@ -83,17 +86,17 @@ def main():
   parser = where_garment_goes.workdirs_parser(__doc__)
   parser.add_argument("--views", type=int, default=4)
   parser.add_argument("--cache", default=None, help="an .npz of the views' codes (one workdir)")
-  parser.add_argument("--clean_weights", type=float, nargs="+", default=[1.0, 2.0, 3.0, 5.0],
-                      help="weights of the item's own code in the mean at --views views")
+  parser.add_argument("--clean_weights", type=int, nargs="+", default=[1, 2, 3, 5],
+                      help="whole weights of the item's own code in the mean at --views views")
   args = parser.parse_args()
   for workdir in args.workdirs:
     start = time.time()
     e = where_garment_goes.embed_protocol(workdir, args.num_queries)
     codes = view_codes(e, args.views, args.cache)
     originals = len(e.originals)
-    settings = [(v, "min", 1.0) for v in sorted({1, 2, args.views})]
-    settings += [(v, "mean", 1.0) for v in sorted({2, args.views})]
-    settings += [(args.views, "mean", w) for w in args.clean_weights if w != 1.0]
+    settings = [(v, "min", 1) for v in sorted({1, 2, args.views})]
+    settings += [(v, "mean", 1) for v in sorted({2, args.views})]
+    settings += [(args.views, "mean", w) for w in args.clean_weights if w != 1]
     for v, aggregate, weight in settings:
       out = {"workdir": workdir, "views": v, "aggregate": aggregate, "clean_weight": weight}
       rows = lambda q, c, metric="hamming": view_distance_rows(
