@@ -2,6 +2,7 @@
 import importlib.util
 import pathlib
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -157,3 +158,16 @@ def test_database_views_rows_are_the_minimum_or_mean_over_an_items_codes():
     np.testing.assert_array_equal(one, (bits(query)[:, None, :] != bits(codes[0])[None]).sum(-1))
   with pytest.raises(ValueError, match="aggregate"):
     views.view_distance_rows(query, codes, aggregate="max")
+
+
+def test_database_views_cache_is_reused_for_its_model_only(tmp_path):
+  views = _load("experiments/graded_codes/database_views.py")
+  cache = str(tmp_path / "views.npz")
+  codes = np.arange(24, dtype=np.float32).reshape(3, 4, 2)
+  np.savez(cache, views=codes, model_id="model-a")
+  same = types.SimpleNamespace(encoder=types.SimpleNamespace(model_id="model-a"))
+  np.testing.assert_array_equal(views.view_codes(same, 2, cache), codes[:2])   # no rendering
+  other = types.SimpleNamespace(encoder=types.SimpleNamespace(model_id="model-b"))
+  with pytest.raises(ValueError, match="views.npz: codes of model model-a, not of this "
+                                       "workdir's model-b"):
+    views.view_codes(other, 2, cache)

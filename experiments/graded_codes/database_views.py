@@ -66,10 +66,14 @@ def view_distance_rows(query_codes, view_codes, *, metric: str = "hamming",
 
 def view_codes(e: where_garment_goes.Embedded, views: int, cache: str | None) -> np.ndarray:
   """(views, originals + distractors, K) continuous codes: the database's own, then renderings."""
+  model_id = e.encoder.model_id
   if cache and os.path.exists(cache):
-    codes = np.load(cache)["views"]
-    if len(codes) >= views:
-      return codes[:views]
+    stored = np.load(cache)
+    if str(stored["model_id"]) != model_id:
+      raise ValueError(f"--cache {cache}: codes of model {stored['model_id']}, not of this "
+                       f"workdir's {model_id}")
+    if len(stored["views"]) >= views:
+      return stored["views"][:views]
   cm = e.encoder.config.eval.closest_match
   images = np.concatenate([e.query.images, e.database.images])
   codes = [np.concatenate([e.originals, e.distractors])]
@@ -78,7 +82,7 @@ def view_codes(e: where_garment_goes.Embedded, views: int, cache: str | None) ->
         images, cm.recipe, seed=cm.seed + VIEW_SEED_OFFSET + v)))
   codes = np.stack(codes)
   if cache:
-    np.savez(cache, views=codes)
+    np.savez(cache, views=codes, model_id=model_id)
   return codes
 
 
