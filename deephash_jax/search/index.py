@@ -1,23 +1,31 @@
 """HammingIndex: the persistent index of packed codes that users keep and search.
 
-File format (version 2), little-endian, written atomically (temp file + rename)::
+Catalogue views: an item may be indexed by several codes, its own image's and renderings of it
+(``deephash index --view_weights=3,1,1,1``, serve/catalogue.py), and is then ranked by the
+weighted sum of their distances to the query: ``view_weights`` (whole numbers, one per view) are
+the weights. The scan stays the one packed Hamming scan: each view is repeated by its weight
+side by side and the query tiled to match, so that the Hamming distance of the long codes is the
+weighted sum (and the asymmetric re-ranking, a sum over bits too, likewise).
+
+File format (version 3), little-endian, written atomically (temp file + rename)::
 
   magic          8 bytes   b"DHHIDX\\x00\\x01"
   format_version uint32    read before anything else, so newer files fail clearly
   header_nbytes  uint64
   header_sha256  32 bytes  sha256 of the header bytes
-  header         JSON: format_version, num_bits, model_id, count, custom_ids, metadata
-                 (a JSON object: what the catalogue says about its entries, e.g. class
-                 names, the split and the model's workdir), array table (name, dtype,
+  header         JSON: format_version, num_bits, model_id, count, custom_ids, view_weights,
+                 metadata (a JSON object: what the catalogue says about its entries, e.g.
+                 class names, the split and the model's workdir), array table (name, dtype,
                  shape, offset, nbytes), payload_nbytes, payload_sha256
-  payload        the arrays back to back: codes uint8 (count, ceil(num_bits/8)),
+  payload        the arrays back to back: codes uint8 (count, views * ceil(num_bits/8)),
                  ids int64 (count,), then optional labels int64 (count,) and
                  paths (UTF-8 JSON list)
 
 Every byte is covered by a check: the magic, the version, the header checksum,
 the payload size and the payload checksum. A truncated or altered file raises
-``IndexFileError`` naming the file; it never loads. Version 1 files (no metadata in
-the header; it lay in a ``<index>.json`` file beside them) still load.
+``IndexFileError`` naming the file; it never loads. Version 2 files (one code an item)
+and version 1 files (no metadata in the header; it lay in a ``<index>.json`` file
+beside them) still load.
 """
 from __future__ import annotations
 
@@ -35,9 +43,9 @@ from deephash_jax.search import layout
 from deephash_jax.search import packing
 from deephash_jax.search import radius as radius_lib
 
-__all__ = ["FORMAT_VERSION", "HammingIndex", "IndexFileError"]
+__all__ = ["FORMAT_VERSION", "HammingIndex", "IndexFileError", "check_view_weights"]
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 _MAGIC = b"DHHIDX\x00\x01"
 # Hamming candidates per query that search_asymmetric re-ranks (experiments/graded_codes/README.md,
 # "The asymmetric ranking as a re-ranking").
@@ -64,10 +72,13 @@ class HammingIndex:
       since codes of different models are not comparable.
     metadata: a JSON-serialisable dict saved with the index (e.g. class names,
       the split, the workdir of the model); ``HammingIndex.load`` returns it.
+    view_weights: whole weights > 0, one per code an item has (see the module
+      docstring); the default, one code an item.
     chunk_size, block_rows: search layout knobs (see ``hamming.search``).
   """
 
   def __init__(self, num_bits: int, model_id: str = "", *, metadata: dict | None = None,
+               view_weights: Sequence[int] = (1,),
                chunk_size: int = layout.DEFAULT_CHUNK_SIZE,
                block_rows: int | None = None):
     self.num_bits = packing.check_num_bits(num_bits)
@@ -80,16 +91,28 @@ class HammingIndex:
     except (TypeError, ValueError) as e:
       raise TypeError(f"metadata must be JSON-serialisable: {e}") from e
     self.metadata = metadata
+    self.view_weights = check_view_weights(view_weights)
     self.chunk_size = chunk_size
     self.block_rows = block_rows
-    self._codes = np.zeros((0, packing.num_bytes(self.num_bits)), np.uint8)
+    self._codes = np.zeros((0, self.views * packing.num_bytes(self.num_bits)), np.uint8)
     self._ids = np.zeros(0, np.int64)
     self._labels: np.ndarray | None = None
     self._paths: list[str] | None = None
     self._custom_ids = False
     self._prepared: layout.PreparedDatabase | None = None
+    self._scanned: np.ndarray | None = None
 
   # ----------------------------------------------------------------------- contents
+
+  @property
+  def views(self) -> int:
+    """Codes per item."""
+    return len(self.view_weights)
+
+  @property
+  def max_distance(self) -> int:
+    """The largest distance an item can have: sum(view_weights) * num_bits."""
+    return sum(self.view_weights) * self.num_bits
 
   def __len__(self) -> int:
     return self._codes.shape[0]
@@ -101,8 +124,16 @@ class HammingIndex:
 
   @property
   def codes(self) -> np.ndarray:
-    """uint8 (ntotal, ceil(num_bits/8)) packed codes, in insertion order."""
+    """uint8 (ntotal, views * ceil(num_bits/8)) packed codes in insertion order, an item's
+    views side by side (one view: (ntotal, ceil(num_bits/8)), each item's code)."""
     return self._codes
+
+  def view_codes(self, view: int = 0) -> np.ndarray:
+    """uint8 (ntotal, ceil(num_bits/8)): every item's code of one view (0: the first given)."""
+    if not 0 <= view < self.views:
+      raise ValueError(f"view={view}: the index has views 0..{self.views - 1}")
+    width = packing.num_bytes(self.num_bits)
+    return self._codes[:, view * width:(view + 1) * width]
 
   @property
   def ids(self) -> np.ndarray:
@@ -120,16 +151,19 @@ class HammingIndex:
     return self._paths
 
   def __repr__(self):
+    views = "" if self.views == 1 else f", view_weights={self.view_weights}"
     return (f"HammingIndex(num_bits={self.num_bits}, model_id={self.model_id!r}, "
-            f"ntotal={self.ntotal})")
+            f"ntotal={self.ntotal}{views})")
 
   def add(self, codes_packed, ids=None, labels=None, paths: Sequence[str] | None = None):
-    """Appends packed codes (uint8 (n, ceil(num_bits/8))) and their metadata.
+    """Appends packed codes and their metadata.
 
+    codes_packed: uint8 (n, ceil(num_bits/8)) for an index of one view, or (n, views,
+    ceil(num_bits/8)): each item's codes in the order of ``view_weights``.
     ids, labels and paths are given for all items or for none: the first call
     decides (an empty index accepts either), later calls must match.
     """
-    codes = packing.check_packed("codes_packed", codes_packed, self.num_bits)
+    codes = self._check_views(codes_packed)
     n = codes.shape[0]
     fresh = len(self) == 0
     if ids is None:
@@ -170,7 +204,22 @@ class HammingIndex:
       self._labels = np.concatenate([self._labels, new_labels])
     if new_paths is not None:
       self._paths = self._paths + new_paths
-    self._prepared = None  # re-laid out on the next search
+    self._prepared = self._scanned = None  # re-laid out on the next search
+
+  def _check_views(self, codes_packed) -> np.ndarray:
+    """(n, views * B) from (n, views, B), or from (n, B) for one view; each view checked."""
+    codes = np.asarray(codes_packed)
+    width = packing.num_bytes(self.num_bits)
+    if codes.ndim == 3:
+      if codes.shape[1:] != (self.views, width):
+        raise ValueError(f"codes_packed: expected (n, {self.views}, {width}) packed codes, "
+                         f"{self.views} views of {self.num_bits} bits, got shape {codes.shape}")
+      packing.check_packed("codes_packed", codes.reshape(-1, width), self.num_bits)
+      return codes.reshape(len(codes), self.views * width)
+    if self.views != 1:
+      raise ValueError(f"codes_packed: this index has {self.views} views an item; expected "
+                       f"(n, {self.views}, {width}) packed codes, got shape {codes.shape}")
+    return packing.check_packed("codes_packed", codes, self.num_bits)
 
   @staticmethod
   def _check_column(name, values, n):
@@ -183,21 +232,65 @@ class HammingIndex:
 
   # ------------------------------------------------------------------------- search
 
+  @property
+  def _scan_bits(self) -> int:
+    """Bits of the codes the scan compares: num_bits, or every repeated view's whole bytes."""
+    if self.view_weights == (1,):
+      return self.num_bits
+    return 8 * packing.num_bytes(self.num_bits) * sum(self.view_weights)
+
+  def _scan_codes(self) -> np.ndarray:
+    """uint8 (ntotal, sum(view_weights) * B): each view repeated by its weight (the codes of
+    one view of weight 1 as they are). Padding bits are 0 in these and in the queries."""
+    if self._scanned is None:
+      width = packing.num_bytes(self.num_bits)
+      self._scanned = (self._codes if self.view_weights == (1,) else np.repeat(
+          self._codes.reshape(len(self), self.views, width), self.view_weights,
+          axis=1).reshape(len(self), -1))
+    return self._scanned
+
+  def expand_queries(self, xq_packed) -> np.ndarray:
+    """Packed queries (nq, ceil(num_bits/8)) as the scan compares them: tiled once per unit of
+    view weight (unchanged for one view of weight 1); for the index of ``to_faiss``."""
+    xq = packing.check_packed("xq_packed", xq_packed, self.num_bits)
+    return xq if self.view_weights == (1,) else np.tile(xq, (1, sum(self.view_weights)))
+
   def _database(self) -> layout.PreparedDatabase:
     if self._prepared is None:
       self._prepared = layout.prepare_database(
-          self._codes, num_bits=self.num_bits, chunk_size=self.chunk_size,
+          self._scan_codes(), num_bits=self._scan_bits, chunk_size=self.chunk_size,
           block_rows=self.block_rows)
     return self._prepared
+
+  def _missing(self, dist, positions):
+    """Missing results at max_distance + 1 (the scan pads at its own bit count + 1)."""
+    return np.where(positions >= 0, dist, self.max_distance + 1).astype(dist.dtype)
 
   def _to_ids(self, positions):
     return np.where(positions >= 0, self._ids[np.maximum(positions, 0)], -1) \
         if self._ids.size else positions
 
   def search(self, xq_packed, k: int):
-    """Exact k-NN: (D int32 (nq, k), I int64 (nq, k) item ids), ties by insertion order."""
-    dist, positions = hamming.search_prepared(xq_packed, self._database(), k)
-    return dist, self._to_ids(positions)
+    """Exact k-NN: (D int32 (nq, k), I int64 (nq, k) item ids), ties by insertion order.
+
+    D is the Hamming distance (with several views: the weighted sum of the item's views'
+    distances); missing results have distance max_distance + 1 and id -1."""
+    dist, positions = hamming.search_prepared(self.expand_queries(xq_packed), self._database(), k)
+    return self._missing(dist, positions), self._to_ids(positions)
+
+  def hamming_distances(self, xq_packed, positions) -> np.ndarray:
+    """int32 (nq, c): the distance ``search`` gives between query i and the item at insertion
+    position positions[i, j] (-1: max_distance + 1), counted in NumPy."""
+    xq = self.expand_queries(xq_packed)
+    positions = np.asarray(positions, np.int64)
+    if positions.ndim != 2 or len(positions) != len(xq):
+      raise ValueError(f"positions: expected ({len(xq)}, c) insertion positions, got shape "
+                       f"{positions.shape}")
+    if positions.size and positions.max() >= len(self):
+      raise ValueError(f"positions: {int(positions.max())} is past the index's {len(self)} items")
+    diff = self._scan_codes()[np.maximum(positions, 0)] ^ xq[:, None, :]
+    dist = np.unpackbits(diff, axis=-1).sum(axis=-1, dtype=np.int32)
+    return self._missing(dist, positions)
 
   def search_asymmetric(self, query_codes, k: int, *, candidates: int = DEFAULT_CANDIDATES):
     """k-NN by the asymmetric distance of continuous query codes (search/asymmetric.py).
@@ -205,7 +298,8 @@ class HammingIndex:
     The packed scan finds each query's ``candidates`` nearest codes by the Hamming distance of
     its signs (ties by insertion order, as ``search``); these are re-ranked by the asymmetric
     distance and the first k kept. Exact over the whole index when ``candidates >= ntotal``;
-    with fewer, an item beyond the Hamming candidates is not seen.
+    with fewer, an item beyond the Hamming candidates is not seen. With several views, both
+    distances are the weighted sums over the item's views.
 
     Args:
       query_codes: float (nq, num_bits) continuous codes (``HashEncoder.embed``), not packed.
@@ -223,15 +317,21 @@ class HammingIndex:
     if query_codes.ndim != 2 or query_codes.shape[1] != self.num_bits:
       raise ValueError(f"query_codes: expected continuous codes of shape (nq, {self.num_bits}), "
                        f"got {query_codes.dtype} {query_codes.shape}")
-    _, positions = hamming.search_prepared(packing.pack_bits(query_codes), self._database(),
-                                           min(candidates, max(len(self), k)))
-    dist, positions = asymmetric.rerank(query_codes, self._codes, positions,
-                                        num_bits=self.num_bits)
+    _, positions = hamming.search_prepared(self.expand_queries(packing.pack_bits(query_codes)),
+                                           self._database(), min(candidates, max(len(self), k)))
+    if self.view_weights != (1,):   # each view's bits, its padding weighing 0, tiled
+      padded = np.zeros((len(query_codes), 8 * packing.num_bytes(self.num_bits)))
+      padded[:, :self.num_bits] = query_codes
+      query_codes = np.tile(padded, (1, sum(self.view_weights)))
+    dist, positions = asymmetric.rerank(query_codes, self._scan_codes(), positions,
+                                        num_bits=self._scan_bits)
     return dist[:, :k], self._to_ids(positions[:, :k])
 
   def range_search(self, xq_packed, radius: int):
-    """Items within Hamming ``radius``: (lims, D, I ids), faiss contract (see hamming)."""
-    lims, dist, positions = radius_lib.range_search_prepared(xq_packed, self._database(), radius)
+    """Items within Hamming ``radius`` (of the weighted sum, with several views): (lims, D, I
+    ids), faiss contract (see hamming)."""
+    lims, dist, positions = radius_lib.range_search_prepared(self.expand_queries(xq_packed),
+                                                             self._database(), radius)
     return lims, dist, self._to_ids(positions)
 
   def to_faiss(self):
@@ -239,15 +339,17 @@ class HammingIndex:
 
     faiss needs a multiple of 8 bits: the index has ``8 * ceil(num_bits/8)`` bits
     whose padding bits are zero in every code, so distances are unchanged. faiss
-    returns insertion positions; map them to ids with ``self.ids[I]``.
+    returns insertion positions; map them to ids with ``self.ids[I]``. With several views
+    it holds the codes the scan compares: search it with ``expand_queries(xq)``.
     """
     try:
       import faiss  # pylint: disable=g-import-not-at-top
     except ImportError as e:
       raise ImportError("HammingIndex.to_faiss needs faiss: pip install faiss-cpu") from e
-    index = faiss.IndexBinaryFlat(8 * packing.num_bytes(self.num_bits))
+    codes = self._scan_codes()
+    index = faiss.IndexBinaryFlat(8 * codes.shape[1])
     if len(self):
-      index.add(np.ascontiguousarray(self._codes))
+      index.add(np.ascontiguousarray(codes))
     return index
 
   # ---------------------------------------------------------------------- save/load
@@ -275,7 +377,8 @@ class HammingIndex:
     payload = b"".join(blobs)
     header = json.dumps(dict(
         format_version=FORMAT_VERSION, num_bits=self.num_bits, model_id=self.model_id,
-        count=len(self), custom_ids=self._custom_ids, metadata=self.metadata, arrays=table,
+        count=len(self), custom_ids=self._custom_ids, view_weights=list(self.view_weights),
+        metadata=self.metadata, arrays=table,
         payload_nbytes=len(payload), payload_sha256=hashlib.sha256(payload).hexdigest(),
     ), sort_keys=True).encode()
     prefix = _PREFIX.pack(_MAGIC, FORMAT_VERSION, len(header), hashlib.sha256(header).digest())
@@ -337,16 +440,36 @@ class HammingIndex:
       arrays[entry["name"]] = np.frombuffer(blob, np.dtype(entry["dtype"])).reshape(
           entry["shape"])
     metadata = header.get("metadata", {}) if version >= 2 else _legacy_metadata(path)
-    index = cls(header["num_bits"], header["model_id"], metadata=metadata, **kwargs)
+    try:
+      index = cls(header["num_bits"], header["model_id"], metadata=metadata,
+                  view_weights=header.get("view_weights", (1,)) if version >= 3 else (1,),
+                  **kwargs)
+    except (TypeError, ValueError) as e:
+      raise fail(f"invalid header: {e}") from e
     count = header["count"]
     codes = arrays["codes"]
-    if codes.shape != (count, packing.num_bytes(index.num_bits)):
+    width = packing.num_bytes(index.num_bits)
+    if codes.shape != (count, index.views * width):
       raise fail(f"codes shape {codes.shape} does not match count={count}, "
-                 f"num_bits={index.num_bits}")
+                 f"num_bits={index.num_bits}, views={index.views}")
     paths = json.loads(arrays["paths"].tobytes()) if "paths" in arrays else None
-    index.add(codes.copy(), ids=arrays["ids"].copy() if header["custom_ids"] else None,
+    index.add(codes.reshape(count, index.views, width).copy(), ids=arrays["ids"].copy() if header["custom_ids"] else None,
               labels=arrays["labels"].copy() if "labels" in arrays else None, paths=paths)
     return index
+
+
+def check_view_weights(view_weights) -> tuple[int, ...]:
+  """A non-empty tuple of whole weights >= 1; ValueError naming the value otherwise."""
+  try:
+    weights = tuple(view_weights)
+  except TypeError:
+    raise ValueError(f"view_weights must be a sequence of whole numbers >= 1 (one per view), "
+                     f"got {view_weights!r}") from None
+  if not weights or not all(isinstance(w, (int, np.integer)) and not isinstance(w, bool)
+                            and w >= 1 for w in weights):
+    raise ValueError(f"view_weights must be a non-empty sequence of whole numbers >= 1 (one per "
+                     f"view), got {view_weights!r}")
+  return tuple(int(w) for w in weights)
 
 
 def _legacy_metadata(path: str) -> dict:
