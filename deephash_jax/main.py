@@ -60,6 +60,10 @@ flags.DEFINE_string("output", None, "dataset create: the new tree's folder; inde
 flags.DEFINE_string("split", "gallery", "The split to encode.")
 flags.DEFINE_string("image_root", None, "Read --split from this tree instead of the workdir's "
                     "dataset (images resized to the model's input).")
+flags.DEFINE_list("view_weights", ["1"], "index: whole weights, one per code each catalogue "
+                  "image gets: its own, then renderings by config.eval.closest_match.recipe "
+                  "(e.g. 3,1,1,1: four codes an item, ranked by the weighted sum of their "
+                  "distances; search/index.py).")
 flags.DEFINE_string("index", None, "The index file built by `deephash index` (predict without "
                     "it encodes the workdir's database split on the fly).")
 flags.DEFINE_integer("port", 8000, "Port on 127.0.0.1.")
@@ -145,8 +149,16 @@ def _evaluate():
 
 def _index():
   from deephash_jax.serve import catalogue  # pylint: disable=g-import-not-at-top
-  _print_results(catalogue.build_index(FLAGS.workdir, FLAGS.split, FLAGS.output,
-                                       image_root=FLAGS.image_root))
+  try:
+    weights = [int(w) for w in FLAGS.view_weights]
+  except ValueError:
+    sys.exit(f"deephash index: --view_weights={','.join(FLAGS.view_weights)}: whole numbers "
+             "expected, e.g. 3,1,1,1")
+  try:
+    _print_results(catalogue.build_index(FLAGS.workdir, FLAGS.split, FLAGS.output,
+                                         image_root=FLAGS.image_root, view_weights=weights))
+  except ValueError as e:
+    sys.exit(f"deephash index: {e}")
 
 
 def _demo():
@@ -208,7 +220,8 @@ def _benchmark():
 COMMANDS = {
     "train": Command(_train, ("config", "workdir", *_MULTIHOST), ("config", "workdir")),
     "evaluate": Command(_evaluate, ("workdir", *_MULTIHOST), ("workdir",)),
-    "index": Command(_index, ("workdir", "split", "output", "image_root"), ("workdir", "output")),
+    "index": Command(_index, ("workdir", "split", "output", "image_root", "view_weights"),
+                     ("workdir", "output")),
     "demo": Command(_demo, ("workdir", "index", "port"), ("workdir", "index")),
     "predict": Command(_predict, ("workdir", "image", "index", "k", "rerank", "grid"),
                        ("workdir",)),

@@ -32,6 +32,9 @@ from deephash_jax.search import packing
 
 METRICS = ("recall_at_1", "recall_at_10", "map_all")
 RERANK_SHUFFLE_SEED = 0     # the database order of `reranked_metrics`
+# A catalogue index's view v (serve/catalogue.py `catalogue_views`) renders with seed + this + v:
+# never the queries' seed.
+VIEW_SEED_OFFSET = 1000
 
 
 def render_queries(images: np.ndarray, recipe, seed: int, *, batch_size: int = 1000) -> np.ndarray:

@@ -225,7 +225,7 @@ def create_app(workdir: str, index_path: str, *, max_upload_bytes: int = MAX_UPL
   def similar(item_id: int, k: int = Query(10, ge=1, le=MAX_K)):
     """The k nearest entries to a catalogue entry, by its stored code (itself first)."""
     query = api_entry(catalogue, item_id)
-    code = catalogue.index.codes[catalogue.position[item_id]][None]
+    code = catalogue.index.view_codes(0)[catalogue.position[item_id]][None]   # its own code
     return {"query": query, "k": k, "num_bits": catalogue.encoder.num_bits,
             "results": api_results(catalogue, catalogue.search_codes(code, k)[0])}
 

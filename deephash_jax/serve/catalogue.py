@@ -7,6 +7,8 @@ error), or, without an index, encodes the workdir's `config.input.database_split
 Queries are read by the one image loader (data/images.py), searched exactly in the
 `HammingIndex`, and come back as entries sorted by (Hamming distance, id), or, re-ranked
 (`search_embeddings`' `rerank`), by the asymmetric distance of the query's continuous code.
+An index built with `view_weights` holds several codes an entry (its image's and renderings of
+it as a shopper's photo) and ranks an entry by the weighted sum of their distances.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ from __future__ import annotations
 import datetime
 import functools
 import io
+import json
 import os
 import time
+from typing import Sequence
 
 from absl import logging
 import numpy as np
@@ -26,6 +30,7 @@ from deephash_jax import encoder as encoder_lib
 from deephash_jax.data import fashion_mnist
 from deephash_jax.data import images as images_lib
 from deephash_jax.data import registry
+from deephash_jax.evaluators import closest_match
 from deephash_jax.search import index as index_lib
 from deephash_jax.search import packing
 
@@ -52,15 +57,21 @@ def read_query(path: str, image_shape) -> np.ndarray:
     raise CatalogueError(str(e)) from e
 
 
-def build_index(workdir: str, split: str, output: str, *, image_root: str | None = None) -> dict:
+def build_index(workdir: str, split: str, output: str, *, image_root: str | None = None,
+                view_weights: Sequence[int] = (1,)) -> dict:
   """`deephash index`: encodes `split` with the model in `workdir` into an index file.
 
   The split comes from the workdir's own dataset, or from any image tree given as `image_root`
   (read at the model's input size). The index holds the packed codes, the clothing-type labels,
   each image's absolute path (when the dataset has files) and, in its metadata, the class names,
   the item ids, the split and the model's workdir and step. Returns a summary.
+
+  With several `view_weights` every image gets one code a weight: its own, then renderings as a
+  shopper's photo by the model's `config.eval.closest_match.recipe` (`catalogue_views`), and an
+  entry ranks by the weighted sum of its codes' distances (search/index.py).
   """
   start = time.time()
+  view_weights = index_lib.check_view_weights(view_weights)
   encoder = encoder_lib.HashEncoder.from_workdir(workdir)
   data, root = registry.load_catalogue_split(encoder.config.input, split, image_root)
   paths = None
@@ -75,13 +86,31 @@ def build_index(workdir: str, split: str, output: str, *, image_root: str | None
       "workdir": os.path.abspath(workdir), "step": encoder.step, "split": split,
       "image_root": root, "class_names": list(data.class_names),
       "items": np.asarray(data.items).tolist()}
-  index = index_lib.HammingIndex(encoder.num_bits, model_id=encoder.model_id, metadata=metadata)
-  index.add(encoder.encode(data.images), labels=data.labels, paths=paths)
+  codes = [encoder.encode(data.images)]
+  if len(view_weights) > 1:
+    cm = encoder.config.eval.closest_match
+    metadata["views"] = {"recipe": json.loads(json.dumps(dict(cm.recipe), default=list)),
+                         "seeds": [int(cm.seed) + closest_match.VIEW_SEED_OFFSET + v
+                                   for v in range(1, len(view_weights))]}
+    codes += [encoder.encode(view) for view in catalogue_views(
+        data.images, cm.recipe, cm.seed, len(view_weights))]
+  index = index_lib.HammingIndex(encoder.num_bits, model_id=encoder.model_id, metadata=metadata,
+                                 view_weights=view_weights)
+  index.add(np.stack(codes, axis=1), labels=data.labels, paths=paths)
   os.makedirs(os.path.dirname(os.path.abspath(output)) or ".", exist_ok=True)
   index.save(output)
   return {"index": os.path.abspath(output), "count": len(index), "num_bits": encoder.num_bits,
+          "view_weights": list(view_weights),
           "split": split, "image_root": root or "", "model_id": encoder.model_id,
           "seconds": round(time.time() - start, 2)}
+
+
+def catalogue_views(images: np.ndarray, recipe, seed: int, views: int):
+  """The renderings of catalogue images that an index of `views` codes an item adds, one array
+  a view (views 1.. views - 1): by the closest-match `recipe`, view v with seed
+  `seed + closest_match.VIEW_SEED_OFFSET + v`, so never the evaluation's queries' seed."""
+  for v in range(1, views):
+    yield closest_match.render_queries(images, recipe, seed + closest_match.VIEW_SEED_OFFSET + v)
 
 
 def _load_index(index_path: str, *, num_bits: int, workdir: str) -> index_lib.HammingIndex:
@@ -171,14 +200,12 @@ class Catalogue:
       return self.search_codes(packed, k)
     k = min(k, len(self.index))
     distances, ids = self.index.search_asymmetric(codes, k, candidates=max(rerank, k))
-    results = []
-    for query, dist, idx in zip(packed, distances, ids):
-      stored = self.index.codes[[self.position[int(i)] for i in idx]]
-      hamming = np.unpackbits(stored ^ query, axis=1).sum(axis=1)
-      results.append([dict(self.entry(int(i)), rank=rank, distance=int(h),
-                           asymmetric_distance=round(float(d), 4))
-                      for rank, (d, h, i) in enumerate(zip(dist, hamming, idx), start=1)])
-    return results
+    hamming = self.index.hamming_distances(
+        packed, [[self.position[int(i)] for i in idx] for idx in ids])
+    return [[dict(self.entry(int(i)), rank=rank, distance=int(h),
+                  asymmetric_distance=round(float(d), 4))
+             for rank, (d, h, i) in enumerate(zip(dist, ham, idx), start=1)]
+            for dist, ham, idx in zip(distances, hamming, ids)]
 
   def entry(self, item_id: int) -> dict:
     """What the catalogue knows of one entry: id, label, clothing type, item and image path."""

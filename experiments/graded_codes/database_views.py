@@ -5,9 +5,10 @@ r"""Database views: each catalogue image indexed by several codes, its own and r
 A shopper's photo drifts from its original's code (where_garment_goes.py); this asks whether
 the catalogue side can meet it. Every database image (the closest match's originals and
 distractors; the category protocol's training images) gets `views` codes: its own, and
-`views - 1` renderings by the closest-match recipe (closest_match.render_queries, the recipe the
-model's training query views use in `graded_tanh_qv2`) with seeds other than the evaluation's
-queries'. An item's distance to a query is the minimum ("min") or a weighted mean ("mean", the
+`views - 1` renderings by the closest-match recipe (the recipe the model's training query views
+use in `graded_tanh_qv2`) with seeds other than the evaluation's queries': the renderings of
+`deephash index --view_weights=...` (serve/catalogue.py `catalogue_views`), whose index ranks by
+the weighted mean's Hamming form below. An item's distance to a query is the minimum ("min") or a weighted mean ("mean", the
 item's own code weighted `clean_weight`, each rendering 1) of the distances to its codes, and both
 protocols are scored on it, tie-aware (ranking.one_relevant_metrics, ranking.ranking_metrics),
 for 1, 2 and `views` views (the weights at `views` only): the closest match by Hamming and by the
@@ -25,15 +26,12 @@ import time
 
 import numpy as np
 
-from deephash_jax.evaluators import closest_match
 from deephash_jax.evaluators import ranking
 from deephash_jax.search import asymmetric
+from deephash_jax.serve import catalogue
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import where_garment_goes  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-VIEW_SEED_OFFSET = 1000    # view v is rendered with the evaluation's seed + 1000 + v
-
 
 def view_distance_rows(query_codes, view_codes, *, metric: str = "hamming",
                        aggregate: str = "min", clean_weight: int = 1):
@@ -69,6 +67,8 @@ def view_codes(e: where_garment_goes.Embedded, views: int, cache: str | None) ->
   model_id = e.encoder.model_id
   if cache and os.path.exists(cache):
     stored = np.load(cache)
+    if "model_id" not in stored.files:
+      raise ValueError(f"--cache {cache}: holds no model id; delete it to embed the views again")
     if str(stored["model_id"]) != model_id:
       raise ValueError(f"--cache {cache}: codes of model {stored['model_id']}, not of this "
                        f"workdir's {model_id}")
@@ -77,9 +77,8 @@ def view_codes(e: where_garment_goes.Embedded, views: int, cache: str | None) ->
   cm = e.encoder.config.eval.closest_match
   images = np.concatenate([e.query.images, e.database.images])
   codes = [np.concatenate([e.originals, e.distractors])]
-  for v in range(1, views):
-    codes.append(e.encoder.embed(closest_match.render_queries(
-        images, cm.recipe, seed=cm.seed + VIEW_SEED_OFFSET + v)))
+  codes += [e.encoder.embed(view) for view in catalogue.catalogue_views(
+      images, cm.recipe, cm.seed, views)]
   codes = np.stack(codes)
   if cache:
     np.savez(cache, views=codes, model_id=model_id)

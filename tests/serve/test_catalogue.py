@@ -8,7 +8,9 @@ from PIL import Image
 
 from deephash_jax import encoder as encoder_lib
 from deephash_jax.data import fashion_mnist
+from deephash_jax.evaluators import closest_match
 from deephash_jax.search import index as index_lib
+from deephash_jax.search import packing
 from deephash_jax.serve import catalogue
 
 pytestmark = pytest.mark.slow
@@ -55,3 +57,43 @@ def test_one_photo_gives_one_code_whichever_way_it_comes_in(trained, tmp_path):
   pixels = catalogue.read_query(str(photo), model.image_shape)
   np.testing.assert_array_equal(model.encode(pixels[None]), from_file)
   np.testing.assert_array_equal(model.read_files([str(photo)])[0], pixels)
+
+
+def test_an_index_of_catalogue_views_ranks_by_the_weighted_sum(trained, tmp_path):
+  """`deephash index --view_weights=2,1,1`: each image's own code (view 0, the one-view index's)
+  and two renderings by the closest-match recipe with their own seeds; the catalogue ranks an
+  entry by 2 d0 + d1 + d2, Hamming or (re-ranked) asymmetric, against loops over the views."""
+  workdir, index_path, database, query_path, _ = trained
+  views_path = str(tmp_path / "views.dhidx")
+  summary = catalogue.build_index(workdir, "train", views_path, view_weights=(2, 1, 1))
+  assert summary["view_weights"] == [2, 1, 1] and summary["count"] == 320
+  index = index_lib.HammingIndex.load(views_path)
+  assert index.view_weights == (2, 1, 1)
+  np.testing.assert_array_equal(index.view_codes(0), index_lib.HammingIndex.load(index_path).codes)
+  model = encoder_lib.HashEncoder.from_workdir(workdir)
+  cm = model.config.eval.closest_match
+  seeds = [cm.seed + closest_match.VIEW_SEED_OFFSET + v for v in (1, 2)]
+  assert index.metadata["views"]["seeds"] == seeds
+  for v, seed in zip((1, 2), seeds):
+    np.testing.assert_array_equal(index.view_codes(v), model.encode(
+        closest_match.render_queries(database.images, cm.recipe, seed)))
+  assert not np.array_equal(index.view_codes(1), index.view_codes(2))
+
+  cat = catalogue.Catalogue.open(workdir, views_path)
+  q = model.embed(catalogue.read_query(query_path, model.image_shape)[None])
+  bits = [packing.unpack_bits(index.view_codes(v), 16) for v in range(3)]
+  hamming = sum(w * (b != (q > 0)).sum(axis=1) for w, b in zip((2, 1, 1), bits))
+  want = np.lexsort((np.arange(320), hamming))[:6]               # ties by id
+  got = cat.search_embeddings(q, 6)[0]
+  assert [m["id"] for m in got] == want.tolist()
+  assert [m["distance"] for m in got] == hamming[want].tolist()
+  weights = np.round(np.abs(q[0].astype(np.float64)) * 2**20) / 2**20
+  asym = sum(w * ((b != (q[0] > 0)) * weights).sum(axis=1) for w, b in zip((2, 1, 1), bits))
+  pool = np.lexsort((np.arange(320), hamming))[:40]
+  want = pool[np.argsort(asym[pool], kind="stable")][:6]
+  got = cat.search_embeddings(q, 6, rerank=40)[0]
+  assert [m["id"] for m in got] == want.tolist()
+  assert [m["distance"] for m in got] == hamming[want].tolist()
+  np.testing.assert_allclose([m["asymmetric_distance"] for m in got], asym[want], atol=1e-4)
+  with pytest.raises(ValueError, match="view_weights"):
+    catalogue.build_index(workdir, "train", views_path, view_weights=(0, 1))
