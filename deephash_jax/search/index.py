@@ -453,7 +453,8 @@ class HammingIndex:
       raise fail(f"codes shape {codes.shape} does not match count={count}, "
                  f"num_bits={index.num_bits}, views={index.views}")
     paths = json.loads(arrays["paths"].tobytes()) if "paths" in arrays else None
-    index.add(codes.reshape(count, index.views, width).copy(), ids=arrays["ids"].copy() if header["custom_ids"] else None,
+    index.add(codes.reshape(count, index.views, width).copy(),
+              ids=arrays["ids"].copy() if header["custom_ids"] else None,
               labels=arrays["labels"].copy() if "labels" in arrays else None, paths=paths)
     return index
 

@@ -6,15 +6,15 @@ A shopper's photo drifts from its original's code (where_garment_goes.py); this 
 the catalogue side can meet it. Every database image (the closest match's originals and
 distractors; the category protocol's training images) gets `views` codes: its own, and
 `views - 1` renderings by the closest-match recipe (the recipe the model's training query views
-use in `graded_tanh_qv2`) with seeds other than the evaluation's queries': the renderings of
-`deephash index --view_weights=...` (serve/catalogue.py `catalogue_views`), whose index ranks by
-the weighted mean's Hamming form below. An item's distance to a query is the minimum ("min") or a weighted mean ("mean", the
-item's own code weighted `clean_weight`, each rendering 1) of the distances to its codes, and both
-protocols are scored on it, tie-aware (ranking.one_relevant_metrics, ranking.ranking_metrics),
-for 1, 2 and `views` views (the weights at `views` only): the closest match by Hamming and by the
-asymmetric distance, the category by Hamming. A mean Hamming distance is the query's signs
-against the weighted mean of the item's signs. `--cache` keeps the views' codes (rendering and
-embedding 70,000 images a view is the slow part). One JSON line per setting.
+use in `graded_tanh_qv2`) with seeds other than the evaluation's queries', as
+`deephash index --view_weights=...` renders them (serve/catalogue.py `catalogue_views`). An
+item's distance to a query is the minimum ("min") or a weighted mean ("mean", the item's own
+code weighted `clean_weight`, each rendering 1) of the distances to its codes: the mean's
+Hamming form is the ranking of that index (search/index.py). Both protocols are scored on it,
+tie-aware (ranking.one_relevant_metrics, ranking.ranking_metrics), for 1, 2 and `views` views
+(the weights at `views` only): the closest match by Hamming and by the asymmetric distance, the
+category by Hamming. `--cache` keeps the views' codes (rendering and embedding 70,000 images a
+view is the slow part). One JSON line per setting.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""search/index.py: HammingIndex search, metadata, file format (v3; v2 and v1 still read), faiss export."""
+"""search/index.py: HammingIndex search, metadata, file format (v3; v2, v1 read), faiss export."""
 import hashlib
 import json
 import struct
