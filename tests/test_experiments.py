@@ -10,6 +10,7 @@ import pytest
 from deephash_jax import config_lib
 from deephash_jax.evaluators import ranking
 from deephash_jax.search import packing
+from deephash_jax.search.index import HammingIndex
 
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -158,12 +159,22 @@ def test_database_views_rows_are_the_minimum_or_mean_over_an_items_codes():
     np.testing.assert_array_equal(one, (bits(query)[:, None, :] != bits(codes[0])[None]).sum(-1))
   with pytest.raises(ValueError, match="aggregate"):
     views.view_distance_rows(query, codes, aggregate="max")
+  # The weighted mean's Hamming rows are the distances of the library's index of these views.
+  index = HammingIndex(10, view_weights=(3, 1, 1))
+  index.add(np.stack([packing.pack_bits(c) for c in codes], axis=1))
+  np.testing.assert_array_equal(
+      index.hamming_distances(packing.pack_bits(query), np.tile(np.arange(25), (7, 1))),
+      views.view_distance_rows(query, codes, aggregate="mean", clean_weight=3)(0, 7))
 
 
 def test_database_views_cache_is_reused_for_its_model_only(tmp_path):
   views = _load("experiments/graded_codes/database_views.py")
   cache = str(tmp_path / "views.npz")
   codes = np.arange(24, dtype=np.float32).reshape(3, 4, 2)
+  np.savez(cache, views=codes)
+  same = types.SimpleNamespace(encoder=types.SimpleNamespace(model_id="model-a"))
+  with pytest.raises(ValueError, match="views.npz: holds no model id"):
+    views.view_codes(same, 2, cache)
   np.savez(cache, views=codes, model_id="model-a")
   same = types.SimpleNamespace(encoder=types.SimpleNamespace(model_id="model-a"))
   np.testing.assert_array_equal(views.view_codes(same, 2, cache), codes[:2])   # no rendering

@@ -123,28 +123,33 @@ def asymmetric_metrics(protocol: ClosestMatch, query_codes, original_codes, dist
   return {k: result[k] for k in METRICS}
 
 
-def shuffled_index(codes, seed: int) -> index_lib.HammingIndex:
-  """A HammingIndex of the signs of `codes` (N, K) inserted in an order shuffled by `seed`, its
-  ids the rows' places in `codes`: the ties it breaks by insertion order fall at random."""
+def shuffled_index(codes, seed: int, *, view_weights=(1,)) -> index_lib.HammingIndex:
+  """A HammingIndex of the signs of `codes` (N, K), or (N, views, K) with `view_weights`,
+  inserted in an order shuffled by `seed`, its ids the rows' places in `codes`: the ties it
+  breaks by insertion order fall at random."""
+  codes = np.asarray(codes)
   order = np.random.default_rng(seed).permutation(len(codes))
-  index = index_lib.HammingIndex(codes.shape[1])
-  index.add(packing.pack_bits(codes[order]), ids=order)
+  index = index_lib.HammingIndex(codes.shape[-1], view_weights=view_weights)
+  packed = packing.pack_bits(codes[order].reshape(-1, codes.shape[-1]))
+  index.add(packed.reshape(*codes.shape[:-1], -1), ids=order)
   return index
 
 
 def reranked_metrics(protocol: ClosestMatch, query_codes, original_codes, distractor_codes, *,
                      candidates: int = index_lib.DEFAULT_CANDIDATES,
-                     seed: int = RERANK_SHUFFLE_SEED) -> dict[str, float]:
+                     seed: int = RERANK_SHUFFLE_SEED, view_weights=(1,)) -> dict[str, float]:
   """R@1 and R@10 of the served search: a HammingIndex of the database's signs, searched by
   `search_asymmetric(query_codes, 10, candidates=candidates)` (the Hamming top `candidates`,
-  re-ranked by the asymmetric distance).
+  re-ranked by the asymmetric distance). With `view_weights`, original and distractor codes are
+  (N, views, K): an index of catalogue views (search/index.py).
 
   The index holds the database in an order shuffled by `seed`, since the search breaks its ties
   (equal Hamming distances at the candidates' boundary, equal codes) by that order: one draw of
   the random tie-breaking whose expectation `metrics` scores, so the originals (first in the
   protocol's database) win no ties. No mAP: the list is cut at `candidates`.
   """
-  index = shuffled_index(np.concatenate([original_codes, distractor_codes]), seed)
+  index = shuffled_index(np.concatenate([original_codes, distractor_codes]), seed,
+                         view_weights=view_weights)
   _, found = index.search_asymmetric(np.asarray(query_codes), min(10, candidates),
                                      candidates=candidates)
   hit = found == np.asarray(protocol.query_ids)[:, None]       # query i's original: position i

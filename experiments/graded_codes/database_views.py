@@ -13,8 +13,10 @@ code weighted `clean_weight`, each rendering 1) of the distances to its codes: t
 Hamming form is the ranking of that index (search/index.py). Both protocols are scored on it,
 tie-aware (ranking.one_relevant_metrics, ranking.ranking_metrics), for 1, 2 and `views` views
 (the weights at `views` only): the closest match by Hamming and by the asymmetric distance, the
-category by Hamming. `--cache` keeps the views' codes (rendering and embedding 70,000 images a
-view is the slow part). One JSON line per setting.
+category by Hamming; and, for the weighted means, the served search of that index
+(closest_match.reranked_metrics: the Hamming top 100 re-ranked by the asymmetric distance, the
+database in a seeded order). `--cache` keeps the views' codes (rendering and embedding 70,000
+images a view is the slow part). One JSON line per setting.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import time
 
 import numpy as np
 
+from deephash_jax.evaluators import closest_match
 from deephash_jax.evaluators import ranking
 from deephash_jax.search import asymmetric
 from deephash_jax.serve import catalogue
@@ -113,6 +116,13 @@ def main():
       category = ranking.ranking_metrics(rows(e.originals, codes[:v, originals:]),
                                          e.query.labels, e.database.labels, map_at=(1000,),
                                          ties="expected")
+      if aggregate == "mean":
+        weights = (weight,) + (1,) * (v - 1)
+        served = closest_match.reranked_metrics(
+            e.protocol, e.query_codes, np.moveaxis(codes[:v, :originals], 0, 1),
+            np.moveaxis(codes[:v, originals:], 0, 1), view_weights=weights)
+        out.update(served_reranked_recall_at_1=round(served["recall_at_1"], 4),
+                   served_reranked_recall_at_10=round(served["recall_at_10"], 4))
       out.update(map_all=round(float(category["map_all"]), 4),
                  map_at_1000=round(float(category["map_at_1000"]), 4),
                  seconds=round(time.time() - start))

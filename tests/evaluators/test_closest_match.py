@@ -110,6 +110,28 @@ def test_reranked_metrics_are_the_served_search_in_loops(candidates, seed):
   assert got["candidates"] == candidates
 
 
+def test_reranked_metrics_of_an_index_of_views_are_the_weighted_search_in_loops():
+  """Two codes an item weighted (2, 1): both distances are 2 d(view 0) + d(view 1)."""
+  rng = np.random.default_rng(5)
+  protocol = _protocol(8, 30, seed=2)
+  codes = lambda *shape: (np.where(rng.random((*shape, 6)) > 0.5, 1.0, -1.0)
+                          * rng.choice([0.25, 0.5, 1.0], size=(*shape, 6)))
+  query, original, distractor = codes(8), codes(8, 2), codes(30, 2)
+  got = closest_match.reranked_metrics(protocol, query, original, distractor, candidates=12,
+                                       view_weights=(2, 1))
+  database = np.concatenate([original, distractor]) > 0
+  order = np.random.default_rng(closest_match.RERANK_SHUFFLE_SEED).permutation(len(database))
+  distance = lambda q, item, cost: sum(
+      w * sum(cost(x) for x, b in zip(q, item[v]) if (x > 0) != b) for v, w in enumerate((2, 1)))
+  found = []
+  for q in query:
+    pool = sorted(range(len(order)), key=lambda p: distance(q, database[order[p]], lambda x: 1))
+    pool = sorted(pool[:12], key=lambda p: distance(q, database[order[p]], abs))
+    found.append(order[pool[:10]])
+  assert got["recall_at_1"] == pytest.approx(np.mean([f[0] == i for i, f in enumerate(found)]))
+  assert got["recall_at_10"] == pytest.approx(np.mean([i in f for i, f in enumerate(found)]))
+
+
 def test_reranked_metrics_give_the_originals_no_ties():
   """Collapsed codes: by the protocol's order every original would come first; shuffled, query
   i finds it first only where the seeded order puts it first among the 16."""
