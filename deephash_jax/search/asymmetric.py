@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from deephash_jax.search import layout
 from deephash_jax.search import packing
 
 WEIGHT_QUANTUM = 2.0**-20
@@ -85,6 +86,10 @@ def _check_rerank_args(query_codes, candidates, num_bits):
   return w, candidates
 
 
+def _nothing_found(shape):
+  return np.full(shape, np.inf), np.full(shape, -1, np.int64)
+
+
 @jax.jit
 def _distances_jit(weights, codes):
   """weights int32 (n, K): signed multiples of WEIGHT_QUANTUM; codes uint8 (n, c, B): the
@@ -119,23 +124,18 @@ def rerank(query_codes, db_packed: np.ndarray, candidates: np.ndarray, *, num_bi
   nq, c = candidates.shape
   present = candidates >= 0
   if not present.any():      # an empty database, or nothing found
-    return np.full(candidates.shape, np.inf), np.full(candidates.shape, -1, np.int64)
+    return _nothing_found(candidates.shape)
   if np.abs(w).sum(axis=1).max() >= MAX_JIT_WEIGHT:       # int32 sums would overflow
-    return rerank_tables(query_codes, db_packed, candidates, num_bits=num_bits)
+    return _rerank_tables(w, candidates, db_packed)
   weights = np.round(w / WEIGHT_QUANTUM).astype(np.int32)        # whole quanta, exact
   codes = db_packed[np.where(present, candidates, 0)]             # (nq, c, B)
   rows = max(1, min(QUERY_CHUNK, _CALL_ELEMENTS // (c * num_bits)))
-  rows = min(1 << (rows.bit_length() - 1), 1 << (nq - 1).bit_length())   # a power of two
-  pending = []
-  for start in range(0, nq, rows):
-    part = [weights[start:start + rows], codes[start:start + rows]]
-    pad = rows - len(part[0])
-    if pad:
-      part = [np.concatenate([a, np.zeros((pad,) + a.shape[1:], a.dtype)]) for a in part]
-    pending.append((start, _distances_jit(*part)))
+  pending = [(start, stop, _distances_jit(*parts))   # calls of a power of two of queries
+             for start, stop, parts in layout.row_batches([weights, codes],
+                                                          1 << (rows.bit_length() - 1))]
   d = np.empty((nq, c), np.int64)
-  for start, part in pending:                       # dispatched asynchronously above
-    d[start:start + rows] = np.asarray(part)[:min(rows, nq - start)]
+  for start, stop, part in pending:                 # dispatched asynchronously above
+    d[start:stop] = np.asarray(part)[:stop - start]
   d = np.where(present, d, _MISSING)
   # Sorted on the host: XLA:CPU's sort of (distance, place) is several times slower than
   # NumPy's argsort of the unique keys distance * c + place (ties in the candidates' order).
@@ -150,10 +150,14 @@ def rerank_tables(query_codes, db_packed: np.ndarray, candidates: np.ndarray, *,
   """`rerank` in NumPy by `byte_tables` (float64, exact at any length): the path of queries
   whose sum of |q_i| reaches MAX_JIT_WEIGHT (about 2**11), and the reference that
   benchmarks/rerank_benchmark.py times."""
-  w, candidates = _check_rerank_args(query_codes, candidates, num_bits)
+  return _rerank_tables(*_check_rerank_args(query_codes, candidates, num_bits), db_packed)
+
+
+def _rerank_tables(w, candidates, db_packed):
+  """`rerank_tables` of checked `query_weights` rows and candidates."""
   present = candidates >= 0
   if not present.any():      # an empty database, or nothing found
-    return np.full(candidates.shape, np.inf), np.full(candidates.shape, -1, np.int64)
+    return _nothing_found(candidates.shape)
   codes = db_packed[np.where(present, candidates, 0)]                  # (nq, c, B)
   d = np.empty(candidates.shape)
   for start in range(0, len(w), QUERY_CHUNK):    # tables of a chunk stay in cache

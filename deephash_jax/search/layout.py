@@ -136,16 +136,24 @@ def all_distances(query_words, chunk):
   return dist.reshape(query_words.shape[0], -1).astype(jnp.int32)
 
 
+def row_batches(arrays, max_rows: int):
+  """Yields (start, stop, parts): rows start:stop of each of `arrays` (equal lengths) in batches
+  of one size, min(max_rows, the power of two at or above their count), the last padded with
+  zeros: few distinct shapes for a jitted call to compile."""
+  n = len(arrays[0])
+  batch = min(max_rows, 1 << max(0, (n - 1).bit_length()))
+  for start in range(0, n, batch):
+    parts = [a[start:start + batch] for a in arrays]
+    pad = batch - len(parts[0])
+    if pad:
+      parts = [np.concatenate([p, np.zeros((pad, *p.shape[1:]), p.dtype)]) for p in parts]
+    yield start, min(start + batch, n), parts
+
+
 def query_batches(xq_packed, num_bits, query_batch_size):
   """Yields (start, stop, padded query words) with few distinct batch shapes."""
-  words = packing.to_words(xq_packed)
-  nq = words.shape[0]
-  batch = min(query_batch_size, 1 << max(0, (nq - 1).bit_length()))
-  for start in range(0, nq, batch):
-    part = words[start:start + batch]
-    if part.shape[0] < batch:
-      part = np.concatenate([part, np.zeros((batch - part.shape[0], part.shape[1]), np.uint32)])
-    yield start, min(start + batch, nq), part
+  for start, stop, (words,) in row_batches([packing.to_words(xq_packed)], query_batch_size):
+    yield start, stop, words
 
 
 def empty_results(nq, k, num_bits):
