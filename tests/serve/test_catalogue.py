@@ -97,3 +97,21 @@ def test_an_index_of_catalogue_views_ranks_by_the_weighted_sum(trained, tmp_path
   np.testing.assert_allclose([m["asymmetric_distance"] for m in got], asym[want], atol=1e-4)
   with pytest.raises(ValueError, match="view_weights"):
     catalogue.build_index(workdir, "train", views_path, view_weights=(0, 1))
+
+
+def test_views_of_an_image_tree_render_in_colour_at_the_models_size(tree_model, tmp_path):
+  """An image-folder model (64 px RGB): the renderings take its input shape, and the demo's
+  catalogue serves the index of views."""
+  workdir, index_path, _ = tree_model
+  views_path = str(tmp_path / "tree_views.dhidx")
+  summary = catalogue.build_index(workdir, "gallery", views_path, view_weights=(1, 1))
+  index = index_lib.HammingIndex.load(views_path)
+  assert summary["count"] == len(index) == 50 and index.view_weights == (1, 1)
+  np.testing.assert_array_equal(index.view_codes(0), index_lib.HammingIndex.load(index_path).codes)
+  assert (index.view_codes(0) != index.view_codes(1)).any()
+  cat = catalogue.Catalogue.open(workdir, views_path)
+  queries = index.view_codes(1)[:3]        # item i's rendering: its own distance is d(view 0)
+  own = [int(np.unpackbits(index.view_codes(0)[i] ^ queries[i]).sum()) for i in range(3)]
+  np.testing.assert_array_equal(index.hamming_distances(queries, [[0], [1], [2]])[:, 0], own)
+  found = cat.search_codes(queries, 1)
+  assert all(m[0]["distance"] <= d for m, d in zip(found, own))
