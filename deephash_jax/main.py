@@ -62,7 +62,7 @@ flags.DEFINE_string("image_root", None, "Read --split from this tree instead of 
                     "dataset (images resized to the model's input).")
 flags.DEFINE_list("view_weights", ["1"], "index: whole weights, one per code each catalogue "
                   "image gets: its own, then renderings by config.eval.closest_match.recipe "
-                  "(e.g. 3,1,1,1: four codes an item, ranked by the weighted sum of their "
+                  "(e.g. 5,1,1,1: four codes an item, ranked by the weighted sum of their "
                   "distances; search/index.py).")
 flags.DEFINE_string("index", None, "The index file built by `deephash index` (predict without "
                     "it encodes the workdir's database split on the fly).")
@@ -153,7 +153,7 @@ def _index():
     weights = [int(w) for w in FLAGS.view_weights]
   except ValueError:
     sys.exit(f"deephash index: --view_weights={','.join(FLAGS.view_weights)}: whole numbers "
-             "expected, e.g. 3,1,1,1")
+             "expected, e.g. 5,1,1,1")
   try:
     _print_results(catalogue.build_index(FLAGS.workdir, FLAGS.split, FLAGS.output,
                                          image_root=FLAGS.image_root, view_weights=weights))

@@ -1,7 +1,7 @@
 """HammingIndex: the persistent index of packed codes that users keep and search.
 
 Catalogue views: an item may be indexed by several codes, its own image's and renderings of it
-(``deephash index --view_weights=3,1,1,1``, serve/catalogue.py), and is then ranked by the
+(``deephash index --view_weights=5,1,1,1``, serve/catalogue.py), and is then ranked by the
 weighted sum of their distances to the query: ``view_weights`` (whole numbers, one per view) are
 the weights. The scan stays the one packed Hamming scan: each view is repeated by its weight
 side by side and the query tiled to match, so that the Hamming distance of the long codes is the
