@@ -13,6 +13,12 @@ interleaved runs: the Hamming scan of the top c (``HammingIndex.search``), the r
 candidates jitted (``asymmetric.rerank``) and in NumPy (``asymmetric.rerank_tables``), and the
 whole ``search_asymmetric``; and checks that the two re-rankings agree exactly (distances and
 positions). Queries/s = queries / seconds.
+
+With ``--view_weights=5,1,1,1`` a second table times an index of catalogue views
+(``HammingIndex(view_weights=...)``: len(weights) random codes an item) against one code of
+``--bits`` and one of len(weights) x ``--bits`` an item: the Hamming top ``--k`` and the whole
+``search_asymmetric`` from ``--view_depth`` candidates, and checks the views' distances against
+NumPy's weighted sums on the first 32 queries.
 """
 from __future__ import annotations
 
@@ -44,6 +50,10 @@ def _parse_args(argv=None):
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--flip", type=float, default=0.1, help="share of a query's signs flipped")
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--view_weights", type=_int_list, default=None,
+                      help="also time an index of views with these weights (e.g. 5,1,1,1)")
+  parser.add_argument("--view_depth", type=int, default=100,
+                      help="candidates re-ranked in the views' table")
   parser.add_argument("--markdown", default=None, help="also write the table to this file")
   parser.add_argument("--json", default=None, help="also write the rows (and the devices) to "
                       "this JSON file")
@@ -95,6 +105,48 @@ def run(args):
   return rows
 
 
+_POPCOUNT = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).sum(1)
+
+
+def run_views(args):
+  """The views' table: one code, views, and one long code an item (the views' bits side by
+  side), searched alike; queries near the items' first view (the long code's: near all)."""
+  rng = np.random.default_rng(args.seed + 1)
+  weights, rows = tuple(args.view_weights), []
+  for size in args.database_sizes:
+    for num_bits in args.bits:
+      views = rng.random((size, len(weights), num_bits)) < 0.5
+      packed_views = packing.pack_bits(views.reshape(-1, num_bits)).reshape(size, len(weights), -1)
+      query = _queries(rng, views[:, 0], args.num_queries, args.flip)
+      long_bits = len(weights) * num_bits
+      long_query = _queries(rng, views.reshape(size, -1), args.num_queries, args.flip)
+      cases = [("one code", HammingIndex(num_bits), packed_views[:, 0], query),
+               (f"views {','.join(map(str, weights))}",
+                HammingIndex(num_bits, view_weights=weights), packed_views, query),
+               (f"one code of {long_bits} bits", HammingIndex(long_bits),
+                packing.pack_bits(views.reshape(size, -1)), long_query)]
+      for name, index, codes, q in cases:
+        index.add(codes)
+        packed = packing.pack_bits(q)
+        (scan_s, whole_s), (scanned, _) = _best([
+            lambda index=index, packed=packed: index.search(packed, args.k),
+            lambda index=index, q=q: index.search_asymmetric(q, args.k,
+                                                             candidates=args.view_depth),
+        ], args.repeats)
+        exact = True
+        if index.views > 1:          # NumPy's weighted sums, query by query
+          for i, row in enumerate(packed[:32]):
+            sums = sum(w * _POPCOUNT[packed_views[:, v] ^ row].sum(axis=1)
+                       for v, w in enumerate(weights))
+            exact &= np.array_equal(scanned[0][i], np.sort(sums)[:args.k])
+        rows.append(dict(size=size, bits=num_bits, index=name,
+                         scanned_bytes=codes.shape[-1] * sum(index.view_weights),
+                         scan=args.num_queries / scan_s, whole=args.num_queries / whole_s,
+                         exact=bool(exact)))
+        print(rows[-1], flush=True)
+  return rows
+
+
 def markdown(args, rows):
   lines = [
       "## The asymmetric re-ranking: jitted against NumPy lookup tables",
@@ -123,19 +175,42 @@ def markdown(args, rows):
   return "\n".join(lines) + "\n"
 
 
+def markdown_views(args, rows):
+  lines = [
+      "",
+      "## An index of catalogue views against one code",
+      "",
+      f"The same queries' Hamming top {args.k} (`HammingIndex.search`) and whole "
+      f"`search_asymmetric` (top {args.view_depth} re-ranked), queries/s; views: "
+      f"{len(args.view_weights)} random codes an item ranked by the weighted sum of their distances "
+      f"(weights {','.join(map(str, args.view_weights))}), exact: its distances equal NumPy's "
+      "weighted sums (first 32 queries).",
+      "",
+      "| database | bits | index | bytes scanned an item | top k | whole | exact |",
+      "|---:|---:|---|---:|---:|---:|:---:|",
+  ]
+  for r in rows:
+    lines.append(f"| {r['size']:,} | {r['bits']} | {r['index']} | {r['scanned_bytes']} | "
+                 f"{r['scan']:,.0f} | {r['whole']:,.0f} | {'yes' if r['exact'] else 'NO'} |")
+  return "\n".join(lines) + "\n"
+
+
 def main(argv=None):
   args = _parse_args(argv)
   rows = run(args)
-  text = markdown(args, rows)
+  view_rows = run_views(args) if args.view_weights else []
+  text = markdown(args, rows) + (markdown_views(args, view_rows) if view_rows else "")
   print(text)
   record = {"host": mesh_lib.describe_host(), "platform": jax.default_backend(),
-            "device_kind": jax.devices()[0].device_kind, "rows": rows}
+            "device_kind": jax.devices()[0].device_kind, "rows": rows, "view_rows": view_rows}
   for path, content in ((args.markdown, text), (args.json, json.dumps(record, indent=2))):
     if path:
       with open(path, "w") as f:
         f.write(content)
   if not all(r["identical"] for r in rows):
     raise SystemExit("the jitted and the NumPy re-rankings differ")
+  if not all(r["exact"] for r in view_rows):
+    raise SystemExit("the index of views differs from NumPy's weighted sums")
 
 
 if __name__ == "__main__":

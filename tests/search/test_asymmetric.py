@@ -219,13 +219,18 @@ def test_jitted_rerank_is_exact_at_its_largest_sums():
 
 
 def test_the_rerank_benchmark_checks_both_rerankings_agree(tmp_path):
-  """benchmarks/rerank_benchmark.py on a tiny database: a row per depth, each checked identical."""
+  """benchmarks/rerank_benchmark.py on a tiny database: a row per depth, each checked identical;
+  the views' table, each checked against NumPy's weighted sums."""
   out = tmp_path / "rerank.md"
   result = subprocess.run(
       [sys.executable, "benchmarks/rerank_benchmark.py", "--database_sizes=400", "--bits=20",
-       "--depths=5,60", "--num_queries=40", "--repeats=1", f"--markdown={out}"],
+       "--depths=5,60", "--num_queries=40", "--repeats=1", "--view_weights=3,1",
+       f"--markdown={out}"],
       cwd=pathlib.Path(__file__).resolve().parents[2], capture_output=True, text=True,
       timeout=600, env={**os.environ, "XLA_FLAGS": ""})
   assert result.returncode == 0, result.stderr[-3000:]
   rows = [line for line in out.read_text().splitlines() if line.startswith("| 400 |")]
-  assert len(rows) == 2 and all(row.endswith("| yes |") for row in rows)
+  assert len(rows) == 2 + 3 and all(row.endswith("| yes |") for row in rows)
+  # The views' table: one code, 2 views weighted 3 and 1 (4 x 3 bytes scanned), one 40-bit code.
+  assert [row.split(" | ")[2:4] for row in rows[2:]] == [
+      ["one code", "3"], ["views 3,1", "12"], ["one code of 40 bits", "5"]]
