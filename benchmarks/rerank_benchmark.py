@@ -184,8 +184,7 @@ def markdown_views(args, rows):
       f"`search_asymmetric` (top {args.view_depth} re-ranked), queries/s; views: "
       f"{len(args.view_weights)} random codes an item ranked by the weighted sum of their "
       f"distances (weights {','.join(map(str, args.view_weights))}), exact: its distances equal "
-      "NumPy's "
-      "weighted sums (first 32 queries).",
+      "NumPy's weighted sums (first 32 queries).",
       "",
       "| database | bits | index | bytes scanned an item | top k | whole | exact |",
       "|---:|---:|---|---:|---:|---:|:---:|",
