@@ -31,6 +31,7 @@ import jax
 import numpy as np
 
 from deephash_jax import mesh as mesh_lib
+from deephash_jax.evaluators import ranking
 from deephash_jax.search import asymmetric
 from deephash_jax.search import packing
 from deephash_jax.search.index import HammingIndex
@@ -105,9 +106,6 @@ def run(args):
   return rows
 
 
-_POPCOUNT = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).sum(1)
-
-
 def run_views(args):
   """The views' table: one code, views, and one long code an item (the views' bits side by
   side), searched alike; queries near the items' first view (the long code's: near all)."""
@@ -135,8 +133,8 @@ def run_views(args):
         ], args.repeats)
         exact = True
         if index.views > 1:          # NumPy's weighted sums, query by query
-          for i, row in enumerate(packed[:32]):
-            sums = sum(w * _POPCOUNT[packed_views[:, v] ^ row].sum(axis=1)
+          for i in range(min(32, len(packed))):
+            sums = sum(w * ranking.hamming_distances(packed[i:i + 1], packed_views[:, v])[0]
                        for v, w in enumerate(weights))
             exact &= np.array_equal(scanned[0][i], np.sort(sums)[:args.k])
         rows.append(dict(size=size, bits=num_bits, index=name,

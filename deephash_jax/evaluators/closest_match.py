@@ -59,6 +59,11 @@ def render_queries(images: np.ndarray, recipe, seed: int, *, batch_size: int = 1
   return np.concatenate(out) if out else np.zeros((0, *images.shape[1:]), np.uint8)
 
 
+def recipe_dict(recipe) -> dict:
+  """A rendering recipe in plain JSON types (tuples as lists), as files record it."""
+  return json.loads(json.dumps(dict(recipe), default=_to_list))
+
+
 def _to_list(obj):
   if isinstance(obj, (tuple, np.ndarray)):
     return list(obj)
@@ -95,7 +100,7 @@ def prepare(originals: np.ndarray, num_distractors: int, cm_config) -> ClosestMa
   num = min(cm_config.num_queries or len(originals), len(originals))
   queries = render_queries(originals[:num], cm_config.recipe, cm_config.seed)
   fingerprint = dict(num_queries=num, seed=cm_config.seed,
-                     recipe=json.loads(json.dumps(dict(cm_config.recipe), default=_to_list)),
+                     recipe=recipe_dict(cm_config.recipe),
                      sha256=hashlib.sha256(queries.tobytes()).hexdigest()[:16])
   return ClosestMatch(queries, len(originals), num_distractors, fingerprint)
 

@@ -289,7 +289,7 @@ class HammingIndex:
     if positions.size and positions.max() >= len(self):
       raise ValueError(f"positions: {int(positions.max())} is past the index's {len(self)} items")
     diff = self._scan_codes()[np.maximum(positions, 0)] ^ xq[:, None, :]
-    dist = np.unpackbits(diff, axis=-1).sum(axis=-1, dtype=np.int32)
+    dist = np.bitwise_count(diff).sum(axis=-1, dtype=np.int32)
     return self._missing(dist, positions)
 
   def search_asymmetric(self, query_codes, k: int, *, candidates: int = DEFAULT_CANDIDATES):

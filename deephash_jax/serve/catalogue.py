@@ -16,7 +16,6 @@ from __future__ import annotations
 import datetime
 import functools
 import io
-import json
 import os
 import time
 from typing import Sequence
@@ -89,9 +88,8 @@ def build_index(workdir: str, split: str, output: str, *, image_root: str | None
   codes = [encoder.encode(data.images)]
   if len(view_weights) > 1:
     cm = encoder.config.eval.closest_match
-    metadata["views"] = {"recipe": json.loads(json.dumps(dict(cm.recipe), default=list)),
-                         "seeds": [int(cm.seed) + closest_match.VIEW_SEED_OFFSET + v
-                                   for v in range(1, len(view_weights))]}
+    metadata["views"] = {"recipe": closest_match.recipe_dict(cm.recipe),
+                         "seeds": view_seeds(cm.seed, len(view_weights))}
     codes += [encoder.encode(view) for view in catalogue_views(
         data.images, cm.recipe, cm.seed, len(view_weights))]
   index = index_lib.HammingIndex(encoder.num_bits, model_id=encoder.model_id, metadata=metadata,
@@ -105,12 +103,17 @@ def build_index(workdir: str, split: str, output: str, *, image_root: str | None
           "seconds": round(time.time() - start, 2)}
 
 
+def view_seeds(seed: int, views: int) -> list[int]:
+  """The seeds of views 1.. views - 1: `seed + closest_match.VIEW_SEED_OFFSET + v`, so never the
+  evaluation's queries' seed."""
+  return [int(seed) + closest_match.VIEW_SEED_OFFSET + v for v in range(1, views)]
+
+
 def catalogue_views(images: np.ndarray, recipe, seed: int, views: int):
   """The renderings of catalogue images that an index of `views` codes an item adds, one array
-  a view (views 1.. views - 1): by the closest-match `recipe`, view v with seed
-  `seed + closest_match.VIEW_SEED_OFFSET + v`, so never the evaluation's queries' seed."""
-  for v in range(1, views):
-    yield closest_match.render_queries(images, recipe, seed + closest_match.VIEW_SEED_OFFSET + v)
+  a view (views 1.. views - 1): by the closest-match `recipe`, with `view_seeds`."""
+  for view_seed in view_seeds(seed, views):
+    yield closest_match.render_queries(images, recipe, view_seed)
 
 
 def _load_index(index_path: str, *, num_bits: int, workdir: str) -> index_lib.HammingIndex:

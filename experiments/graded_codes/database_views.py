@@ -36,6 +36,7 @@ from deephash_jax.serve import catalogue
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import where_garment_goes  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+
 def view_distance_rows(query_codes, view_codes, *, metric: str = "hamming",
                        aggregate: str = "min", clean_weight: int = 1):
   """ranking's distance rows of `query_codes` (N, K) against items with several codes each,
