@@ -11,13 +11,23 @@ def distances(xq, xb, num_bits):
 
 
 def search(xq, xb, k, num_bits):
-  dist = distances(xq, xb, num_bits)
+  return stable_top_k(distances(xq, xb, num_bits), k, num_bits + 1)
+
+
+def stable_top_k(dist, k, missing_distance):
+  """Each row's k smallest distances and their positions, ties -> lower position; past the
+  row's end, distance `missing_distance` and position -1."""
   order = np.argsort(dist, axis=1, kind="stable")[:, :k]  # ties -> lower index
   d = np.take_along_axis(dist, order, axis=1)
   missing = k - order.shape[1]
-  d = np.pad(d, ((0, 0), (0, missing)), constant_values=num_bits + 1)
+  d = np.pad(d, ((0, 0), (0, missing)), constant_values=missing_distance)
   i = np.pad(order, ((0, 0), (0, missing)), constant_values=-1)
   return d, i
+
+
+def asymmetric_distance(q, bits):
+  """sum of |q_i| over the bits where (q_i > 0) != bits_i, one bit at a time."""
+  return sum(abs(float(x)) for x, b in zip(q, bits) if (x > 0) != bool(b))
 
 
 def codes(rng, n, num_bits, duplicate=True):

@@ -14,11 +14,6 @@ from deephash_jax.search.index import HammingIndex
 from tests.search import brute
 
 
-def _loop_distance(q, bits):
-  """sum of |q_i| over the bits where (q_i > 0) != bits_i, one bit at a time."""
-  return sum(abs(float(x)) for x, b in zip(q, bits) if (x > 0) != bool(b))
-
-
 def _reference(query, db_bits, k, candidates):
   """Per query: the Hamming top-`candidates` (stable, ties to the lower position), ordered by the
   loop's asymmetric distance, then by their place among the candidates; the first k."""
@@ -26,9 +21,9 @@ def _reference(query, db_bits, k, candidates):
   out_d, out_i = [], []
   for row, q in enumerate(query):
     pool = list(np.argsort(hamming_d[row], kind="stable")[:candidates])
-    pool.sort(key=lambda p: _loop_distance(q, db_bits[p]))   # stable: keeps the Hamming order
+    pool.sort(key=lambda p: brute.asymmetric_distance(q, db_bits[p]))   # stable: Hamming order kept
     chosen = pool[:k]
-    out_d.append([_loop_distance(q, db_bits[p]) for p in chosen]
+    out_d.append([brute.asymmetric_distance(q, db_bits[p]) for p in chosen]
                  + [np.inf] * (k - len(chosen)))
     out_i.append(chosen + [-1] * (k - len(chosen)))
   return np.array(out_d), np.array(out_i)
@@ -94,7 +89,7 @@ def test_distances_are_exact_in_any_order():
   perm = rng.permutation(64)
   np.testing.assert_array_equal(asymmetric.distances(w, b),
                                 asymmetric.distances(w[:, perm], b[:, perm]))
-  loop = [[_loop_distance(q, bits > 0) for bits in b] for q in w]
+  loop = [[brute.asymmetric_distance(q, bits > 0) for bits in b] for q in w]
   np.testing.assert_allclose(asymmetric.distances(w, b), loop, rtol=0, atol=1e-12)
 
 
@@ -141,7 +136,7 @@ def test_byte_tables_sum_to_the_loop_distance(num_bits):
   assert tables.shape == (3, packing.num_bytes(num_bits), 256)
   got = np.array([[sum(tables[q, j, code[j]] for j in range(len(code))) for code in packed]
                   for q in range(3)])
-  want = [[_loop_distance(q, b) for b in bits] for q in w]
+  want = [[brute.asymmetric_distance(q, b) for b in bits] for q in w]
   np.testing.assert_array_equal(got, want)   # exact: multiples of 2**-20
 
 
@@ -162,8 +157,8 @@ def test_jitted_rerank_matches_the_loop(nq, c, num_bits):
   d, i = asymmetric.rerank(query, packed, candidates, num_bits=num_bits)
   for row in range(nq):
     pool = [p for p in candidates[row] if p >= 0]
-    pool.sort(key=lambda p: _loop_distance(query[row], db_bits[p]))   # stable
-    want_d = [_loop_distance(query[row], db_bits[p]) for p in pool]
+    pool.sort(key=lambda p: brute.asymmetric_distance(query[row], db_bits[p]))   # stable
+    want_d = [brute.asymmetric_distance(query[row], db_bits[p]) for p in pool]
     np.testing.assert_array_equal(i[row], pool + [-1] * (c - len(pool)))
     np.testing.assert_array_equal(d[row], want_d + [np.inf] * (c - len(pool)))
   td, ti = asymmetric.rerank_tables(query, packed, candidates, num_bits=num_bits)
@@ -198,9 +193,10 @@ def test_large_query_weights_take_the_exact_tables(monkeypatch):
   monkeypatch.setattr(asymmetric, "_distances_jit", None)     # would fail if called
   d, i = asymmetric.rerank(query, packing.pack_bits(db_bits), candidates, num_bits=40)
   for row in range(4):
-    want = sorted(range(30), key=lambda p: _loop_distance(query[row], db_bits[p]))
+    want = sorted(range(30), key=lambda p: brute.asymmetric_distance(query[row], db_bits[p]))
     np.testing.assert_array_equal(i[row], want)
-    np.testing.assert_array_equal(d[row], [_loop_distance(query[row], db_bits[p]) for p in want])
+    np.testing.assert_array_equal(d[row], [brute.asymmetric_distance(query[row], db_bits[p])
+                                           for p in want])
 
 
 def test_jitted_rerank_is_exact_at_its_largest_sums():

@@ -28,14 +28,6 @@ def _weighted_distances(xq, views, weights, num_bits):
   return total
 
 
-def _stable_top_k(dist, k, missing):
-  order = np.argsort(dist, axis=1, kind="stable")[:, :k]    # ties to the lower position
-  d = np.take_along_axis(dist, order, axis=1)
-  pad = k - order.shape[1]
-  return (np.pad(d, ((0, 0), (0, pad)), constant_values=missing),
-          np.pad(order, ((0, 0), (0, pad)), constant_values=-1))
-
-
 @pytest.mark.parametrize("num_bits,weights", [(12, (3, 1, 1, 1)), (48, (1, 2)), (20, (2,))])
 def test_search_ranks_by_the_weighted_sum_of_view_distances(num_bits, weights):
   views = _views(0, 150, len(weights), num_bits)
@@ -47,7 +39,7 @@ def test_search_ranks_by_the_weighted_sum_of_view_distances(num_bits, weights):
   assert index.max_distance == sum(weights) * num_bits
   dist = _weighted_distances(xq, views, weights, num_bits)
   for k in (1, 10, 200):
-    want_d, want_pos = _stable_top_k(dist, k, sum(weights) * num_bits + 1)
+    want_d, want_pos = brute.stable_top_k(dist, k, sum(weights) * num_bits + 1)
     d, i = index.search(xq, k)
     np.testing.assert_array_equal(d, want_d)
     np.testing.assert_array_equal(i, np.where(want_pos >= 0, ids[want_pos], -1))
@@ -64,10 +56,6 @@ def test_search_ranks_by_the_weighted_sum_of_view_distances(num_bits, weights):
     np.testing.assert_array_equal(d[lims[q]:lims[q + 1]], dist[q, want])
 
 
-def _loop_asymmetric(q, bits):
-  return sum(abs(float(x)) for x, b in zip(q, bits) if (x > 0) != bool(b))
-
-
 @pytest.mark.parametrize("num_bits,weights,candidates", [(12, (3, 1, 1), 7), (20, (1, 2), 60)])
 def test_search_asymmetric_sums_the_weighted_view_distances(num_bits, weights, candidates):
   views = _views(2, 60, len(weights), num_bits)
@@ -82,7 +70,8 @@ def test_search_asymmetric_sums_the_weighted_view_distances(num_bits, weights, c
   hamming = _weighted_distances(packing.pack_bits(query), views, weights, num_bits)
   for row, q in enumerate(query):
     pool = list(np.argsort(hamming[row], kind="stable")[:candidates])
-    score = lambda p, q=q: sum(w * _loop_asymmetric(q, bits[v][p]) for v, w in enumerate(weights))
+    score = lambda p, q=q: sum(w * brute.asymmetric_distance(q, bits[v][p])
+                               for v, w in enumerate(weights))
     pool.sort(key=score)                                # stable: keeps the Hamming order
     np.testing.assert_array_equal(i[row], pool[:k])
     np.testing.assert_array_equal(d[row], [score(p) for p in pool[:k]])
