@@ -51,16 +51,21 @@ def _cell(results, method, bits, key) -> str:
   return _fmt(entry.get(key)) + (" †" if entry.get("codes_collapsed") else "")
 
 
+def peer_methods(bench: dict) -> list[str]:
+  """The benchmark's methods that are neither one of its `lead_methods` nor an ablation."""
+  ours_variants = set(bench.get("lead_methods") or ())
+  for base, ablations in (bench.get("ablations") or {}).items():
+    ours_variants |= {base, *ablations}
+  return [m for m in bench["methods"] if m not in ours_variants]
+
+
 def leads(agg: dict, bench: dict, bits_list, ours_method: str) -> dict:
   """{bits: {metric: (ours - best peer, best peer, sd)}}: peers = the benchmark's methods that are
   neither one of its `lead_methods` nor an ablation. Means over seeds; cells not run yet are
   left out. sd: the seeds' standard deviation that the difference is read against, as in "within
   one standard deviation of the best peer": the sample deviation over seeds of the cell(s) with two
   or more seeds, pooled (root mean square) when both have them; None where neither has."""
-  ours_variants = set(bench.get("lead_methods") or ())
-  for base, ablations in (bench.get("ablations") or {}).items():
-    ours_variants |= {base, *ablations}
-  peers = [m for m in bench["methods"] if m not in ours_variants]
+  peers = peer_methods(bench)
   out = {}
   for bits in bits_list:
     ours = agg.get(ours_method, {}).get(str(bits))
@@ -92,10 +97,17 @@ def _lead_section(results) -> list[str]:
     table = leads(agg, bench, bench["bits"], ours_method)
     if not table:
       continue
+    peers = set(peer_methods(bench))
+    differ = [f"`model.{field}`" for field, by_value in
+              (results.get("evaluation_codes") or {}).items()
+              if any(ours_method in methods and not peers <= set(methods)
+                     for methods in by_value.values())]
     lines += ["", f"## {ours_method} against the best peer", "",
               f"{ours_method} − the best peer method in that cell (which one in brackets); "
               "positive = it leads. Where a cell has several seeds, the difference also in "
-              "the seeds' standard deviations (sd; pooled when both cells have seeds).", "",
+              "the seeds' standard deviations (sd; pooled when both cells have seeds)."
+              + (f" Its codes at evaluation are not made as every peer's ({', '.join(differ)}; "
+                 "first section)." if differ else ""), "",
               "| bits | " + " | ".join(label for _, label in _LEAD_METRICS) + " |",
               "|---|" + "---|" * len(_LEAD_METRICS)]
     for bits, row in table.items():
@@ -224,6 +236,25 @@ def _carried_section(results) -> list[str]:
   return lines
 
 
+def evaluation_codes_note(results) -> str:
+  """One sentence on how the codes are made at evaluation (config.model's evaluation-only
+  fields): "... the same for every method", or which methods differ, so that a reader sees
+  where two rows are not scored on codes made the same way."""
+  fields = results.get("evaluation_codes") or {}
+  same = [f"`model.{f}` = {next(iter(v))}" for f, v in fields.items() if len(v) == 1]
+  differ = [(f, v) for f, v in fields.items() if len(v) > 1]
+  text = ""
+  if same:
+    text = "Codes at evaluation: " + ", ".join(same) + " for every method."
+  for field, by_value in differ:
+    groups = "; ".join(f"{value} for {', '.join(methods)}"
+                       for value, methods in sorted(by_value.items(), key=lambda kv: -len(kv[1])))
+    text += (f" **Not the same for every method**: `model.{field}` = {groups}. These change "
+             "only how the codes are made at evaluation; rows with different values are not "
+             "scored on the same protocol.")
+  return text.strip()
+
+
 def format_markdown(results: dict) -> str:
   """results.md: the tables of the comparison."""
   bench, status, machine = results["benchmark"], results["status"], results["machine"]
@@ -250,7 +281,8 @@ def format_markdown(results: dict) -> str:
            "relevant = same clothing type. Closest match: the first "
            f"{cm['num_queries']} '{cat['query_split']}' images re-rendered by the recipe "
            f"below, against all '{cat['query_split']}' originals + the "
-           f"'{cat['database_split']}' split as distractors, relevant = the original.", ""]
+           f"'{cat['database_split']}' split as distractors, relevant = the original."
+           + (f" {note}" if (note := evaluation_codes_note(results)) else ""), ""]
   lines += main_table(results)
   for key, title in (("category/map_all", "Category mAP@all"),
                      ("closest_match/recall_at_1", "Closest-match R@1"),

@@ -126,6 +126,27 @@ def protocols(config) -> dict:
                             "recipe": dict(cm.recipe)}}}, default=_to_json))
 
 
+# Fields of config.model that shape the codes only at evaluation (encoder.make_embed_fn): every
+# method is trained as before whatever they hold, and scored on other codes.
+EVALUATION_CODE_FIELDS = ("flip_average", "shift_average")
+
+
+def evaluation_codes(config) -> dict:
+  """{field: {value: [methods]}} for each of EVALUATION_CODE_FIELDS, from each method's run config
+  at the reference length (or its first), first seed: where a field has several values,
+  the methods are not scored on codes made the same way."""
+  bench = config.benchmark
+  out: dict = {}
+  for method in bench.methods:
+    lengths = plan_lib.method_lengths(bench, method)
+    bits = bench.reference_bits if bench.reference_bits in lengths else lengths[0]
+    model = plan_lib.run_config(config, plan_lib.Run(method, int(bits), int(bench.seeds[0]))).model
+    for field in EVALUATION_CODE_FIELDS:
+      value = json.dumps(model.get(field, None))
+      out.setdefault(field, {}).setdefault(value, []).append(method)
+  return out
+
+
 # Where a run read its data and over which devices it trained (the same parameters on any
 # mesh): fields that differ from machine to machine without changing what a run trains.
 _PLACE_FIELDS = ("input.data_dir:", "input.source_dir:", "mesh:")
@@ -316,6 +337,7 @@ def collect(config, workdir: str, *, with_references: bool = True,
       "status": {s: sum(r["status"] == s for r in runs.values())
                  for s in ("done", "running", "pending", "failed", "stale")},
       "aggregate": aggregate(runs, category_names),
+      "evaluation_codes": evaluation_codes(config),
   }
   results["status"]["planned"] = len(plan)
   results["status"]["carried"] = sum(r["status"] == "done" and "source" in r

@@ -59,6 +59,21 @@ def test_leads_are_against_the_best_peer_and_leave_the_variants_of_ours_out():
       "| ours_no_hamming | 32 | +0.0500 | +0.0000 | -0.0200 |"]
 
 
+def test_a_lead_section_says_where_its_codes_at_evaluation_are_not_made_as_the_peers():
+  results = _results()
+  intro = "\n".join(markdown._lead_section(results))  # pylint: disable=protected-access
+  assert "Its codes at evaluation" not in intro           # no record of them: nothing said
+  results["evaluation_codes"] = {"flip_average": {"true": ["ours", "dch", "hashnet"]},
+                                 "shift_average": {"1": ["ours"], "0": ["dch", "hashnet"]}}
+  intro = "\n".join(markdown._lead_section(results))  # pylint: disable=protected-access
+  assert ("Its codes at evaluation are not made as every peer's (`model.shift_average`; first "
+          "section).") in intro
+  # A variant of ours made otherwise is no concern of ours' section; ours made as the peers.
+  results["evaluation_codes"]["shift_average"] = {"1": ["ours", "dch", "hashnet"],
+                                                  "2": ["ours_no_hamming"]}
+  assert "Its codes at evaluation" not in "\n".join(markdown._lead_section(results))  # pylint: disable=protected-access
+
+
 def test_a_lead_reads_against_the_pooled_deviation_when_both_cells_have_seeds():
   runs = {f"r{i}": r for i, r in enumerate([
       _run("ours", 16, 0, 0.80, 0.1, 0.1), _run("ours", 16, 1, 0.82, 0.1, 0.1),

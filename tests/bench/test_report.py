@@ -326,3 +326,23 @@ def test_pixel_sad_of_the_same_settings_comes_from_the_earlier_report(tmp_path, 
   del earlier["references"]["sad"]["key"]
   assert "source" not in report.references(config, folder("new2"), runs, earlier,
                                            "old/results.json")["sad"]
+
+
+def test_the_report_names_the_methods_whose_codes_are_made_otherwise_at_evaluation():
+  """model.shift_average set by one variant: its rows and its lead section say so."""
+  config = config_lib.base_config("benchmark_tiny")
+  config.benchmark.methods = ("ours", "graded", "dch")
+  config.benchmark.method_bits = {"graded": (32,)}     # planned at 32 bits only
+  config.benchmark.lead_methods = ("ours", "graded")
+  assert config.benchmark.variants.graded.model.shift_average == 1
+  codes = report.evaluation_codes(config)
+  assert codes == {"flip_average": {"true": ["ours", "graded", "dch"]},
+                   "shift_average": {"0": ["ours", "dch"], "1": ["graded"]}}
+  note = markdown.evaluation_codes_note({"evaluation_codes": codes})
+  assert note.startswith("Codes at evaluation: `model.flip_average` = true for every method.")
+  assert "`model.shift_average` = 0 for ours, dch; 1 for graded." in note
+  # Every method alike: one sentence, no warning.
+  config.benchmark.variants.graded.model.shift_average = 0
+  same = markdown.evaluation_codes_note({"evaluation_codes": report.evaluation_codes(config)})
+  assert same == ("Codes at evaluation: `model.flip_average` = true, `model.shift_average` = 0 "
+                  "for every method.")
