@@ -138,7 +138,7 @@ def run_views(args):
                        for v, w in enumerate(weights))
             exact &= np.array_equal(scanned[0][i], np.sort(sums)[:args.k])
         rows.append(dict(size=size, bits=num_bits, index=name,
-                         scanned_bytes=codes.shape[-1] * sum(index.view_weights),
+                         scanned_bytes=index.scanned_bytes,
                          scan=args.num_queries / scan_s, whole=args.num_queries / whole_s,
                          exact=bool(exact)))
         print(rows[-1], flush=True)

@@ -188,7 +188,7 @@ def run_worker(args):
     batch = min(args.query_batch_size or hamming.DEFAULT_QUERY_BATCH_SIZE, args.num_queries)
     compiled = hamming._search_jit.lower(
         jax.ShapeDtypeStruct((batch, database.chunks.shape[1]), jax.numpy.uint32),
-        database.chunks, 0, database.num_codes, k=args.k, num_bits=num_bits).compile()
+        database.chunks, 0, database.num_codes, k=args.k, max_distance=num_bits).compile()
     extra = dict(index_mb=database.chunks.nbytes / 2**20,
                  xla_temp_mb=compiled.memory_analysis().temp_size_in_bytes / 2**20)
   times = {name: [] for name in runs}

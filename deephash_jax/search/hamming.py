@@ -60,7 +60,7 @@ def _top_k_smallest(dist, k):
 
 
 
-def _block_minima(query_words, chunk, dtype):
+def _block_minima(query_words, chunk, dtype, word_weights=None):
   """Pass 1: (tiles, nq, tile_cols) minimum distance of every block.
 
   Written as a chain of elementwise minima over the rows (not a reduce) so that
@@ -69,8 +69,9 @@ def _block_minima(query_words, chunk, dtype):
   """
   best = None
   for r in range(chunk.shape[2]):
-    dist = sum(lax.population_count(query_words[None, :, w, None] ^ chunk[w, :, r][:, None])
-               for w in range(chunk.shape[0]))
+    dist = layout.weighted_popcounts(
+        [lax.population_count(query_words[None, :, w, None] ^ chunk[w, :, r][:, None])
+         for w in range(chunk.shape[0])], word_weights)
     best = dist if best is None else jnp.minimum(best, dist)
   return best.astype(dtype)
 
@@ -150,19 +151,24 @@ def _pruning_levels(num_blocks: int, k: int) -> int:
   return 1 if num_blocks >= 4 * (k + 1) else 0
 
 
-def _chunk_top_k(query_words, chunk, first_index, num_codes, *, k, num_bits):
-  """Exact top-k of one chunk (W, tiles, rows, tile_cols): (nq, k) distances, indices."""
+def _chunk_top_k(query_words, chunk, first_index, num_codes, *, k, max_distance,
+                 word_weights=None):
+  """Exact top-k of one chunk (W, tiles, rows, tile_cols): (nq, k) distances, indices.
+
+  max_distance: at least every distance (num_bits, or the bound of weighted words:
+  PreparedDatabase.max_distance); padding and missing results sit at max_distance + 1."""
   _, tiles, rows, tile_cols = chunk.shape
   nq = query_words.shape[0]
   items = tiles * rows * tile_cols
   num_blocks = tiles * tile_cols
-  invalid = num_bits + 1
+  invalid = max_distance + 1
   count = k + 1  # k, plus the one partly padded block (module docstring)
   levels = _pruning_levels(num_blocks, k)
   if levels == 0:
     # Small chunk: one top-k over all items.
     index = first_index + jnp.arange(items, dtype=jnp.int32)
-    dist = jnp.where(index[None] < num_codes, layout.all_distances(query_words, chunk), invalid)
+    dist = jnp.where(index[None] < num_codes,
+                     layout.all_distances(query_words, chunk, word_weights), invalid)
     dist, pos = _k_smallest(dist, min(k, items), invalid)
     index = first_index + pos
     if k > items:
@@ -171,10 +177,10 @@ def _chunk_top_k(query_words, chunk, first_index, num_codes, *, k, num_bits):
       index = jnp.pad(index, pad, constant_values=-1)
     return dist, index
 
-  dtype = packing.distance_dtype(num_bits + 1)
+  dtype = packing.distance_dtype(invalid)
 
   def pass_1():
-    block_min = _block_minima(query_words, chunk, dtype)  # (tiles, nq, tile_cols)
+    block_min = _block_minima(query_words, chunk, dtype, word_weights)  # (tiles, nq, tile_cols)
     block = (lax.broadcasted_iota(jnp.int32, (tiles, 1, tile_cols), 0) * tile_cols
              + lax.broadcasted_iota(jnp.int32, (tiles, 1, tile_cols), 2))
     return jnp.where(first_index + block * rows < num_codes, block_min,
@@ -198,8 +204,9 @@ def _chunk_top_k(query_words, chunk, first_index, num_codes, *, k, num_bits):
     blocks = _select(jnp.swapaxes(block_min, 0, 1).reshape(nq, num_blocks), count, invalid)
   # Pass 2: exact distances of the selected blocks' items, in index order.
   words = chunk[:, blocks // tile_cols, :, blocks % tile_cols]  # (nq, count, W, rows)
-  dist = sum(lax.population_count(query_words[:, None, w, None] ^ words[:, :, w])
-             for w in range(chunk.shape[0])).astype(jnp.int32)  # (nq, count, rows)
+  dist = layout.weighted_popcounts(
+      [lax.population_count(query_words[:, None, w, None] ^ words[:, :, w])
+       for w in range(chunk.shape[0])], word_weights).astype(jnp.int32)  # (nq, count, rows)
   index = first_index + blocks[:, :, None] * rows + jnp.arange(rows, dtype=jnp.int32)
   dist = jnp.where(index < num_codes, dist, invalid).reshape(nq, count * rows)
   dist, pos = _k_smallest(dist, k, invalid)
@@ -213,28 +220,30 @@ def _merge(dist_a, index_a, dist_b, index_b, k, max_value):
   return dist, index
 
 
-def _scan_top_k(query_words, chunks, first_chunk, num_codes, *, k, num_bits):
-  """Top-k over chunks (G, W, tiles, rows, tile_cols) whose first global chunk is first_chunk."""
+def _scan_top_k(query_words, chunks, first_chunk, num_codes, *, k, max_distance,
+                word_weights=None):
+  """Top-k over chunks (G, W, tiles, rows, tile_cols) whose first global chunk is first_chunk;
+  missing results at max_distance + 1 (see _chunk_top_k)."""
   nq = query_words.shape[0]
   chunk_items = int(np.prod(chunks.shape[2:]))
 
   def body(carry, xs):
     g, chunk = xs
     dist, index = _chunk_top_k(query_words, chunk, g * chunk_items, num_codes,
-                               k=k, num_bits=num_bits)
-    return _merge(*carry, dist, index, k, num_bits + 1), None
+                               k=k, max_distance=max_distance, word_weights=word_weights)
+    return _merge(*carry, dist, index, k, max_distance + 1), None
 
   if chunks.shape[0] == 1:
     dist, index = _chunk_top_k(query_words, chunks[0], first_chunk * chunk_items, num_codes,
-                               k=k, num_bits=num_bits)
+                               k=k, max_distance=max_distance, word_weights=word_weights)
   else:
-    init = (jnp.full((nq, k), num_bits + 1, jnp.int32), jnp.full((nq, k), -1, jnp.int32))
+    init = (jnp.full((nq, k), max_distance + 1, jnp.int32), jnp.full((nq, k), -1, jnp.int32))
     chunk_ids = first_chunk + jnp.arange(chunks.shape[0], dtype=jnp.int32)
     (dist, index), _ = lax.scan(body, init, (chunk_ids, chunks))
-  return dist, jnp.where(dist > num_bits, -1, index)
+  return dist, jnp.where(dist > max_distance, -1, index)
 
 
-_search_jit = jax.jit(_scan_top_k, static_argnames=("k", "num_bits"))
+_search_jit = jax.jit(_scan_top_k, static_argnames=("k", "max_distance", "word_weights"))
 
 
 # ------------------------------------------------------------------------ public API
@@ -242,18 +251,20 @@ _search_jit = jax.jit(_scan_top_k, static_argnames=("k", "num_bits"))
 
 def search_prepared(xq_packed, database: PreparedDatabase, k: int, *,
                     query_batch_size: int = DEFAULT_QUERY_BATCH_SIZE):
-  """``search`` against a ``PreparedDatabase`` (no per-call layout cost)."""
+  """``search`` against a ``PreparedDatabase`` (no per-call layout cost). With word weights
+  the distances are the weighted sums, and missing results sit at max_distance + 1."""
   k = packing.check_positive("k", k)
   query_batch_size = packing.check_positive("query_batch_size", query_batch_size)
   xq_packed = packing.check_packed("xq_packed", xq_packed, database.num_bits)
-  dist, index = layout.empty_results(xq_packed.shape[0], k, database.num_bits)
+  dist, index = layout.empty_results(xq_packed.shape[0], k, database.max_distance)
   if database.num_codes == 0:
     return dist, index
   pending = []
   for start, stop, words in layout.query_batches(xq_packed, database.num_bits, query_batch_size):
     pending.append((start, stop, _search_jit(jnp.asarray(words), database.chunks, 0,
                                              database.num_codes, k=k,
-                                             num_bits=database.num_bits)))
+                                             max_distance=database.max_distance,
+                                             word_weights=database.word_weights)))
   for start, stop, (d, i) in pending:  # dispatched asynchronously above
     dist[start:stop] = np.asarray(d)[:stop - start]
     index[start:stop] = np.asarray(i)[:stop - start]
@@ -294,7 +305,7 @@ def _sharded_search_fn(mesh: Mesh, k: int, num_bits: int):
   def local(query_words, chunks, num_codes):
     first_chunk = lax.axis_index("data") * chunks.shape[0]
     dist, index = _scan_top_k(query_words, chunks, first_chunk, num_codes,
-                              k=k, num_bits=num_bits)
+                              k=k, max_distance=num_bits)
     # Shards hold increasing index ranges, so the gathered lists are in index
     # order and the stable top-k keeps lower indices first on equal distance.
     all_dist = lax.all_gather(dist, "data", axis=1, tiled=True)

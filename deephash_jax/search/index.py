@@ -3,9 +3,11 @@
 Catalogue views: an item may be indexed by several codes, its own image's and renderings of it
 (``deephash index --view_weights=5,1,1,1``, serve/catalogue.py), and is then ranked by the
 weighted sum of their distances to the query: ``view_weights`` (whole numbers, one per view) are
-the weights. The scan stays the one packed Hamming scan: each view is repeated by its weight
-side by side and the query tiled to match, so that the Hamming distance of the long codes is the
-weighted sum (and the asymmetric re-ranking, a sum over bits too, likewise).
+the weights. The scan stays the one packed Hamming scan: each view is laid out on whole 32-bit
+words side by side, the query tiled to match, and each word's popcount weighed by its view's
+weight (layout.py ``word_weights``), so the scan reads each view once. The asymmetric re-ranking
+and ``to_faiss`` read each view repeated by its weight instead: the Hamming distance of those
+long codes is the same weighted sum, and so is the asymmetric one, a sum over bits too.
 
 File format (version 3), little-endian, written atomically (temp file + rename)::
 
@@ -100,7 +102,7 @@ class HammingIndex:
     self._paths: list[str] | None = None
     self._custom_ids = False
     self._prepared: layout.PreparedDatabase | None = None
-    self._scanned: np.ndarray | None = None
+    self._repeated: np.ndarray | None = None
 
   # ----------------------------------------------------------------------- contents
 
@@ -113,6 +115,11 @@ class HammingIndex:
   def max_distance(self) -> int:
     """The largest distance an item can have: sum(view_weights) * num_bits."""
     return sum(self.view_weights) * self.num_bits
+
+  @property
+  def scanned_bytes(self) -> int:
+    """Bytes the Hamming scan reads an item: each view's code on whole 32-bit words."""
+    return 4 * self.views * -(-packing.num_bytes(self.num_bits) // 4)
 
   def __len__(self) -> int:
     return self._codes.shape[0]
@@ -204,7 +211,7 @@ class HammingIndex:
       self._labels = np.concatenate([self._labels, new_labels])
     if new_paths is not None:
       self._paths = self._paths + new_paths
-    self._prepared = self._scanned = None  # re-laid out on the next search
+    self._prepared = self._repeated = None  # re-laid out on the next search
 
   def _check_views(self, codes_packed) -> np.ndarray:
     """(n, views * B) from (n, views, B), or from (n, B) for one view; each view checked."""
@@ -232,35 +239,56 @@ class HammingIndex:
 
   # ------------------------------------------------------------------------- search
 
+  def _scan_layout(self, packed: np.ndarray) -> np.ndarray:
+    """(n, views * B) packed codes -> (n, views * 4 * ceil(B / 4)): each view on whole 32-bit
+    words, its padding bits 0 (one view: unchanged; the scan pads its last word itself)."""
+    if self.view_weights == (1,):
+      return packed
+    width = packing.num_bytes(self.num_bits)
+    out = np.zeros((len(packed), self.views, -(-width // 4) * 4), np.uint8)
+    out[:, :, :width] = packed.reshape(len(packed), self.views, width)
+    return out.reshape(len(packed), -1)
+
+  def _scan_queries(self, xq_packed) -> np.ndarray:
+    """Packed queries as the scan compares them: laid out as one item's views, tiled."""
+    xq = packing.check_packed("xq_packed", xq_packed, self.num_bits)
+    return self._scan_layout(np.tile(xq, (1, self.views)))
+
+  def _database(self) -> layout.PreparedDatabase:
+    if self._prepared is None:
+      if self.view_weights == (1,):
+        bits, weights = self.num_bits, None
+      else:
+        words = -(-packing.num_bytes(self.num_bits) // 4)
+        bits, weights = 32 * words * self.views, np.repeat(self.view_weights, words).tolist()
+      self._prepared = layout.prepare_database(
+          self._scan_layout(self._codes), num_bits=bits, chunk_size=self.chunk_size,
+          block_rows=self.block_rows, word_weights=weights)
+    return self._prepared
+
   @property
-  def _scan_bits(self) -> int:
-    """Bits of the codes the scan compares: num_bits, or every repeated view's whole bytes."""
+  def _repeated_bits(self) -> int:
+    """Bits of the repeated codes: num_bits, or every repeated view's whole bytes."""
     if self.view_weights == (1,):
       return self.num_bits
     return 8 * packing.num_bytes(self.num_bits) * sum(self.view_weights)
 
-  def _scan_codes(self) -> np.ndarray:
+  def _repeated_codes(self) -> np.ndarray:
     """uint8 (ntotal, sum(view_weights) * B): each view repeated by its weight (the codes of
-    one view of weight 1 as they are). Padding bits are 0 in these and in the queries."""
-    if self._scanned is None:
+    one view of weight 1 as they are), for the asymmetric re-ranking and faiss. Padding bits
+    are 0 in these and in the queries."""
+    if self._repeated is None:
       width = packing.num_bytes(self.num_bits)
-      self._scanned = (self._codes if self.view_weights == (1,) else np.repeat(
+      self._repeated = (self._codes if self.view_weights == (1,) else np.repeat(
           self._codes.reshape(len(self), self.views, width), self.view_weights,
           axis=1).reshape(len(self), -1))
-    return self._scanned
+    return self._repeated
 
   def expand_queries(self, xq_packed) -> np.ndarray:
-    """Packed queries (nq, ceil(num_bits/8)) as the scan compares them: tiled once per unit of
-    view weight (unchanged for one view of weight 1); for the index of ``to_faiss``."""
+    """Packed queries (nq, ceil(num_bits/8)) as the codes of ``to_faiss`` are laid out: tiled
+    once per unit of view weight (unchanged for one view of weight 1)."""
     xq = packing.check_packed("xq_packed", xq_packed, self.num_bits)
     return xq if self.view_weights == (1,) else np.tile(xq, (1, sum(self.view_weights)))
-
-  def _database(self) -> layout.PreparedDatabase:
-    if self._prepared is None:
-      self._prepared = layout.prepare_database(
-          self._scan_codes(), num_bits=self._scan_bits, chunk_size=self.chunk_size,
-          block_rows=self.block_rows)
-    return self._prepared
 
   def _missing(self, dist, positions):
     """Missing results at max_distance + 1 (the scan pads at its own bit count + 1)."""
@@ -275,21 +303,22 @@ class HammingIndex:
 
     D is the Hamming distance (with several views: the weighted sum of the item's views'
     distances); missing results have distance max_distance + 1 and id -1."""
-    dist, positions = hamming.search_prepared(self.expand_queries(xq_packed), self._database(), k)
+    dist, positions = hamming.search_prepared(self._scan_queries(xq_packed), self._database(), k)
     return self._missing(dist, positions), self._to_ids(positions)
 
   def hamming_distances(self, xq_packed, positions) -> np.ndarray:
     """int32 (nq, c): the distance ``search`` gives between query i and the item at insertion
     position positions[i, j] (-1: max_distance + 1), counted in NumPy."""
-    xq = self.expand_queries(xq_packed)
+    xq = packing.check_packed("xq_packed", xq_packed, self.num_bits)
     positions = np.asarray(positions, np.int64)
     if positions.ndim != 2 or len(positions) != len(xq):
       raise ValueError(f"positions: expected ({len(xq)}, c) insertion positions, got shape "
                        f"{positions.shape}")
     if positions.size and positions.max() >= len(self):
       raise ValueError(f"positions: {int(positions.max())} is past the index's {len(self)} items")
-    diff = self._scan_codes()[np.maximum(positions, 0)] ^ xq[:, None, :]
-    dist = np.bitwise_count(diff).sum(axis=-1, dtype=np.int32)
+    codes = self._codes.reshape(len(self), self.views, -1)[np.maximum(positions, 0)]
+    per_view = np.bitwise_count(codes ^ xq[:, None, None, :]).sum(axis=-1, dtype=np.int32)
+    dist = per_view @ np.asarray(self.view_weights, np.int32)   # (nq, c)
     return self._missing(dist, positions)
 
   def search_asymmetric(self, query_codes, k: int, *, candidates: int = DEFAULT_CANDIDATES):
@@ -317,20 +346,20 @@ class HammingIndex:
     if query_codes.ndim != 2 or query_codes.shape[1] != self.num_bits:
       raise ValueError(f"query_codes: expected continuous codes of shape (nq, {self.num_bits}), "
                        f"got {query_codes.dtype} {query_codes.shape}")
-    _, positions = hamming.search_prepared(self.expand_queries(packing.pack_bits(query_codes)),
+    _, positions = hamming.search_prepared(self._scan_queries(packing.pack_bits(query_codes)),
                                            self._database(), min(candidates, max(len(self), k)))
     if self.view_weights != (1,):   # each view's bits, its padding weighing 0, tiled
       padded = np.zeros((len(query_codes), 8 * packing.num_bytes(self.num_bits)))
       padded[:, :self.num_bits] = query_codes
       query_codes = np.tile(padded, (1, sum(self.view_weights)))
-    dist, positions = asymmetric.rerank(query_codes, self._scan_codes(), positions,
-                                        num_bits=self._scan_bits)
+    dist, positions = asymmetric.rerank(query_codes, self._repeated_codes(), positions,
+                                        num_bits=self._repeated_bits)
     return dist[:, :k], self._to_ids(positions[:, :k])
 
   def range_search(self, xq_packed, radius: int):
     """Items within Hamming ``radius`` (of the weighted sum, with several views): (lims, D, I
     ids), faiss contract (see hamming)."""
-    lims, dist, positions = radius_lib.range_search_prepared(self.expand_queries(xq_packed),
+    lims, dist, positions = radius_lib.range_search_prepared(self._scan_queries(xq_packed),
                                                              self._database(), radius)
     return lims, dist, self._to_ids(positions)
 
@@ -346,7 +375,7 @@ class HammingIndex:
       import faiss  # pylint: disable=g-import-not-at-top
     except ImportError as e:
       raise ImportError("HammingIndex.to_faiss needs faiss: pip install faiss-cpu") from e
-    codes = self._scan_codes()
+    codes = self._repeated_codes()
     index = faiss.IndexBinaryFlat(8 * codes.shape[1])
     if len(self):
       index.add(np.ascontiguousarray(codes))

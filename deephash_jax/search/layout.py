@@ -6,6 +6,11 @@ blocks is stored as ``(words, tiles, rows, tile_cols)`` with block ``b`` in colu
 then a chain of elementwise minima that XLA vectorises along contiguous columns,
 and a tile (about 256 KiB) stays in cache while every query of a batch scans it.
 Codes are 32-bit words of the packed bytes (packing.to_words).
+
+A database may weigh its words (``word_weights``, one whole weight per word): the distance is
+then the weighted sum of the words' popcounts. An index of several codes an item
+(index.py ``view_weights``) lays each code out on whole words and weighs them by the code's
+weight, so the scan reads each code once whatever its weight.
 """
 from __future__ import annotations
 
@@ -33,6 +38,12 @@ class PreparedDatabase(NamedTuple):
   chunks: jax.Array
   num_codes: int
   num_bits: int
+  word_weights: tuple[int, ...] | None = None   # None: every word weighs 1
+
+  @property
+  def max_distance(self) -> int:
+    """An upper bound of every distance: num_bits, or 32 bits times each word's weight."""
+    return self.num_bits if self.word_weights is None else 32 * sum(self.word_weights)
 
   @property
   def rows(self) -> int:
@@ -94,9 +105,23 @@ def put(host: np.ndarray, sharding=None) -> jax.Array:
   return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
+def check_word_weights(word_weights, num_bits: int) -> tuple[int, ...] | None:
+  """None, or one whole weight > 0 per 32-bit word of num_bits (a multiple of 32)."""
+  if word_weights is None:
+    return None
+  weights = tuple(word_weights)
+  num_words = -(-num_bits // 32)
+  if (num_bits % 32 or len(weights) != num_words
+      or not all(isinstance(w, (int, np.integer)) and not isinstance(w, bool) and w > 0
+                 for w in weights)):
+    raise ValueError(f"word_weights={weights}: expected {num_words} whole weights > 0, one per "
+                     f"32-bit word of num_bits={num_bits} (a multiple of 32)")
+  return tuple(int(w) for w in weights)
+
+
 def prepare_database(xb_packed, *, num_bits: int, chunk_size: int = DEFAULT_CHUNK_SIZE,
-                     block_rows: int | None = None, sharding=None,
-                     num_shards: int = 1) -> PreparedDatabase:
+                     block_rows: int | None = None, sharding=None, num_shards: int = 1,
+                     word_weights=None) -> PreparedDatabase:
   """Lays packed database codes out for repeated searches (an index keeps this).
 
   Args:
@@ -108,8 +133,11 @@ def prepare_database(xb_packed, *, num_bits: int, chunk_size: int = DEFAULT_CHUN
     sharding: optional ``jax.sharding.Sharding`` for the chunk axis.
     num_shards: number of shards the chunk axis is split into (chunks per shard
       are equal; padding never wins).
+    word_weights: None, or one whole weight per 32-bit word (num_bits a multiple of 32): the
+      distance is then the weighted sum of the words' popcounts (module docstring).
   """
   num_bits = packing.check_num_bits(num_bits)
+  word_weights = check_word_weights(word_weights, num_bits)
   xb_packed = packing.check_packed("xb_packed", xb_packed, num_bits)
   chunk_size = packing.check_positive("chunk_size", chunk_size)
   words = packing.to_words(xb_packed)
@@ -123,15 +151,24 @@ def prepare_database(xb_packed, *, num_bits: int, chunk_size: int = DEFAULT_CHUN
   shape = _chunk_shape(words.shape[0], num_shards, chunk_size, rows, words.shape[1])
   host = _layout(words, shape[0] * num_shards, shape[1], rows, shape[2])
   chunks = put(host, sharding)
-  return PreparedDatabase(chunks, int(xb_packed.shape[0]), num_bits)
+  return PreparedDatabase(chunks, int(xb_packed.shape[0]), num_bits, word_weights)
 
 
 
 
-def all_distances(query_words, chunk):
+def weighted_popcounts(counts, word_weights=None):
+  """The sum over words of `counts` (a sequence of one array per word), each times its word's
+  weight (static; None: all 1): the distance of a database of weighted words."""
+  if word_weights is None:
+    return sum(counts)
+  return sum(c if weight == 1 else c * weight for c, weight in zip(counts, word_weights))
+
+
+def all_distances(query_words, chunk, word_weights=None):
   """(nq, W) x chunk (W, tiles, rows, tile_cols) -> (nq, items) int32, index order."""
-  dist = sum(lax.population_count(query_words[None, :, w, None, None] ^ chunk[w][:, None])
-             for w in range(chunk.shape[0]))  # (tiles, nq, rows, tile_cols)
+  dist = weighted_popcounts(
+      [lax.population_count(query_words[None, :, w, None, None] ^ chunk[w][:, None])
+       for w in range(chunk.shape[0])], word_weights)  # (tiles, nq, rows, tile_cols)
   dist = jnp.transpose(dist, (1, 0, 3, 2))  # (nq, tiles, tile_cols, rows)
   return dist.reshape(query_words.shape[0], -1).astype(jnp.int32)
 

@@ -21,21 +21,23 @@ from deephash_jax.search.layout import PreparedDatabase
 RANGE_QUERY_BATCH_SIZE = 32     # queries per radius-search call (host gets their distances)
 
 
-@functools.partial(jax.jit, static_argnames=("num_bits",))
-def _chunk_distances(query_words, chunk, first_index, num_codes, *, num_bits):
-  """(nq, items) distances of one chunk in index order; padding -> num_bits + 1."""
-  dist = layout.all_distances(query_words, chunk)
+@functools.partial(jax.jit, static_argnames=("max_distance", "word_weights"))
+def _chunk_distances(query_words, chunk, first_index, num_codes, *, max_distance,
+                     word_weights=None):
+  """(nq, items) distances of one chunk in index order; padding -> max_distance + 1
+  (PreparedDatabase.max_distance: num_bits, or the bound of weighted words)."""
+  dist = layout.all_distances(query_words, chunk, word_weights)
   index = first_index + jnp.arange(dist.shape[1], dtype=jnp.int32)
-  dist = jnp.where(index[None] < num_codes, dist, num_bits + 1)
-  return dist.astype(packing.distance_dtype(num_bits + 1))
+  dist = jnp.where(index[None] < num_codes, dist, max_distance + 1)
+  return dist.astype(packing.distance_dtype(max_distance + 1))
 
 
-@functools.partial(jax.jit, static_argnames=("num_bits",))
-def _count_within(query_words, chunks, num_codes, radius, *, num_bits):
+@functools.partial(jax.jit, static_argnames=("max_distance", "word_weights"))
+def _count_within(query_words, chunks, num_codes, radius, *, max_distance, word_weights=None):
   def body(count, xs):
     g, chunk = xs
     dist = _chunk_distances(query_words, chunk, g * int(np.prod(chunk.shape[1:])),
-                            num_codes, num_bits=num_bits)
+                            num_codes, max_distance=max_distance, word_weights=word_weights)
     return count + jnp.sum(dist.astype(jnp.int32) <= radius, axis=1), None
   init = jnp.zeros(query_words.shape[0], jnp.int32)
   chunk_ids = jnp.arange(chunks.shape[0], dtype=jnp.int32)
@@ -58,7 +60,8 @@ def range_count_prepared(xq_packed, database: PreparedDatabase, radius: int, *,
     return counts
   for start, stop, words in layout.query_batches(xq_packed, database.num_bits, query_batch_size):
     c = _count_within(jnp.asarray(words), database.chunks, database.num_codes,
-                      min(radius, database.num_bits), num_bits=database.num_bits)
+                      min(radius, database.max_distance), max_distance=database.max_distance,
+                      word_weights=database.word_weights)
     counts[start:stop] = np.asarray(c)[:stop - start]
   return counts
 
@@ -77,7 +80,7 @@ def range_search_prepared(xq_packed, database: PreparedDatabase, radius: int, *,
   query_batch_size = packing.check_positive("query_batch_size", query_batch_size)
   xq_packed = packing.check_packed("xq_packed", xq_packed, database.num_bits)
   nq = xq_packed.shape[0]
-  radius = min(radius, database.num_bits)  # padding slots sit at num_bits + 1
+  radius = min(radius, database.max_distance)  # padding slots sit at max_distance + 1
   query_parts, dist_parts, index_parts = [], [], []
   chunk_items = database.chunk_items
   if database.num_codes:
@@ -85,7 +88,9 @@ def range_search_prepared(xq_packed, database: PreparedDatabase, radius: int, *,
       words = jnp.asarray(words)
       for g in range(database.chunks.shape[0]):
         dist = np.asarray(_chunk_distances(words, database.chunks[g], g * chunk_items,
-                                           database.num_codes, num_bits=database.num_bits))
+                                           database.num_codes,
+                                           max_distance=database.max_distance,
+                                           word_weights=database.word_weights))
         q, j = np.nonzero(dist[:stop - start] <= radius)  # row-major: index order per query
         query_parts.append(q + start)
         dist_parts.append(dist[q, j].astype(np.int32))

@@ -227,6 +227,7 @@ def test_the_rerank_benchmark_checks_both_rerankings_agree(tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   rows = [line for line in out.read_text().splitlines() if line.startswith("| 400 |")]
   assert len(rows) == 2 + 3 and all(row.endswith("| yes |") for row in rows)
-  # The views' table: one code, 2 views weighted 3 and 1 (4 x 3 bytes scanned), one 40-bit code.
+  # The views' table: one 20-bit code (one 32-bit word scanned), 2 views weighted 3 and 1 (a
+  # word each, weighed, not repeated), one 40-bit code (two words).
   assert [row.split(" | ")[2:4] for row in rows[2:]] == [
-      ["one code", "3"], ["views 3,1", "12"], ["one code of 40 bits", "5"]]
+      ["one code", "4"], ["views 3,1", "8"], ["one code of 40 bits", "8"]]

@@ -5,6 +5,7 @@ import pytest
 
 from deephash_jax.search import hamming
 from deephash_jax.search import layout
+from deephash_jax.search import radius as radius_lib
 from tests.search import brute
 
 
@@ -52,6 +53,58 @@ def test_every_pruning_level_is_exact(n, num_bits, k, chunk_size, block_rows, le
   _, _, tiles, _, tile_cols = database.chunks.shape
   assert hamming._pruning_levels(tiles * tile_cols, k) == levels
   brute.assert_same(hamming.search_prepared(xq, database, k), brute.search(xq, xb, k, num_bits))
+
+
+def _weighted_distances(xq, xb, word_weights):
+  """sum over 32-bit words of weight * popcount(q ^ b), one word at a time in NumPy."""
+  q, b = xq.reshape(len(xq), -1, 4), xb.reshape(len(xb), -1, 4)
+  return sum(weight * np.bitwise_count(q[:, None, w] ^ b[None, :, w]).sum(-1, dtype=np.int64)
+             for w, weight in enumerate(word_weights))
+
+
+@pytest.mark.parametrize("n,word_weights,k,chunk_size,block_rows", [
+    (300, (3,), 7, 1 << 20, None),                # one word, plain top-k
+    (3001, (5, 5, 1, 1, 2, 2), 15, 1 << 20, 4),   # block pruning
+    (3001, (1, 4), 3, 1 << 20, 2),                # blocks and super-blocks
+    (5003, (2, 1, 1), 9, 2100, 4),                # several chunks
+])
+def test_weighted_words_rank_by_the_weighted_sum_of_popcounts(n, word_weights, k, chunk_size,
+                                                              block_rows):
+  rng = np.random.default_rng(n + k)
+  num_bits = 32 * len(word_weights)
+  xb = brute.codes(rng, n, num_bits)            # half the items duplicated: ties
+  xb[xb.sum(axis=1) == 0, 0] = 1
+  xq = np.concatenate([np.zeros((1, xb.shape[1]), np.uint8), xb[:2],
+                       brute.codes(rng, 6, num_bits, duplicate=False)])
+  database = layout.prepare_database(xb, num_bits=num_bits, chunk_size=chunk_size,
+                                     block_rows=block_rows, word_weights=word_weights)
+  max_distance = 32 * sum(word_weights)
+  assert database.max_distance == max_distance
+  dist = _weighted_distances(xq, xb, word_weights)
+  brute.assert_same(hamming.search_prepared(xq, database, k),
+                    brute.stable_top_k(dist, k, max_distance + 1))
+  # k past the database: missing results at max_distance + 1.
+  small = layout.prepare_database(xb[:5], num_bits=num_bits, word_weights=word_weights)
+  brute.assert_same(hamming.search_prepared(xq, small, 8),
+                    brute.stable_top_k(dist[:, :5], 8, max_distance + 1))
+  # Radius search and counts over the same weighted distances, ties in index order.
+  radius = int(np.median(dist))
+  lims, d, i = radius_lib.range_search_prepared(xq, database, radius)
+  for q in range(len(xq)):
+    want = np.flatnonzero(dist[q] <= radius)
+    want = want[np.argsort(dist[q, want], kind="stable")]
+    np.testing.assert_array_equal(i[lims[q]:lims[q + 1]], want)
+    np.testing.assert_array_equal(d[lims[q]:lims[q + 1]], dist[q, want])
+  np.testing.assert_array_equal(radius_lib.range_count_prepared(xq, database, radius),
+                                np.diff(lims))
+
+
+@pytest.mark.parametrize("word_weights,num_bits", [((1,), 48), ((1, 0), 64), ((1,), 64),
+                                                   ((1.5, 1), 64), ((True, 1), 64)])
+def test_bad_word_weights_are_named(word_weights, num_bits):
+  xb = np.zeros((3, num_bits // 8), np.uint8)
+  with pytest.raises(ValueError, match=r"word_weights=.*whole weights > 0, one per 32-bit word"):
+    layout.prepare_database(xb, num_bits=num_bits, word_weights=word_weights)
 
 
 @pytest.mark.parametrize("n,count,max_value", [(1, 1, 1), (37, 37, 5), (300, 1, 9),
