@@ -333,15 +333,19 @@ def config_changes(base: ml_collections.ConfigDict, config: ml_collections.Confi
   return out
 
 
-# What a resumed run may change: how it is evaluated, logged, saved and watched, where its data
-# are read from and over how many devices (a step gives the same parameters on any mesh), not
-# what it trains. A field is named whole, a section by its trailing dot.
-RESUMABLE_FIELDS = ("eval.", "input.data_dir", "input.source_dir", "mesh",
+# What a resumed run may change: how it is evaluated (`eval.`, and the model's fields that make
+# the codes only at evaluation, encoder.make_embed_fn: training never reads them), logged, saved
+# and watched, where its data are read from and over how many devices (a step gives the same
+# parameters on any mesh), not what it trains. A field is named whole, a section by its
+# trailing dot. Resuming a finished run under such a change evaluates it again, untrained.
+RESUMABLE_FIELDS = ("eval.", "model.flip_average", "model.shift_average",
+                    "input.data_dir", "input.source_dir", "mesh",
                     "train.log_every_steps", "train.checkpoint_every_steps",
                     "train.keep_checkpoints", "train.hang_timeout_seconds")
 
 
-def _resumable(field: str) -> bool:
+def resumable_field(field: str) -> bool:
+  """Whether a resumed run may change `field` ("a.b.c"; RESUMABLE_FIELDS)."""
   return any(field.startswith(f) if f.endswith(".") else field == f for f in RESUMABLE_FIELDS)
 
 
@@ -362,7 +366,8 @@ def check_resumable(config: ml_collections.ConfigDict, workdir: str) -> None:
   except (OSError, json.JSONDecodeError) as e:
     raise ConfigError(f"{path}: unreadable ({e}); the checkpoints beside it cannot be checked "
                       "against the given config: restore the file, or use another workdir") from e
-  differences = [d for d in config_differences(saved, config) if not _resumable(d.split(":")[0])]
+  differences = [d for d in config_differences(saved, config)
+                 if not resumable_field(d.split(":")[0])]
   if differences:
     raise ConfigError(
         f"{workdir} holds checkpoints trained with another config than the one given "

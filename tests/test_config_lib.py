@@ -197,15 +197,17 @@ def test_a_resumed_workdir_must_keep_what_it_trains(tmp_path):
   same_training.eval.closest_match.num_queries = 100
   same_training.train.keep_checkpoints, same_training.input.data_dir = 9, "/elsewhere"
   same_training.mesh = [("data", 2)]
+  # How the codes are made at evaluation only (encoder.make_embed_fn); training never reads it.
+  same_training.model.shift_average, same_training.model.flip_average = 0, False
   config_lib.check_resumable(same_training, workdir)
   other = config.copy_and_resolve_references()
   other.loss.graded.ap_weight, other.train.num_epochs = 5.0, 15
-  del other.model["shift_average"]
+  del other.model["input_norm"]
   with pytest.raises(config_lib.ConfigError) as e:
     config_lib.check_resumable(other, workdir)
   message = str(e.value)
   assert "loss.graded.ap_weight: 11.0 -> 5.0" in message
-  assert "model.shift_average: 1 -> '(absent)'" in message
+  assert "model.input_norm: 'image' -> '(absent)'" in message
   assert "train.num_epochs: 18 -> 15" in message
   assert "eval." not in message and workdir in message
   (tmp_path / config_lib.CONFIG_FILE).write_text('{"method": "gra')   # truncated

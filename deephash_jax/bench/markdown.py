@@ -295,7 +295,9 @@ def format_markdown(results: dict) -> str:
   stale = [(name, r) for name, r in results["runs"].items() if r["status"] == "stale"]
   if stale:
     lines += ["", "## Stale runs (finished with another config; not in the tables)", ""] + [
-        f"- {name}: {'; '.join(r['differences'])}" for name, r in stale]
+        f"- {name}: {'; '.join(r['differences'])}"
+        + (" (how it is evaluated alone: `deephash benchmark` has it evaluated again from its "
+           "checkpoint, untrained)" if r.get("reevaluable") else "") for name, r in stale]
   lines += _carried_section(results)
   lines += ["", "## Closest-match recipe", "",
             f"Query i = augment.query_view(test image i, fold_in(key({cm['seed']}), i), recipe), "

@@ -11,7 +11,10 @@ trains (the config file's `get_config(run)` returns the same run config), so the
 printed as commands and fanned out with the tools people already use (`xargs -P`, GNU
 parallel, launch/ for TPU VMs, a cluster scheduler), or run here one after another. A run is
 finished when its `eval_results.json` exists; a finished run whose saved config differs from
-the plan's is stale, and the runner refuses to go on from it (`check_not_stale`). While a
+the plan's is stale, and the runner refuses to go on from it (`check_not_stale`), unless every
+field that differs is one a resumed run may change (config_lib.RESUMABLE_FIELDS: how it is
+evaluated): such a run is evaluated again from its checkpoint by the same `deephash train`
+line (`reevaluable`). While a
 process trains a run, it holds an OS lock on `<run>/.lock` (`fcntl.flock`, released by the
 kernel when the process ends, however it ends), so two local workers never train one run at
 once.
@@ -182,10 +185,24 @@ def stale_differences(config, workdir: str, run: Run) -> list[str]:
   return config_lib.config_differences(saved, run_config(config, run))
 
 
+def only_evaluation_differs(differences: Sequence[str]) -> bool:
+  """Whether `stale_differences` name only fields a resumed run may change (how it is
+  evaluated): then the run's `deephash train` line evaluates it again, untrained."""
+  return bool(differences) and all(config_lib.resumable_field(d.split(":")[0])
+                                   for d in differences)
+
+
+def reevaluable(config, workdir: str, run: Run) -> bool:
+  """A finished run whose config differs from the plan's in how it is evaluated alone."""
+  return only_evaluation_differs(stale_differences(config, workdir, run))
+
+
 def check_not_stale(config, workdir: str, runs: Sequence[Run]) -> None:
   """Refuses, naming each run and field, to go on from finished runs of another config (their
-  figures would be reported as the plan's): move such a run's folder aside to train it again."""
-  stale = [(run, d) for run in runs if (d := stale_differences(config, workdir, run))]
+  figures would be reported as the plan's): move such a run's folder aside to train it again.
+  Runs that differ in how they are evaluated alone pass (`reevaluable`)."""
+  stale = [(run, d) for run in runs if (d := stale_differences(config, workdir, run))
+           and not only_evaluation_differs(d)]
   if stale:
     lines = [f"  {run_dir(workdir, run)}: {'; '.join(d[:4])}"
              + (f"; and {len(d) - 4} more" if len(d) > 4 else "") for run, d in stale]

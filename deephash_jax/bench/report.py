@@ -79,7 +79,8 @@ def run_record(config, workdir: str, run: plan_lib.Run, category_names) -> dict:
   results = _read_json(os.path.join(directory, plan_lib.RESULTS_FILE))
   differences = plan_lib.stale_differences(config, workdir, run) if results is not None else []
   if differences:      # figures of another config than the one the report names
-    return {**record, "status": "stale", "differences": differences}
+    return {**record, "status": "stale", "differences": differences,
+            **({"reevaluable": True} if plan_lib.only_evaluation_differs(differences) else {})}
   if results is None:
     error = os.path.join(directory, "error.txt")
     if os.path.exists(error):

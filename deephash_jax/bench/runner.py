@@ -6,8 +6,9 @@ or a worker's slice), then write the report of whatever runs have finished.
     deephash benchmark --config=configs/benchmark.py --workdir=W --report
 
 A run is a plain training run (plan.py); finished runs are skipped (and finished runs of another
-config than the plan's refused, named with the fields that differ), a run another process is
-training (its lock is held) is left to it, an interrupted one resumes from its checkpoint.
+config than the plan's refused, named with the fields that differ; those that differ only in how
+they are evaluated are evaluated again from their checkpoints, untrained), a run another process
+is training (its lock is held) is left to it, an interrupted one resumes from its checkpoint.
 """
 
 from __future__ import annotations
@@ -32,18 +33,21 @@ def pending_commands(config, workdir: str, config_file: str, overrides: dict, *,
   plan = plan_lib.planned_runs(config.benchmark)
   plan_lib.check_not_stale(config, workdir, plan)
   return [plan_lib.train_command(config_file, workdir, run, overrides, program=program)
-          for run in plan if not plan_lib.is_finished(workdir, run) and run.name not in skip]
+          for run in plan if run.name not in skip and (
+              not plan_lib.is_finished(workdir, run) or plan_lib.reevaluable(config, workdir, run))]
 
 
 def _train_one(config, workdir: str, run: plan_lib.Run) -> str:
-  """Trains one run under its lock: "done", "skipped" (another process holds it), "stopped"
-  (SIGTERM) or "failed" (the error is kept in the run's error.txt and the sweep goes on)."""
+  """Trains one run under its lock (or evaluates it again: plan.reevaluable): "done",
+  "skipped" (another process holds it), "stopped" (SIGTERM) or "failed" (the error is kept in
+  the run's error.txt and the sweep goes on)."""
   directory = plan_lib.run_dir(workdir, run)
   with plan_lib.run_lock(directory) as acquired:
     if not acquired:
       logging.info("%s: another process is training it; leaving it.", run.name)
       return "skipped"
-    if plan_lib.is_finished(workdir, run):   # finished while this process waited
+    if (plan_lib.is_finished(workdir, run)    # finished while this process waited
+        and not plan_lib.reevaluable(config, workdir, run)):
       return "done"
     error_path = os.path.join(directory, ERROR_FILE)
     if os.path.exists(error_path):
@@ -68,13 +72,15 @@ def run_plan(config, workdir: str, *, worker: tuple[int, int] = (0, 1),
   plan_lib.check_not_stale(config, workdir, mine)
   outcomes = {}
   for position, run in enumerate(mine, start=1):
-    if plan_lib.is_finished(workdir, run):
+    again = plan_lib.reevaluable(config, workdir, run)
+    if plan_lib.is_finished(workdir, run) and not again:
       outcomes[run.name] = "done"
       continue
     if run.name in skip:
       outcomes[run.name] = "carried"
       continue
-    logging.info("[%d/%d] %s: training.", position, len(mine), run.name)
+    logging.info("[%d/%d] %s: %s.", position, len(mine), run.name,
+                 "evaluating again (only how it is evaluated changed)" if again else "training")
     outcomes[run.name] = _train_one(config, workdir, run)
     if outcomes[run.name] == "stopped":
       logging.warning("Stopped during %s; rerun the same command to resume.", run.name)

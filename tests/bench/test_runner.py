@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from deephash_jax import config_lib
+from deephash_jax.bench import markdown
 from deephash_jax.bench import plan
 from deephash_jax.bench import report
 from deephash_jax.bench import runner
@@ -89,6 +90,7 @@ def test_the_plan_trains_once_and_the_report_reads_every_finished_run(tiny_confi
   assert run_cfg.model.num_bits == 16 and "benchmark" not in run_cfg
 
   # Again: nothing is trained, the references come from their cache, the figures are the same.
+  real_train = trainer.train_and_evaluate
   monkeypatch.setattr(trainer, "train_and_evaluate", _no_training)
   monkeypatch.setattr(report.references_lib, "pixel_sad", _no_training)
   monkeypatch.setattr(report.references_lib, "float_codes", _no_training)
@@ -114,6 +116,32 @@ def test_the_plan_trains_once_and_the_report_reads_every_finished_run(tiny_confi
     with pytest.raises(plan.StaleRunError,
                        match="(?s)4 finished run.*ours_16b_s0: train.learning_rate: 0.003 -> "):
       go_on()
+  # Only how the runs are evaluated changes (the codes averaged over shifted views too): they
+  # are stale until evaluated again, which their own train lines do from their checkpoints.
+  monkeypatch.setattr(trainer, "train_and_evaluate", real_train)
+  shifted = tiny_config.copy_and_resolve_references()
+  shifted.model.shift_average = 1
+  stale = report.collect(shifted, workdir, with_references=False)["runs"]
+  assert {r["status"] for r in stale.values()} == {"stale"}
+  assert stale["dch_32b_s0"]["differences"] == ["model.shift_average: 0 -> 1"]
+  assert "evaluated again" in markdown.format_markdown(
+      report.collect(shifted, workdir, with_references=False))
+  assert len(runner.pending_commands(shifted, workdir, "configs/benchmark_tiny.py", {})) == 4
+  steps = {n: sorted(os.listdir(os.path.join(plan.run_dir(workdir, plan.parse_run(n)),
+                                             "checkpoints"))) for n in results["runs"]}
+  assert runner.run_plan(shifted, workdir, worker=(1, 2)) == dict.fromkeys(
+      ["dch_16b_s0", "dch_32b_s0"], "done")
+  records = report.collect(shifted, workdir, with_references=False)["runs"]
+  assert {n: r["status"] for n, r in records.items()} == {
+      "ours_16b_s0": "stale", "dch_16b_s0": "done", "ours_32b_s0": "stale", "dch_32b_s0": "done"}
+  for name in ("dch_16b_s0", "dch_32b_s0"):
+    directory = plan.run_dir(workdir, plan.parse_run(name))
+    assert sorted(os.listdir(os.path.join(directory, "checkpoints"))) == steps[name]  # untrained
+    assert config_lib.load_config(directory).model.shift_average == 1
+    # The training time of its last checkpoint's record plus the restore, no steps' time.
+    assert records[name]["train_seconds"] == pytest.approx(
+        results["runs"][name]["train_seconds"], abs=1.0)
+    assert records[name]["closest_match"] != results["runs"][name]["closest_match"]
 
 
 def test_a_failed_run_is_kept_and_the_plan_goes_on(tiny_config, tmp_path, monkeypatch):
