@@ -369,7 +369,8 @@ class HammingIndex:
     faiss needs a multiple of 8 bits: the index has ``8 * ceil(num_bits/8)`` bits
     whose padding bits are zero in every code, so distances are unchanged. faiss
     returns insertion positions; map them to ids with ``self.ids[I]``. With several views
-    it holds the codes the scan compares: search it with ``expand_queries(xq)``.
+    it holds each view repeated by its weight, whose Hamming distances are the weighted sums:
+    search it with ``expand_queries(xq)``.
     """
     try:
       import faiss  # pylint: disable=g-import-not-at-top
