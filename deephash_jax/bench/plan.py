@@ -13,11 +13,10 @@ parallel, launch/ for TPU VMs, a cluster scheduler), or run here one after anoth
 finished when its `eval_results.json` exists; a finished run whose saved config differs from
 the plan's is stale, and the runner refuses to go on from it (`check_not_stale`), unless every
 field that differs is one a resumed run may change (config_lib.RESUMABLE_FIELDS: how it is
-evaluated): such a run is evaluated again from its checkpoint by the same `deephash train`
-line (`reevaluable`). While a
-process trains a run, it holds an OS lock on `<run>/.lock` (`fcntl.flock`, released by the
-kernel when the process ends, however it ends), so two local workers never train one run at
-once.
+evaluated): such a run is evaluated again from its checkpoint by the same `deephash train` line
+(`reevaluable`). While a process trains a run, it holds an OS lock on `<run>/.lock`
+(`fcntl.flock`, released by the kernel when the process ends, however it ends), so two local
+workers never train one run at once.
 """
 
 from __future__ import annotations
