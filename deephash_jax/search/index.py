@@ -291,7 +291,7 @@ class HammingIndex:
     return xq if self.view_weights == (1,) else np.tile(xq, (1, sum(self.view_weights)))
 
   def _missing(self, dist, positions):
-    """Missing results at max_distance + 1 (the scan pads at its own bit count + 1)."""
+    """Missing results at max_distance + 1 (the scan pads at its own bound + 1)."""
     return np.where(positions >= 0, dist, self.max_distance + 1).astype(dist.dtype)
 
   def _to_ids(self, positions):

@@ -154,8 +154,6 @@ def prepare_database(xb_packed, *, num_bits: int, chunk_size: int = DEFAULT_CHUN
   return PreparedDatabase(chunks, int(xb_packed.shape[0]), num_bits, word_weights)
 
 
-
-
 def weighted_popcounts(counts, word_weights=None):
   """The sum over words of `counts` (a sequence of one array per word), each times its word's
   weight (static; None: all 1): the distance of a database of weighted words."""
