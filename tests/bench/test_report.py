@@ -329,7 +329,8 @@ def test_pixel_sad_of_the_same_settings_comes_from_the_earlier_report(tmp_path, 
 
 
 def test_the_report_names_the_methods_whose_codes_are_made_otherwise_at_evaluation():
-  """model.shift_average set by one variant: its rows and its lead section say so."""
+  """model.shift_average set by one variant: the report records it by method and its sentence
+  names the methods on each side (the lead sections: test_markdown.py)."""
   config = config_lib.base_config("benchmark_tiny")
   config.benchmark.methods = ("ours", "graded", "dch")
   config.benchmark.method_bits = {"graded": (32,)}     # planned at 32 bits only
