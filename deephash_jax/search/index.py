@@ -117,9 +117,14 @@ class HammingIndex:
     return sum(self.view_weights) * self.num_bits
 
   @property
+  def _view_words(self) -> int:
+    """32-bit words a view's code takes in the scan."""
+    return -(-packing.num_bytes(self.num_bits) // 4)
+
+  @property
   def scanned_bytes(self) -> int:
     """Bytes the Hamming scan reads an item: each view's code on whole 32-bit words."""
-    return 4 * self.views * -(-packing.num_bytes(self.num_bits) // 4)
+    return 4 * self.views * self._view_words
 
   def __len__(self) -> int:
     return self._codes.shape[0]
@@ -245,7 +250,7 @@ class HammingIndex:
     if self.view_weights == (1,):
       return packed
     width = packing.num_bytes(self.num_bits)
-    out = np.zeros((len(packed), self.views, -(-width // 4) * 4), np.uint8)
+    out = np.zeros((len(packed), self.views, 4 * self._view_words), np.uint8)
     out[:, :, :width] = packed.reshape(len(packed), self.views, width)
     return out.reshape(len(packed), -1)
 
@@ -259,7 +264,7 @@ class HammingIndex:
       if self.view_weights == (1,):
         bits, weights = self.num_bits, None
       else:
-        words = -(-packing.num_bytes(self.num_bits) // 4)
+        words = self._view_words
         bits, weights = 32 * words * self.views, np.repeat(self.view_weights, words).tolist()
       self._prepared = layout.prepare_database(
           self._scan_layout(self._codes), num_bits=bits, chunk_size=self.chunk_size,
@@ -496,8 +501,7 @@ def check_view_weights(view_weights) -> tuple[int, ...]:
   except TypeError:
     raise ValueError(f"view_weights must be a sequence of whole numbers >= 1 (one per view), "
                      f"got {view_weights!r}") from None
-  if not weights or not all(isinstance(w, (int, np.integer)) and not isinstance(w, bool)
-                            and w >= 1 for w in weights):
+  if not weights or not all(packing.is_positive_int(w) for w in weights):
     raise ValueError(f"view_weights must be a non-empty sequence of whole numbers >= 1 (one per "
                      f"view), got {view_weights!r}")
   return tuple(int(w) for w in weights)

@@ -112,8 +112,7 @@ def check_word_weights(word_weights, num_bits: int) -> tuple[int, ...] | None:
   weights = tuple(word_weights)
   num_words = -(-num_bits // 32)
   if (num_bits % 32 or len(weights) != num_words
-      or not all(isinstance(w, (int, np.integer)) and not isinstance(w, bool) and w > 0
-                 for w in weights)):
+      or not all(packing.is_positive_int(w) for w in weights)):
     raise ValueError(f"word_weights={weights}: expected {num_words} whole weights > 0, one per "
                      f"32-bit word of num_bits={num_bits} (a multiple of 32)")
   return tuple(int(w) for w in weights)

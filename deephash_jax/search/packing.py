@@ -95,7 +95,12 @@ def distance_dtype(max_value: int):
   raise ValueError(f"distances up to {max_value} do not fit 32 bits")
 
 
+def is_positive_int(value) -> bool:
+  """A whole number >= 1 (a Python or NumPy int, not a bool)."""
+  return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1
+
+
 def check_positive(name, value) -> int:
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+  if not is_positive_int(value):
     raise ValueError(f"{name} must be a positive int, got {value!r}")
   return int(value)
