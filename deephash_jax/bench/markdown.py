@@ -229,7 +229,7 @@ def _carried_section(results) -> list[str]:
               + ", ".join(name for name, _ in runs) + "."
               + (" None of these records carries the config it trained with, so none is "
                  "checked against the plan." if len(unchecked) == len(runs) else
-                 f" Recorded without their config, so not checked against the plan: "
+                 " Recorded without their config, so not checked against the plan: "
                  + ", ".join(unchecked) + "." if unchecked else "")
               + (" The config each record carries matches the plan's."
                  if len(unchecked) < len(runs) else "")]
