@@ -76,18 +76,23 @@ def leads(agg: dict, bench: dict, bits_list, ours_method: str) -> dict:
                 if agg.get(m, {}).get(str(bits), {}).get(key)]
       if scores and ours.get(key):
         best, name = max(scores)
-        variances = [s["std"] ** 2 for s in (ours[key], agg[name][str(bits)][key])
-                     if s.get("std") is not None]
-        sd = float(np.sqrt(np.mean(variances))) if variances else None
+        sd = _pooled_sd(ours[key], agg[name][str(bits)][key])
         out.setdefault(str(bits), {})[key] = (ours[key]["mean"] - best, name, sd)
   return out
 
 
-def _lead_cell(diff: float, peer: str, sd) -> str:
-  """"-0.0160 (hashnet; 12.3 sd)": the difference, and its size in seed deviations when known."""
-  if not sd:    # None (one seed each) or 0 (the seeds agreed exactly)
-    return f"{_signed(diff)} ({peer})"
-  return f"{_signed(diff)} ({peer}; {abs(diff) / sd:.1f} sd)"
+def _pooled_sd(*stats) -> float | None:
+  """The seeds' deviation a difference of these cells is read against: the root mean square of
+  the sample deviations of the cells with two or more seeds; None where none has."""
+  variances = [s["std"] ** 2 for s in stats if s.get("std") is not None]
+  return float(np.sqrt(np.mean(variances))) if variances else None
+
+
+def _difference_cell(diff: float, sd, name: str | None = None) -> str:
+  """"-0.0160 (hashnet; 12.3 sd)": the difference, against whom when named, and its size in
+  seed deviations when known."""
+  notes = ([name] if name else []) + ([f"{abs(diff) / sd:.1f} sd"] if sd else [])
+  return _signed(diff) + (f" ({'; '.join(notes)})" if notes else "")   # sd 0: seeds agreed
 
 
 def _lead_section(results) -> list[str]:
@@ -112,7 +117,7 @@ def _lead_section(results) -> list[str]:
               "|---|" + "---|" * len(_LEAD_METRICS)]
     for bits, row in table.items():
       lines.append(f"| {bits} | " + " | ".join(
-          _lead_cell(*row[key]) if key in row else "…"
+          _difference_cell(row[key][0], row[key][2], row[key][1]) if key in row else "…"
           for key, _ in _LEAD_METRICS) + " |")
   return lines
 
@@ -126,13 +131,16 @@ def _ablation_section(results) -> list[str]:
     if not cells:
       continue
     lines += ["", f"## Ablations of {base}: what each term adds", "",
-              f"{base} − {base} without the term (means over seeds); positive = the term helps.",
+              f"{base} − {base} without the term (means over seeds); positive = the term helps. "
+              "Where a cell has several seeds, the difference also in the seeds' standard "
+              "deviations (sd; pooled when both cells have seeds).",
               "", "| ablation | bits | " + " | ".join(l for _, l in _LEAD_METRICS) + " |",
               "|---|---|" + "---|" * len(_LEAD_METRICS)]
     for m, bits in cells:
       mine, theirs = agg[base][str(bits)], agg[m][str(bits)]
       lines.append(f"| {m} | {bits} | " + " | ".join(
-          _signed(mine[key]["mean"] - theirs[key]["mean"])
+          _difference_cell(mine[key]["mean"] - theirs[key]["mean"],
+                           _pooled_sd(mine[key], theirs[key]))
           if mine.get(key) and theirs.get(key) else "…" for key, _ in _LEAD_METRICS) + " |")
   return lines
 

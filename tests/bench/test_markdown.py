@@ -53,9 +53,11 @@ def test_leads_are_against_the_best_peer_and_leave_the_variants_of_ours_out():
   lines = "\n".join(markdown._lead_section(results) + markdown._ablation_section(results))  # pylint: disable=protected-access
   assert "| 16 | +0.0100 (dch; 0.4 sd) | -0.0200 (dch; 1.4 sd) | +0.0200 (dch; 1.4 sd) |" in lines
   assert "| 32 | -0.0100 (dch) | +0.0100 (dch) | +0.0200 (dch) |" in lines
-  # The ablation at every length both it and ours have run (none at 64 bits).
+  # The ablation at every length both it and ours have run (none at 64 bits); at 16 bits against
+  # ours' two seeds (sample sd 0.04 / sqrt 2 on mAP@all, 0.02 / sqrt 2 on the others), at 32 one
+  # seed each.
   assert re.findall(r"^\| ours_no_hamming \|.*$", lines, re.MULTILINE) == [
-      "| ours_no_hamming | 16 | +0.1200 | +0.0000 | +0.0000 |",
+      "| ours_no_hamming | 16 | +0.1200 (4.2 sd) | +0.0000 (0.0 sd) | +0.0000 (0.0 sd) |",
       "| ours_no_hamming | 32 | +0.0500 | +0.0000 | -0.0200 |"]
 
 
@@ -84,7 +86,10 @@ def test_a_lead_reads_against_the_pooled_deviation_when_both_cells_have_seeds():
   assert table["16"]["category/map_all"] == (pytest.approx(-0.07), "dch",
                                              pytest.approx(0.0005 ** 0.5))
   assert table["16"]["closest_match/recall_at_1"] == (pytest.approx(0.1), "dch", 0.0)
-  assert markdown._lead_cell(*table["16"]["closest_match/recall_at_1"]) == "+0.1000 (dch)"  # pylint: disable=protected-access
+  diff, peer, sd = table["16"]["closest_match/recall_at_1"]
+  assert markdown._difference_cell(diff, sd, peer) == "+0.1000 (dch)"  # pylint: disable=protected-access
+  assert markdown._difference_cell(-0.07, 0.0005 ** 0.5) == "-0.0700 (3.1 sd)"  # pylint: disable=protected-access
+  assert markdown._difference_cell(0.00001, None) == "+0.0000"  # pylint: disable=protected-access
 
 
 def test_a_cell_says_whether_it_is_pending_failed_or_not_planned():
