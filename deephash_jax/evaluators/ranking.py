@@ -52,7 +52,7 @@ DEFAULT_QUERY_BATCH_SIZE = 128
 def _check_ks(name: str, values) -> tuple[int, ...]:
   values = (values,) if isinstance(values, (int, np.integer)) else tuple(values)
   for v in values:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+    if not packing.is_positive_int(v):
       raise ValueError(f"{name} must hold positive ints, got {v!r} in {values!r}")
   return tuple(int(v) for v in values)
 

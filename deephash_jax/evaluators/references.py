@@ -144,8 +144,7 @@ def sad_search(queries, database: SadDatabase, k: int, *,
   D: int64 (Q, k) distances, I: int64 (Q, k) database indices, each row sorted by (distance,
   index); missing results (k > database size) have index -1 and distance 2**30.
   """
-  if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-    raise ValueError(f"k must be a positive int, got {k!r}")
+  packing.check_positive("k", k)
   dists, indices = [], []
   for n, chunk in _query_batches(queries, database, query_batch_size):
     d, i = _sad_top_k(jnp.asarray(chunk), database.tiles, k=int(k),

@@ -16,9 +16,7 @@ def num_bytes(num_bits: int) -> int:
 
 
 def check_num_bits(num_bits) -> int:
-  if isinstance(num_bits, bool) or not isinstance(num_bits, (int, np.integer)) or num_bits < 1:
-    raise ValueError(f"num_bits must be a positive int, got {num_bits!r}")
-  return int(num_bits)
+  return check_positive("num_bits", num_bits)
 
 
 def pack_bits(codes) -> np.ndarray:
