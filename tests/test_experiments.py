@@ -167,6 +167,28 @@ def test_database_views_rows_are_the_minimum_or_mean_over_an_items_codes():
       views.view_distance_rows(query, codes, aggregate="mean", clean_weight=3)(0, 7))
 
 
+def test_database_views_code_is_the_sign_of_the_weighted_mean_of_an_items_codes():
+  views = _load("experiments/graded_codes/database_views.py")
+  rng = np.random.default_rng(4)
+  query = rng.uniform(-1, 1, (5, 8)).astype(np.float32)
+  codes = rng.uniform(-1, 1, (4, 30, 8)).astype(np.float32)
+  for weight in (1, 5):
+    c = codes.astype(np.float64)
+    mean = np.array([[(weight * c[0, j, b] + c[1, j, b] + c[2, j, b] + c[3, j, b]) / (weight + 3)
+                      for b in range(8)] for j in range(30)])
+    np.testing.assert_allclose(views.averaged_codes(codes, weight), mean, rtol=1e-12)
+    hamming = views.view_distance_rows(query, codes, aggregate="code", clean_weight=weight)(0, 5)
+    for i in range(5):
+      for j in range(30):
+        assert hamming[i, j] == sum((query[i, b] > 0) != (mean[j, b] > 0) for b in range(8))
+  # An item's own code at a weight no three renderings outvote is its one code.
+  np.testing.assert_array_equal(
+      views.view_distance_rows(query, np.sign(codes), aggregate="code", clean_weight=4)(0, 5),
+      views.view_distance_rows(query, np.sign(codes[:1]), aggregate="min")(0, 5))
+  # One view: the view's own code.
+  np.testing.assert_array_equal(views.averaged_codes(codes[:1], 3), codes[0])
+
+
 def test_database_views_cache_is_reused_for_its_model_only(tmp_path):
   views = _load("experiments/graded_codes/database_views.py")
   cache = str(tmp_path / "views.npz")

@@ -1,6 +1,7 @@
 r"""Database views: each catalogue image indexed by several codes, its own and renderings of it.
 
-    python experiments/graded_codes/database_views.py WORKDIR [--views 4] [--cache FILE.npz]
+    python experiments/graded_codes/database_views.py WORKDIR [--views 4] [--cache FILE.npz] \
+        [--clean_weights 2 3 5] [--aggregates min mean code]
 
 A shopper's photo drifts from its original's code (where_garment_goes.py); this asks whether
 the catalogue side can meet it. Every database image (the closest match's originals and
@@ -10,7 +11,9 @@ use in `graded_tanh_qv2`) with seeds other than the evaluation's queries', as
 `deephash index --view_weights=...` renders them (serve/catalogue.py `catalogue_views`). An
 item's distance to a query is the minimum ("min") or a weighted mean ("mean", the item's own
 code weighted `clean_weight`, each rendering 1) of the distances to its codes: the mean's
-Hamming form is the ranking of that index (search/index.py). Both protocols are scored on it,
+Hamming form is the ranking of that index (search/index.py). Or the item keeps one code
+("code"): the sign of the same weighted mean of its views' continuous codes, an index of one
+code an item whose codes were made from the renderings too. Both protocols are scored on it,
 tie-aware (ranking.one_relevant_metrics, ranking.ranking_metrics), for 1, 2 and `views` views
 (the weights at `views` only): the closest match by Hamming and by the asymmetric distance, the
 category by Hamming; and, for the weighted means, the served search of that index
@@ -43,11 +46,14 @@ def view_distance_rows(query_codes, view_codes, *, metric: str = "hamming",
   `view_codes` (V, M, K), view 0 the items' own: the minimum ("min") or the mean ("mean", view 0
   weighted `clean_weight`, the others 1; returned as the weighted sum, the same ranking) over an
   item's V codes of the Hamming distance between signs ("hamming") or of the asymmetric distance
-  of the query's continuous code ("asymmetric", search/asymmetric.py). Float64, exact for whole
-  weights."""
+  of the query's continuous code ("asymmetric", search/asymmetric.py); or that distance to one
+  code an item, the sign of the same weighted mean of its V continuous codes ("code",
+  `averaged_codes`). Float64, exact for whole weights."""
+  if aggregate not in ("min", "mean", "code"):
+    raise ValueError(f"aggregate: 'min', 'mean' or 'code', got {aggregate!r}")
+  if aggregate == "code":
+    view_codes, aggregate = averaged_codes(view_codes, clean_weight)[None], "min"
   signs = np.where(np.asarray(view_codes) > 0, 1.0, -1.0)
-  if aggregate not in ("min", "mean"):
-    raise ValueError(f"aggregate: 'min' or 'mean', got {aggregate!r}")
   weights = np.ones(len(signs))
   weights[0] = clean_weight
   # The mean as the weighted sum, which ranks as it does: with whole weights every sum is exact
@@ -64,6 +70,15 @@ def view_distance_rows(query_codes, view_codes, *, metric: str = "hamming",
     return lambda start, stop: reduce([asymmetric.distances(w[start:stop], s) for s in signs],
                                       axis=0)
   raise ValueError(f"metric: 'hamming' or 'asymmetric', got {metric!r}")
+
+
+def averaged_codes(view_codes, clean_weight: int = 1) -> np.ndarray:
+  """(M, K): the weighted mean of `view_codes` (V, M, K) over the views, view 0 weighted
+  `clean_weight` and the others 1; its signs are an item's one code."""
+  view_codes = np.asarray(view_codes, np.float64)
+  weights = np.ones(len(view_codes))
+  weights[0] = clean_weight
+  return np.tensordot(weights, view_codes, axes=(0, 0)) / weights.sum()
 
 
 def view_codes(e: where_garment_goes.Embedded, views: int, cache: str | None) -> np.ndarray:
@@ -95,15 +110,22 @@ def main():
   parser.add_argument("--cache", default=None, help="an .npz of the views' codes (one workdir)")
   parser.add_argument("--clean_weights", type=int, nargs="+", default=[1, 2, 3, 5],
                       help="whole weights of the item's own code in the mean at --views views")
+  parser.add_argument("--aggregates", nargs="+", choices=("min", "mean", "code"),
+                      default=["min", "mean", "code"], help="the settings to score besides one code")
   args = parser.parse_args()
   for workdir in args.workdirs:
     start = time.time()
     e = where_garment_goes.embed_protocol(workdir, args.num_queries)
     codes = view_codes(e, args.views, args.cache)
     originals = len(e.originals)
-    settings = [(v, "min", 1) for v in sorted({1, 2, args.views})]
-    settings += [(v, "mean", 1) for v in sorted({2, args.views})]
-    settings += [(args.views, "mean", w) for w in args.clean_weights if w != 1]
+    settings = [(1, "min", 1)]                         # one code: the evaluation's
+    if "min" in args.aggregates:
+      settings += [(v, "min", 1) for v in sorted({2, args.views})]
+    if "mean" in args.aggregates:
+      settings += [(v, "mean", 1) for v in sorted({2, args.views})]
+      settings += [(args.views, "mean", w) for w in args.clean_weights if w != 1]
+    if "code" in args.aggregates:
+      settings += [(args.views, "code", w) for w in sorted({1, *args.clean_weights})]
     for v, aggregate, weight in settings:
       out = {"workdir": workdir, "views": v, "aggregate": aggregate, "clean_weight": weight}
       rows = lambda q, c, metric="hamming": view_distance_rows(
@@ -122,6 +144,11 @@ def main():
         served = closest_match.reranked_metrics(
             e.protocol, e.query_codes, np.moveaxis(codes[:v, :originals], 0, 1),
             np.moveaxis(codes[:v, originals:], 0, 1), view_weights=weights)
+      elif aggregate == "code":
+        one = averaged_codes(codes[:v], weight)
+        served = closest_match.reranked_metrics(e.protocol, e.query_codes, one[:originals],
+                                                one[originals:])
+      if aggregate in ("mean", "code"):
         out.update(served_reranked_recall_at_1=round(served["recall_at_1"], 4),
                    served_reranked_recall_at_10=round(served["recall_at_10"], 4))
       out.update(map_all=round(float(category["map_all"]), 4),
