@@ -189,7 +189,7 @@ def test_database_views_code_is_the_sign_of_the_weighted_mean_of_an_items_codes(
   np.testing.assert_array_equal(views.averaged_codes(codes[:1], 3), codes[0])
 
 
-def test_database_views_cache_is_reused_for_its_model_only(tmp_path):
+def test_database_views_cache_is_reused_for_its_model_only(tmp_path, monkeypatch):
   views = _load("experiments/graded_codes/database_views.py")
   cache = str(tmp_path / "views.npz")
   codes = np.arange(24, dtype=np.float32).reshape(3, 4, 2)
@@ -200,6 +200,26 @@ def test_database_views_cache_is_reused_for_its_model_only(tmp_path):
   np.savez(cache, views=codes, model_id="model-a")
   same = types.SimpleNamespace(encoder=types.SimpleNamespace(model_id="model-a"))
   np.testing.assert_array_equal(views.view_codes(same, 2, cache), codes[:2])   # no rendering
+  # A cache of fewer views is extended: only the missing renderings are embedded, by their seeds.
+  seeds = []
+  def render(images, recipe, seed):
+    seeds.append(seed)
+    return np.full((len(images), 2), seed, np.float32)
+  monkeypatch.setattr(views.closest_match, "render_queries", render)
+  config = types.SimpleNamespace(eval=types.SimpleNamespace(
+      closest_match=types.SimpleNamespace(recipe="r", seed=7)))
+  grow = types.SimpleNamespace(
+      encoder=types.SimpleNamespace(model_id="model-a", config=config, embed=lambda x: x + 0.5),
+      query=types.SimpleNamespace(images=np.zeros((1, 2))),
+      database=types.SimpleNamespace(images=np.zeros((3, 2))))
+  grown = views.view_codes(grow, 5, cache)
+  expected_seeds = views.catalogue.view_seeds(7, 5)[2:]
+  assert seeds == expected_seeds
+  np.testing.assert_array_equal(grown[:3], codes)
+  np.testing.assert_array_equal(grown[3:], np.array(expected_seeds)[:, None, None] + 0.5
+                                + np.zeros((2, 4, 2)))
+  np.testing.assert_array_equal(views.view_codes(grow, 5, cache), grown)        # stored
+  assert len(seeds) == 2
   other = types.SimpleNamespace(encoder=types.SimpleNamespace(model_id="model-b"))
   with pytest.raises(ValueError, match="views.npz: codes of model model-a, not of this "
                                        "workdir's model-b"):

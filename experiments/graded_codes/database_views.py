@@ -82,7 +82,8 @@ def averaged_codes(view_codes, clean_weight: int = 1) -> np.ndarray:
 
 
 def view_codes(e: where_garment_goes.Embedded, views: int, cache: str | None) -> np.ndarray:
-  """(views, originals + distractors, K) continuous codes: the database's own, then renderings."""
+  """(views, originals + distractors, K) continuous codes: the database's own, then renderings
+  (a cache of fewer views is extended by the missing renderings)."""
   model_id = e.encoder.model_id
   if cache and os.path.exists(cache):
     stored = np.load(cache)
@@ -93,11 +94,13 @@ def view_codes(e: where_garment_goes.Embedded, views: int, cache: str | None) ->
                        f"workdir's {model_id}")
     if len(stored["views"]) >= views:
       return stored["views"][:views]
+    codes = list(stored["views"])
+  else:
+    codes = [np.concatenate([e.originals, e.distractors])]
   cm = e.encoder.config.eval.closest_match
   images = np.concatenate([e.query.images, e.database.images])
-  codes = [np.concatenate([e.originals, e.distractors])]
-  codes += [e.encoder.embed(view) for view in catalogue.catalogue_views(
-      images, cm.recipe, cm.seed, views)]
+  for view_seed in catalogue.view_seeds(cm.seed, views)[len(codes) - 1:]:
+    codes.append(e.encoder.embed(closest_match.render_queries(images, cm.recipe, view_seed)))
   codes = np.stack(codes)
   if cache:
     np.savez(cache, views=codes, model_id=model_id)
