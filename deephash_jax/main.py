@@ -64,6 +64,9 @@ flags.DEFINE_list("view_weights", ["1"], "index: whole weights, one per code eac
                   "image gets: its own, then renderings by config.eval.closest_match.recipe "
                   "(e.g. 5,1,1,1: four codes an item, ranked by the weighted sum of their "
                   "distances; search/index.py).")
+flags.DEFINE_bool("merge_views", False, "index: with several --view_weights, one code an image: "
+                  "the sign of the weighted mean of its views' continuous codes (the bytes and "
+                  "scan of one code; serve/catalogue.py merged_codes).")
 flags.DEFINE_string("index", None, "The index file built by `deephash index` (predict without "
                     "it encodes the workdir's database split on the fly).")
 flags.DEFINE_integer("port", 8000, "Port on 127.0.0.1.")
@@ -156,7 +159,8 @@ def _index():
              "expected, e.g. 5,1,1,1")
   try:
     _print_results(catalogue.build_index(FLAGS.workdir, FLAGS.split, FLAGS.output,
-                                         image_root=FLAGS.image_root, view_weights=weights))
+                                         image_root=FLAGS.image_root, view_weights=weights,
+                                         merge_views=FLAGS.merge_views))
   except ValueError as e:
     sys.exit(f"deephash index: {e}")
 
@@ -220,7 +224,8 @@ def _benchmark():
 COMMANDS = {
     "train": Command(_train, ("config", "workdir", *_MULTIHOST), ("config", "workdir")),
     "evaluate": Command(_evaluate, ("workdir", *_MULTIHOST), ("workdir",)),
-    "index": Command(_index, ("workdir", "split", "output", "image_root", "view_weights"),
+    "index": Command(_index, ("workdir", "split", "output", "image_root", "view_weights",
+                              "merge_views"),
                      ("workdir", "output")),
     "demo": Command(_demo, ("workdir", "index", "port"), ("workdir", "index")),
     "predict": Command(_predict, ("workdir", "image", "index", "k", "rerank", "grid"),

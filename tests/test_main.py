@@ -33,6 +33,8 @@ def test_every_command_reads_only_flags_that_exist():
     (("index", "--workdir=/tmp/x"), "--output is required for `deephash index`"),
     (("index", "--workdir=/tmp/x", "--output=/tmp/y", "--view_weights=3,x"),
      "deephash index: --view_weights=3,x: whole numbers expected"),
+    (("index", "--workdir=/tmp/x", "--output=/tmp/y", "--merge_views"),
+     "deephash index: merge_views needs two or more view_weights, got [1]"),
     (("predict", "--workdir=/tmp/x", "--view_weights=3,1"),
      "--view_weights is not a flag of `deephash predict` (it belongs to index)"),
     (("benchmark", "--workdir=/tmp/x", "--config=configs/benchmark_tiny.py", "--print_plan",

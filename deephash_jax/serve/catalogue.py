@@ -8,7 +8,9 @@ Queries are read by the one image loader (data/images.py), searched exactly in t
 `HammingIndex`, and come back as entries sorted by (Hamming distance, id), or, re-ranked
 (`search_embeddings`' `rerank`), by the asymmetric distance of the query's continuous code.
 An index built with `view_weights` holds several codes an entry (its image's and renderings of
-it as a shopper's photo) and ranks an entry by the weighted sum of their distances.
+it as a shopper's photo) and ranks an entry by the weighted sum of their distances; with
+`merge_views` it holds one code an entry, the sign of the weighted mean of those views'
+continuous codes (`merged_codes`).
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ from __future__ import annotations
 import datetime
 import functools
 import io
+import itertools
 import os
 import time
-from typing import Sequence
+from typing import Iterable, Sequence
 
 from absl import logging
 import numpy as np
@@ -57,7 +60,7 @@ def read_query(path: str, image_shape) -> np.ndarray:
 
 
 def build_index(workdir: str, split: str, output: str, *, image_root: str | None = None,
-                view_weights: Sequence[int] = (1,)) -> dict:
+                view_weights: Sequence[int] = (1,), merge_views: bool = False) -> dict:
   """`deephash index`: encodes `split` with the model in `workdir` into an index file.
 
   The split comes from the workdir's own dataset, or from any image tree given as `image_root`
@@ -67,10 +70,14 @@ def build_index(workdir: str, split: str, output: str, *, image_root: str | None
 
   With several `view_weights` every image gets one code a weight: its own, then renderings as a
   shopper's photo by the model's `config.eval.closest_match.recipe` (`catalogue_views`), and an
-  entry ranks by the weighted sum of its codes' distances (search/index.py).
+  entry ranks by the weighted sum of its codes' distances (search/index.py). With `merge_views`
+  every image keeps one code, the sign of the weighted mean of those views' continuous codes
+  (`merged_codes`): the index, its bytes and its scan are those of one code an image.
   """
   start = time.time()
   view_weights = index_lib.check_view_weights(view_weights)
+  if merge_views and len(view_weights) < 2:
+    raise ValueError(f"merge_views needs two or more view_weights, got {list(view_weights)}")
   encoder = encoder_lib.HashEncoder.from_workdir(workdir)
   data, root = registry.load_catalogue_split(encoder.config.input, split, image_root)
   paths = None
@@ -85,20 +92,26 @@ def build_index(workdir: str, split: str, output: str, *, image_root: str | None
       "workdir": os.path.abspath(workdir), "step": encoder.step, "split": split,
       "image_root": root, "class_names": list(data.class_names),
       "items": np.asarray(data.items).tolist()}
-  codes = [encoder.encode(data.images)]
+  codes = [encoder.embed(data.images)]
   if len(view_weights) > 1:
     cm = encoder.config.eval.closest_match
     metadata["views"] = {"recipe": closest_match.recipe_dict(cm.recipe),
                          "seeds": view_seeds(cm.seed, len(view_weights))}
-    codes += [encoder.encode(view) for view in catalogue_views(
-        data.images, cm.recipe, cm.seed, len(view_weights))]
+    views = (encoder.embed(view) for view in catalogue_views(
+        data.images, cm.recipe, cm.seed, len(view_weights)))
+    if merge_views:                     # summed as they come: one view's codes in memory
+      metadata["views"]["merged_weights"] = list(view_weights)
+      codes = [merged_codes(itertools.chain(codes, views), view_weights)]
+    else:
+      codes += list(views)
   index = index_lib.HammingIndex(encoder.num_bits, model_id=encoder.model_id, metadata=metadata,
-                                 view_weights=view_weights)
+                                 view_weights=(1,) if merge_views else view_weights)
+  codes = [packing.pack_bits(c) for c in codes]
   index.add(np.stack(codes, axis=1), labels=data.labels, paths=paths)
   os.makedirs(os.path.dirname(os.path.abspath(output)) or ".", exist_ok=True)
   index.save(output)
   return {"index": os.path.abspath(output), "count": len(index), "num_bits": encoder.num_bits,
-          "view_weights": list(view_weights),
+          "view_weights": list(view_weights), "merge_views": bool(merge_views),
           "split": split, "image_root": root or "", "model_id": encoder.model_id,
           "seconds": round(time.time() - start, 2)}
 
@@ -107,6 +120,23 @@ def view_seeds(seed: int, views: int) -> list[int]:
   """The seeds of views 1.. views - 1: `seed + closest_match.VIEW_SEED_OFFSET + v`, so never the
   evaluation's queries' seed."""
   return [int(seed) + closest_match.VIEW_SEED_OFFSET + v for v in range(1, views)]
+
+
+def merged_codes(view_codes: Iterable[np.ndarray], view_weights: Sequence[int]) -> np.ndarray:
+  """(N, K) float64: the weighted mean of the views' continuous codes, view v's (N, K) codes
+  weighted `view_weights[v]`; its signs are what `build_index(merge_views=True)` stores. The
+  views are summed one by one in order, so an iterator holds one view in memory at a time."""
+  view_weights = index_lib.check_view_weights(view_weights)
+  total, count = None, 0
+  for codes in view_codes:
+    if count == len(view_weights):
+      raise ValueError(f"more views of codes than the {len(view_weights)} view_weights")
+    term = view_weights[count] * np.asarray(codes, np.float64)
+    total = term if total is None else total + term
+    count += 1
+  if count != len(view_weights):
+    raise ValueError(f"{count} views of codes for {len(view_weights)} view_weights")
+  return total / sum(view_weights)
 
 
 def catalogue_views(images: np.ndarray, recipe, seed: int, views: int):

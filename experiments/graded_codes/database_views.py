@@ -74,11 +74,9 @@ def view_distance_rows(query_codes, view_codes, *, metric: str = "hamming",
 
 def averaged_codes(view_codes, clean_weight: int = 1) -> np.ndarray:
   """(M, K): the weighted mean of `view_codes` (V, M, K) over the views, view 0 weighted
-  `clean_weight` and the others 1; its signs are an item's one code."""
-  view_codes = np.asarray(view_codes, np.float64)
-  weights = np.ones(len(view_codes))
-  weights[0] = clean_weight
-  return np.tensordot(weights, view_codes, axes=(0, 0)) / weights.sum()
+  `clean_weight` and the others 1; its signs are an item's one code, as `deephash index
+  --view_weights=<clean_weight>,1,... --merge_views` stores it."""
+  return catalogue.merged_codes(view_codes, (clean_weight,) + (1,) * (len(view_codes) - 1))
 
 
 def view_codes(e: where_garment_goes.Embedded, views: int, cache: str | None) -> np.ndarray:

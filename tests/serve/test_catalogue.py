@@ -99,6 +99,51 @@ def test_an_index_of_catalogue_views_ranks_by_the_weighted_sum(trained, tmp_path
     catalogue.build_index(workdir, "train", views_path, view_weights=(0, 1))
 
 
+def test_an_index_of_merged_views_holds_one_code_an_image(trained, tmp_path):
+  """`deephash index --view_weights=3,1,2 --merge_views`: one code an image, the sign of
+  (3 c0 + c1 + 2 c2) / 6 over its own continuous code and two renderings' (the seeds and
+  renderings of the index of views); the catalogue searches it as a one-code index."""
+  workdir, index_path, database, query_path, _ = trained
+  merged_path = str(tmp_path / "merged.dhidx")
+  summary = catalogue.build_index(workdir, "train", merged_path, view_weights=(3, 1, 2),
+                                  merge_views=True)
+  assert summary["merge_views"] and summary["view_weights"] == [3, 1, 2]
+  index = index_lib.HammingIndex.load(merged_path)
+  assert index.view_weights == (1,) and len(index) == summary["count"] == 320
+  assert index.metadata["views"]["merged_weights"] == [3, 1, 2]
+  model = encoder_lib.HashEncoder.from_workdir(workdir)
+  cm = model.config.eval.closest_match
+  views = [model.embed(database.images)] + [
+      model.embed(closest_match.render_queries(database.images, cm.recipe, seed))
+      for seed in index.metadata["views"]["seeds"]]
+  mean = np.array([[(3.0 * float(views[0][i, b]) + float(views[1][i, b])
+                     + 2.0 * float(views[2][i, b])) / 6 for b in range(16)] for i in range(320)])
+  np.testing.assert_array_equal(packing.unpack_bits(index.codes, 16), mean > 0)
+  assert (index.codes != index_lib.HammingIndex.load(index_path).codes).any()   # not view 0's
+  cat = catalogue.Catalogue.open(workdir, merged_path)
+  q = model.embed(catalogue.read_query(query_path, model.image_shape)[None])
+  hamming = ((mean > 0) != (q > 0)).sum(axis=1)
+  want = np.lexsort((np.arange(320), hamming))[:6]
+  assert [m["id"] for m in cat.search_embeddings(q, 6)[0]] == want.tolist()
+  with pytest.raises(ValueError, match=r"merge_views needs two or more view_weights, got \[4\]"):
+    catalogue.build_index(workdir, "train", merged_path, view_weights=(4,), merge_views=True)
+
+
+def test_merged_codes_are_the_weighted_mean_summed_view_by_view():
+  rng = np.random.default_rng(5)
+  views = rng.uniform(-1, 1, (3, 9, 4)).astype(np.float32)
+  want = (2 * views[0].astype(np.float64) + views[1] + 5 * views[2].astype(np.float64)) / 8
+  np.testing.assert_allclose(catalogue.merged_codes(views, (2, 1, 5)), want, rtol=1e-15)
+  np.testing.assert_allclose(catalogue.merged_codes(iter(views), (2, 1, 5)), want, rtol=1e-15)
+  np.testing.assert_array_equal(catalogue.merged_codes(views[:1], (7,)), views[0])
+  with pytest.raises(ValueError, match="2 views of codes for 3 view_weights"):
+    catalogue.merged_codes(views[:2], (2, 1, 5))
+  with pytest.raises(ValueError, match="more views of codes than the 2 view_weights"):
+    catalogue.merged_codes(views, (2, 1))
+  with pytest.raises(ValueError, match="view_weights"):
+    catalogue.merged_codes(views, (2, 0, 1))
+
+
 def test_views_of_an_image_tree_render_in_colour_at_the_models_size(tree_model, tmp_path):
   """An image-folder model (64 px RGB): the renderings take its input shape, and the demo's
   catalogue serves the index of views."""
