@@ -92,21 +92,21 @@ def build_index(workdir: str, split: str, output: str, *, image_root: str | None
       "workdir": os.path.abspath(workdir), "step": encoder.step, "split": split,
       "image_root": root, "class_names": list(data.class_names),
       "items": np.asarray(data.items).tolist()}
-  codes = [encoder.embed(data.images)]
+  cm = encoder.config.eval.closest_match
   if len(view_weights) > 1:
-    cm = encoder.config.eval.closest_match
     metadata["views"] = {"recipe": closest_match.recipe_dict(cm.recipe),
                          "seeds": view_seeds(cm.seed, len(view_weights))}
-    views = (encoder.embed(view) for view in catalogue_views(
-        data.images, cm.recipe, cm.seed, len(view_weights)))
-    if merge_views:                     # summed as they come: one view's codes in memory
-      metadata["views"]["merged_weights"] = list(view_weights)
-      codes = [merged_codes(itertools.chain(codes, views), view_weights)]
-    else:
-      codes += list(views)
+  # Each view's continuous codes as they come (its own first, then the renderings): packed, or
+  # summed into one code, so one view's floats are in memory at a time.
+  views = itertools.chain([encoder.embed(data.images)], (encoder.embed(view) for view in
+                          catalogue_views(data.images, cm.recipe, cm.seed, len(view_weights))))
+  if merge_views:
+    metadata["views"]["merged_weights"] = list(view_weights)
+    codes = [packing.pack_bits(merged_codes(views, view_weights))]
+  else:
+    codes = [packing.pack_bits(view) for view in views]
   index = index_lib.HammingIndex(encoder.num_bits, model_id=encoder.model_id, metadata=metadata,
                                  view_weights=(1,) if merge_views else view_weights)
-  codes = [packing.pack_bits(c) for c in codes]
   index.add(np.stack(codes, axis=1), labels=data.labels, paths=paths)
   os.makedirs(os.path.dirname(os.path.abspath(output)) or ".", exist_ok=True)
   index.save(output)
