@@ -139,10 +139,10 @@ def merged_codes(view_codes: Iterable[np.ndarray], view_weights: Sequence[int]) 
   return total / sum(view_weights)
 
 
-def catalogue_views(images: np.ndarray, recipe, seed: int, views: int):
+def catalogue_views(images: np.ndarray, recipe, seed: int, views: int, *, first: int = 1):
   """The renderings of catalogue images that an index of `views` codes an item adds, one array
-  a view (views 1.. views - 1): by the closest-match `recipe`, with `view_seeds`."""
-  for view_seed in view_seeds(seed, views):
+  a view (views `first`.. views - 1): by the closest-match `recipe`, with `view_seeds`."""
+  for view_seed in view_seeds(seed, views)[first - 1:]:
     yield closest_match.render_queries(images, recipe, view_seed)
 
 

@@ -97,8 +97,8 @@ def view_codes(e: where_garment_goes.Embedded, views: int, cache: str | None) ->
     codes = [np.concatenate([e.originals, e.distractors])]
   cm = e.encoder.config.eval.closest_match
   images = np.concatenate([e.query.images, e.database.images])
-  for view_seed in catalogue.view_seeds(cm.seed, views)[len(codes) - 1:]:
-    codes.append(e.encoder.embed(closest_match.render_queries(images, cm.recipe, view_seed)))
+  codes += [e.encoder.embed(view) for view in catalogue.catalogue_views(
+      images, cm.recipe, cm.seed, views, first=len(codes))]
   codes = np.stack(codes)
   if cache:
     np.savez(cache, views=codes, model_id=model_id)
