@@ -136,6 +136,9 @@ def _validate_graded(g, *, activation: str, num_bits: int, num_classes: int,
            "loss.graded.type_level_codes", type_codes,
            "'continuous' with loss.graded.class_bits > 0 (the split code's type level reads the "
            "pre-codes of its class bits)")
+  item_codes = graded_option(g, "item_level_codes")
+  _require(item_codes in TYPE_LEVEL_CODES, "loss.graded.item_level_codes", item_codes,
+           f"one of {TYPE_LEVEL_CODES}")
   sign_gradient = graded_option(g, "sign_gradient")
   _require(sign_gradient in SIGN_GRADIENTS, "loss.graded.sign_gradient", sign_gradient,
            f"one of {SIGN_GRADIENTS}")
@@ -295,6 +298,7 @@ ADDED_FIELDS = {
     "loss.graded.memory_start_step": 1000,
     "loss.graded.memory_type_ap": False,
     "loss.graded.type_level_codes": "continuous",
+    "loss.graded.item_level_codes": "continuous",
     "loss.graded.sign_gradient": "difference",
     "loss.graded.type_level_views": "all",
     "loss.graded.classifier_views": "all",

@@ -40,6 +40,8 @@ def test_the_product_configs_are_valid():
      "config.loss.graded.continuation_gamma=-0.1: non-negative (0: off)"),
     ("loss.graded.type_level_codes", "sign",
      "config.loss.graded.type_level_codes='sign': one of ('continuous', 'sign_ste')"),
+    ("loss.graded.item_level_codes", "signs",
+     "config.loss.graded.item_level_codes='signs': one of ('continuous', 'sign_ste')"),
     ("loss.graded.sign_gradient", "dot",
      "config.loss.graded.sign_gradient='dot': one of ('difference', 'inner_product')"),
     ("loss.graded.sign_gradient", "inner_product",

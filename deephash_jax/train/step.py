@@ -212,7 +212,8 @@ def graded_loss(codes, pre_codes, logits, features, *, views: Views, masks: Pair
   With `class_bits` > 0 the code is split: its first `class_bits` bits are pulled to the class's
   Hadamard centre (in place of the pair and FastAP terms), the item InfoNCE reads the other bits
   only. With `item_bit_weight` > 0 each query view's signs are held to its gallery view's
-  (`_graded_item_bits`).
+  (`_graded_item_bits`). `type_level_codes` and `item_level_codes` = "sign_ste": that level
+  scores the codes' signs, with the gradient passed straight through to the codes.
   """
   g = loss_config.graded
   if config_lib.graded_option(g, "continuation_gamma"):
@@ -231,15 +232,22 @@ def graded_loss(codes, pre_codes, logits, features, *, views: Views, masks: Pair
     classified = singh2019.classification_loss(logits, views.labels, normaliser=n_views)
   terms = {"classification": classified}
   weights = {"classification": loss_config.classification_weight}
+  # The signs forward, the identity backward (the straight-through estimator).
+  signs_ste = lambda x: x + lax.stop_gradient(jnp.sign(x) - x)
   type_codes = codes
   if config_lib.graded_option(g, "type_level_codes") == "sign_ste":
-    # The signs forward, the identity backward (the straight-through estimator).
-    type_codes = codes + lax.stop_gradient(jnp.sign(codes) - codes)
+    type_codes = signs_ste(codes)
   type_terms, type_weights = _graded_type_terms(
       type_codes, pre_codes, views=views, masks=masks, g=g, num_bits=num_bits,
       num_classes=num_classes, memory=memory, filled=filled)
-  item_terms = _graded_item_terms(codes, features, views=views, g=g, num_bits=num_bits,
-                                  num_classes=num_classes, memory=memory, filled=filled)
+  item_codes, item_memory = codes, memory
+  if config_lib.graded_option(g, "item_level_codes") == "sign_ste":
+    # The item InfoNCE on the Hamming distance between the signs, the memory's codes too.
+    item_codes = signs_ste(codes)
+    if memory is not None:
+      item_memory = {**memory, "codes": jnp.sign(memory["codes"])}
+  item_terms = _graded_item_terms(item_codes, features, views=views, g=g, num_bits=num_bits,
+                                  num_classes=num_classes, memory=item_memory, filled=filled)
   terms.update(type_terms, **item_terms)
   if config_lib.graded_option(g, "item_bit_weight"):
     terms["item_bits"] = _graded_item_bits(pre_codes, codes, views=views, g=g)
