@@ -224,3 +224,49 @@ def test_database_views_cache_is_reused_for_its_model_only(tmp_path, monkeypatch
   with pytest.raises(ValueError, match="views.npz: codes of model model-a, not of this "
                                        "workdir's model-b"):
     views.view_codes(other, 2, cache)
+
+
+def test_query_views_merge_each_side_and_score_both_protocols_as_loops():
+  """query_views.py: a side merged at weight w is the sign of (w * own + renderings) / (w + V - 1),
+  at 0 its own code; the closest match's tie-aware R@1 of each pair matches a loop over the
+  signs, its category mAP@all `ranking_metrics` of Hamming distances counted by a loop; the
+  queries' renderings never take the catalogue views' or the evaluation's seeds."""
+  qv = _load("experiments/graded_codes/query_views.py")
+  rng = np.random.default_rng(6)
+  num_bits, n_orig, n_dist, n_q = 5, 6, 14, 6
+  db_views = rng.uniform(-1, 1, (3, n_orig + n_dist, num_bits))
+  q_views = rng.uniform(-1, 1, (3, n_q, num_bits))
+  q_views[:, :, 0] = db_views[:, :n_q, 0]        # some agreement with the originals
+  labels = rng.integers(0, 2, n_orig + n_dist)
+  e = types.SimpleNamespace(
+      originals=np.zeros((n_orig, num_bits)),
+      protocol=types.SimpleNamespace(query_ids=np.arange(n_q),
+                                     db_ids=np.concatenate([np.arange(n_orig),
+                                                            np.full(n_dist, -1)])),
+      query=types.SimpleNamespace(labels=labels[:n_orig]),
+      database=types.SimpleNamespace(labels=labels[n_orig:]))
+
+  def merge(v, w):
+    return v[0] if w == 0 else (w * v[0] + v[1:].sum(0)) / (w + len(v) - 1)
+
+  for wq, wd in ((0, 0), (2, 0), (0, 3), (1, 1)):
+    np.testing.assert_allclose(qv.merged(q_views, wq), merge(q_views, wq), rtol=1e-12)
+    got = qv.score(e, db_views, q_views, wq, wd)
+    q, d = merge(q_views, wq) > 0, merge(db_views, wd) > 0
+    ham = (q[:, None, :] != d[None, :, :]).sum(-1)
+    hits = []
+    for i in range(n_q):
+      own = ham[i, i]
+      closer = (ham[i] < own).sum()
+      tied = (ham[i] == own).sum() - 1
+      hits.append(0.0 if closer else 1.0 / (1 + tied))
+    assert got["cm_recall_at_1"] == round(float(np.mean(hits)), 4)
+    cat_q = merge(db_views[:, :n_orig], wq) > 0
+    cat_d = d[n_orig:]
+    cat = (cat_q[:, None, :] != cat_d[None, :, :]).sum(-1)
+    want = ranking.ranking_metrics(lambda s, t: cat[s:t].astype(np.float64), labels[:n_orig],
+                                   labels[n_orig:], ties="expected")
+    assert got["map_all"] == round(float(want["map_all"]), 4)
+  seeds = qv.query_view_seeds(7, 8)
+  assert len(seeds) == 7 and 7 not in seeds
+  assert not set(seeds) & set(qv.catalogue.view_seeds(7, 64))
