@@ -139,6 +139,9 @@ def _validate_graded(g, *, activation: str, num_bits: int, num_classes: int,
   item_codes = graded_option(g, "item_level_codes")
   _require(item_codes in TYPE_LEVEL_CODES, "loss.graded.item_level_codes", item_codes,
            f"one of {TYPE_LEVEL_CODES}")
+  _require(item_codes == "continuous" or not graded_option(g, "memory_size"),
+           "loss.graded.item_level_codes", item_codes,
+           "'continuous' with loss.graded.memory_size > 0 (the memory keeps continuous codes)")
   sign_gradient = graded_option(g, "sign_gradient")
   _require(sign_gradient in SIGN_GRADIENTS, "loss.graded.sign_gradient", sign_gradient,
            f"one of {SIGN_GRADIENTS}")

@@ -113,6 +113,17 @@ def test_the_type_bit_discount_with_a_memory_is_named():
     config_lib.validate_config(config)
 
 
+def test_the_item_level_on_signs_with_a_memory_is_named():
+  config = config_lib.base_config("tiny")
+  config.method = "graded"
+  config.loss.graded.item_level_codes = "sign_ste"
+  config_lib.validate_config(config)
+  config.loss.graded.memory_size = 32
+  with pytest.raises(config_lib.ConfigError, match=r"item_level_codes='sign_ste': 'continuous' "
+                     r"with loss.graded.memory_size > 0"):
+    config_lib.validate_config(config)
+
+
 def test_bad_continuation_settings_are_named():
   config = config_lib.base_config("tiny")
   config.method = "graded"

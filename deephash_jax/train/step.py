@@ -240,14 +240,11 @@ def graded_loss(codes, pre_codes, logits, features, *, views: Views, masks: Pair
   type_terms, type_weights = _graded_type_terms(
       type_codes, pre_codes, views=views, masks=masks, g=g, num_bits=num_bits,
       num_classes=num_classes, memory=memory, filled=filled)
-  item_codes, item_memory = codes, memory
+  item_codes = codes
   if config_lib.graded_option(g, "item_level_codes") == "sign_ste":
-    # The item InfoNCE on the Hamming distance between the signs, the memory's codes too.
-    item_codes = signs_ste(codes)
-    if memory is not None:
-      item_memory = {**memory, "codes": jnp.sign(memory["codes"])}
+    item_codes = signs_ste(codes)    # config_lib refuses it with a memory
   item_terms = _graded_item_terms(item_codes, features, views=views, g=g, num_bits=num_bits,
-                                  num_classes=num_classes, memory=item_memory, filled=filled)
+                                  num_classes=num_classes, memory=memory, filled=filled)
   terms.update(type_terms, **item_terms)
   if config_lib.graded_option(g, "item_bit_weight"):
     terms["item_bits"] = _graded_item_bits(pre_codes, codes, views=views, g=g)
