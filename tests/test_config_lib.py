@@ -102,25 +102,18 @@ def test_gallery_type_level_with_a_split_code_is_named():
     config_lib.validate_config(config)
 
 
-def test_the_type_bit_discount_with_a_memory_is_named():
+@pytest.mark.parametrize("field,value,message", [
+    ("item_type_bit_discount", 0.5,
+     r"item_type_bit_discount=0.5: 0 with loss.graded.memory_size > 0"),
+    ("item_level_codes", "sign_ste",
+     r"item_level_codes='sign_ste': 'continuous' with loss.graded.memory_size > 0")])
+def test_graded_options_the_memory_does_not_serve_are_named_with_one(field, value, message):
   config = config_lib.base_config("tiny")
   config.method = "graded"
-  config.loss.graded.item_type_bit_discount = 0.5
+  config.loss.graded[field] = value
   config_lib.validate_config(config)
   config.loss.graded.memory_size = 32
-  with pytest.raises(config_lib.ConfigError,
-                     match=r"item_type_bit_discount=0.5: 0 with loss.graded.memory_size > 0"):
-    config_lib.validate_config(config)
-
-
-def test_the_item_level_on_signs_with_a_memory_is_named():
-  config = config_lib.base_config("tiny")
-  config.method = "graded"
-  config.loss.graded.item_level_codes = "sign_ste"
-  config_lib.validate_config(config)
-  config.loss.graded.memory_size = 32
-  with pytest.raises(config_lib.ConfigError, match=r"item_level_codes='sign_ste': 'continuous' "
-                     r"with loss.graded.memory_size > 0"):
+  with pytest.raises(config_lib.ConfigError, match=message):
     config_lib.validate_config(config)
 
 

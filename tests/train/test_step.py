@@ -542,10 +542,14 @@ def test_continuation_scores_tanh_of_the_scaled_pre_codes(config, step):
   assert np.any(np.asarray(d_pre))
 
 
-def test_sign_ste_type_level_reads_the_signs_and_passes_the_gradient_straight_through(config):
-  """`type_level_codes = "sign_ste"`: the pair term and FastAP score the signs of the codes (the
-  Hamming distance the search ranks) and their gradient with respect to the codes is theirs at the
-  signs (straight through); the item terms and the quantization term read the codes as before."""
+@pytest.mark.parametrize("level", ["type", "item"])
+def test_sign_ste_level_reads_the_signs_and_passes_the_gradient_straight_through(config, level):
+  """`type_level_codes` / `item_level_codes` = "sign_ste": that level's terms (the pair term and
+  FastAP; the item InfoNCE on the codes) score the signs of the codes (the Hamming distance the
+  search ranks) and their gradient with respect to the codes is theirs at the signs (straight
+  through); the other terms read the codes as before. The item InfoNCE on the signs against
+  NumPy: logits -d_H / temperature, each query view against the gallery views, other items the
+  negatives."""
   n, num_bits = 4, 16
   rng = np.random.default_rng(11)
   codes = np.tanh(rng.normal(size=(2 * n, num_bits)) * 0.7).astype(np.float32)
@@ -554,66 +558,35 @@ def test_sign_ste_type_level_reads_the_signs_and_passes_the_gradient_straight_th
   config.method = "graded"
   g = config.loss.graded
   g.ap_weight = 1.0
+  field, names = {"type": ("type_level_codes", ("hamming", "type_ap")),
+                  "item": ("item_level_codes", ("item",))}[level]
 
   def terms(c):
     return _graded_loss_on_one_device(config, c, c, codes[:, :8], labels, 0)[1]
 
-  type_level = ("hamming", "type_ap")
-  type_sum = lambda t: t["hamming"] + t["type_ap"]
-  g.type_level_codes = "continuous"
+  level_sum = lambda t: sum(t[name] for name in names)
+  g[field] = "continuous"
   # A new function for each setting: jit reads the config when it traces.
   at_signs = jax.jit(lambda c: terms(c))(signs)
   at_codes = jax.jit(lambda c: terms(c))(codes)
-  grad_at_signs = jax.jit(jax.grad(lambda c: type_sum(terms(c))))(signs)
-  g.type_level_codes = "sign_ste"
+  grad_at_signs = jax.jit(jax.grad(lambda c: level_sum(terms(c))))(signs)
+  g[field] = "sign_ste"
   got = jax.jit(lambda c: terms(c))(codes)
-  grad = jax.jit(jax.grad(lambda c: type_sum(terms(c))))(codes)
+  grad = jax.jit(jax.grad(lambda c: level_sum(terms(c))))(codes)
   assert set(got) == set(at_codes)
   for name in got:
-    want = at_signs[name] if name in type_level else at_codes[name]
+    want = at_signs[name] if name in names else at_codes[name]
     np.testing.assert_allclose(float(got[name]), float(want), rtol=1e-5, atol=1e-6,
                                err_msg=name)
   # The signs and the codes score differently here, so the check above can tell them apart.
-  assert abs(float(type_sum(at_signs)) - float(type_sum(at_codes))) > 1e-3
+  assert abs(float(level_sum(at_signs)) - float(level_sum(at_codes))) > 1e-3
   np.testing.assert_allclose(np.asarray(grad), np.asarray(grad_at_signs), rtol=1e-5, atol=1e-6)
   assert np.any(np.asarray(grad))
-
-
-def test_sign_ste_item_level_scores_the_hamming_distance_of_the_signs(config):
-  """`item_level_codes = "sign_ste"`: the item InfoNCE on the codes is that of their signs (NumPy:
-  logits -d_H / temperature, each query view against the gallery views, other items the
-  negatives), its gradient with respect to the codes is the continuous term's at the signs
-  (straight through); the type level, the features' term and the quantization read the codes."""
-  n, num_bits = 4, 16
-  rng = np.random.default_rng(17)
-  codes = np.tanh(rng.normal(size=(2 * n, num_bits)) * 0.7).astype(np.float32)
-  signs = np.sign(codes)
-  labels = np.array([0, 1, 0, 2], np.int32)
-  config.method = "graded"
-  g = config.loss.graded
-  g.ap_weight = 1.0
-
-  def terms(c):
-    return _graded_loss_on_one_device(config, c, c, codes[:, :8], labels, 0)[1]
-
-  g.item_level_codes = "continuous"
-  # A new function for each setting: jit reads the config when it traces.
-  at_codes = jax.jit(lambda c: terms(c))(codes)
-  grad_at_signs = jax.jit(jax.grad(lambda c: terms(c)["item"]))(signs)
-  g.item_level_codes = "sign_ste"
-  got = jax.jit(lambda c: terms(c))(codes)
-  grad = jax.jit(jax.grad(lambda c: terms(c)["item"]))(codes)
-
-  hamming = (signs[n:, None, :] != signs[None, :n, :]).sum(-1).astype(np.float64)
-  logits = -hamming / g.item_temperature     # (query view i, gallery view j): item i vs item j
-  want = np.mean([np.log(np.exp(row).sum()) - row[i] for i, row in enumerate(logits)])
-  np.testing.assert_allclose(float(got["item"]), want, rtol=1e-5)
-  assert abs(float(got["item"]) - float(at_codes["item"])) > 1e-3
-  for name in set(got) - {"item"}:
-    np.testing.assert_allclose(float(got[name]), float(at_codes[name]), rtol=1e-6,
-                               err_msg=name)
-  np.testing.assert_allclose(np.asarray(grad), np.asarray(grad_at_signs), rtol=1e-5, atol=1e-6)
-  assert np.any(np.asarray(grad))
+  if level == "item":
+    hamming = (signs[n:, None, :] != signs[None, :n, :]).sum(-1).astype(np.float64)
+    logits = -hamming / g.item_temperature    # (query view i, gallery view j): item i vs item j
+    want = np.mean([np.log(np.exp(row).sum()) - row[i] for i, row in enumerate(logits)])
+    np.testing.assert_allclose(float(got["item"]), want, rtol=1e-5)
 
 
 @pytest.mark.parametrize("type_level_codes", ["continuous", "sign_ste"])
