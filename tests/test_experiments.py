@@ -270,3 +270,20 @@ def test_query_views_merge_each_side_and_score_both_protocols_as_loops():
   seeds = qv.query_view_seeds(7, 8)
   assert len(seeds) == 7 and 7 not in seeds
   assert not set(seeds) & set(qv.catalogue.view_seeds(7, 64))
+
+
+def test_query_views_cache_is_used_for_its_model_and_views_only(tmp_path):
+  qv = _load("experiments/graded_codes/query_views.py")
+  cache = str(tmp_path / "q.npz")
+  codes = np.arange(24, dtype=np.float32).reshape(3, 4, 2)
+  e = types.SimpleNamespace(encoder=types.SimpleNamespace(model_id="model-a"))
+  np.savez(cache, views=codes)
+  with pytest.raises(ValueError, match="q.npz: not 2 views of model model-a; delete it"):
+    qv.query_codes(e, 2, cache)
+  np.savez(cache, views=codes, model_id="model-a")
+  np.testing.assert_array_equal(qv.query_codes(e, 2, cache), codes[:2])
+  with pytest.raises(ValueError, match="q.npz: not 4 views of model model-a"):
+    qv.query_codes(e, 4, cache)
+  other = types.SimpleNamespace(encoder=types.SimpleNamespace(model_id="model-b"))
+  with pytest.raises(ValueError, match="q.npz: not 2 views of model model-b"):
+    qv.query_codes(other, 2, cache)

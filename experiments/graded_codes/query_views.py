@@ -56,7 +56,8 @@ def query_codes(e: where_garment_goes.Embedded, views: int, cache: str | None) -
   model_id = e.encoder.model_id
   if cache and os.path.exists(cache):
     stored = np.load(cache)
-    if str(stored["model_id"]) != model_id or len(stored["views"]) < views:
+    if ("model_id" not in stored.files or str(stored["model_id"]) != model_id
+        or len(stored["views"]) < views):
       raise ValueError(f"--query_cache {cache}: not {views} views of model {model_id}; delete it")
     return stored["views"][:views]
   cm = e.encoder.config.eval.closest_match
