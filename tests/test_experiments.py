@@ -235,8 +235,8 @@ def test_query_views_merge_each_side_and_score_both_protocols_as_loops():
   rng = np.random.default_rng(6)
   num_bits, n_orig, n_dist, n_q = 5, 6, 14, 6
   db_views = rng.uniform(-1, 1, (3, n_orig + n_dist, num_bits))
-  q_views = rng.uniform(-1, 1, (3, n_q, num_bits))
-  q_views[:, :, 0] = db_views[:, :n_q, 0]        # some agreement with the originals
+  # Each query near its original: every pair below has hits, ties and misses.
+  q_views = db_views[:, :n_q] + rng.normal(0, 0.4, (3, n_q, num_bits))
   labels = rng.integers(0, 2, n_orig + n_dist)
   e = types.SimpleNamespace(
       originals=np.zeros((n_orig, num_bits)),
@@ -261,6 +261,7 @@ def test_query_views_merge_each_side_and_score_both_protocols_as_loops():
       tied = (ham[i] == own).sum() - 1
       hits.append(0.0 if closer else 1.0 / (1 + tied))
     assert got["cm_recall_at_1"] == round(float(np.mean(hits)), 4)
+    assert 0.0 in hits and any(0.0 < h < 1.0 for h in hits)
     cat_q = merge(db_views[:, :n_orig], wq) > 0
     cat_d = d[n_orig:]
     cat = (cat_q[:, None, :] != cat_d[None, :, :]).sum(-1)
