@@ -106,7 +106,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _validate_eval(config.eval)
 
 
-TYPE_LEVEL_CODES = ("continuous", "sign_ste")
+LEVEL_CODES = ("continuous", "sign_ste")    # what the type and item levels read
 SIGN_GRADIENTS = ("difference", "inner_product")
 TYPE_LEVEL_VIEWS = ("all", "gallery")
 
@@ -130,15 +130,15 @@ def _validate_graded(g, *, activation: str, num_bits: int, num_classes: int,
            "loss.graded.item_type_bit_discount", discount,
            "0 with loss.graded.memory_size > 0 (the memory's distances are not weighted)")
   type_codes = graded_option(g, "type_level_codes")
-  _require(type_codes in TYPE_LEVEL_CODES, "loss.graded.type_level_codes", type_codes,
-           f"one of {TYPE_LEVEL_CODES}")
+  _require(type_codes in LEVEL_CODES, "loss.graded.type_level_codes", type_codes,
+           f"one of {LEVEL_CODES}")
   _require(type_codes == "continuous" or not g.get("class_bits", 0),
            "loss.graded.type_level_codes", type_codes,
            "'continuous' with loss.graded.class_bits > 0 (the split code's type level reads the "
            "pre-codes of its class bits)")
   item_codes = graded_option(g, "item_level_codes")
-  _require(item_codes in TYPE_LEVEL_CODES, "loss.graded.item_level_codes", item_codes,
-           f"one of {TYPE_LEVEL_CODES}")
+  _require(item_codes in LEVEL_CODES, "loss.graded.item_level_codes", item_codes,
+           f"one of {LEVEL_CODES}")
   _require(item_codes == "continuous" or not graded_option(g, "memory_size"),
            "loss.graded.item_level_codes", item_codes,
            "'continuous' with loss.graded.memory_size > 0 (the memory keeps continuous codes)")

@@ -11,6 +11,7 @@ from deephash_jax import config_lib
 from deephash_jax.evaluators import ranking
 from deephash_jax.search import packing
 from deephash_jax.search.index import HammingIndex
+from deephash_jax.serve import catalogue
 
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -270,7 +271,7 @@ def test_query_views_merge_each_side_and_score_both_protocols_as_loops():
     assert got["map_all"] == round(float(want["map_all"]), 4)
   seeds = qv.query_view_seeds(7, 8)
   assert len(seeds) == 7 and 7 not in seeds
-  assert not set(seeds) & set(qv.catalogue.view_seeds(7, 64))
+  assert not set(seeds) & set(catalogue.view_seeds(7, 64))
 
 
 def test_query_views_cache_is_used_for_its_model_and_views_only(tmp_path):

@@ -26,7 +26,6 @@ import numpy as np
 
 from deephash_jax.evaluators import closest_match
 from deephash_jax.evaluators import ranking
-from deephash_jax.serve import catalogue
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import database_views  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -43,11 +42,11 @@ def query_view_seeds(seed: int, views: int) -> list[int]:
 
 
 def merged(view_codes: np.ndarray, weight: int) -> np.ndarray:
-  """(N, K): view 0's codes (weight 0), or the weighted mean of the views (view 0 weighted
-  `weight`, the others 1: `catalogue.merged_codes`)."""
+  """(N, K): view 0's codes (weight 0), or the weighted mean of the views, view 0 weighted
+  `weight` (`database_views.averaged_codes`, the catalogue's merge)."""
   if weight == 0:
     return np.asarray(view_codes[0])
-  return catalogue.merged_codes(view_codes, (weight,) + (1,) * (len(view_codes) - 1))
+  return database_views.averaged_codes(view_codes, weight)
 
 
 def query_codes(e: where_garment_goes.Embedded, views: int, cache: str | None) -> np.ndarray:
@@ -71,10 +70,8 @@ def query_codes(e: where_garment_goes.Embedded, views: int, cache: str | None) -
 
 def hamming_rows(queries, database):
   """ranking's distance rows: the Hamming distances between the signs of `queries` (N, K) and
-  `database` (M, K)."""
-  q = np.where(np.asarray(queries) > 0, 1.0, -1.0)
-  d = np.where(np.asarray(database) > 0, 1.0, -1.0)
-  return lambda start, stop: np.rint((q.shape[1] - q[start:stop] @ d.T) / 2)
+  `database` (M, K), `database_views.view_distance_rows` of one code an item."""
+  return database_views.view_distance_rows(queries, np.asarray(database)[None])
 
 
 def score(e, db_views, q_views, wq: int, wd: int) -> dict:
