@@ -111,6 +111,20 @@ def test_graded_tanh_qv2_is_graded_tanh_with_lighter_type_weights_and_two_query_
       (48, 0), (16, 0), (32, 0), (64, 0), (48, 1), (48, 2)]
 
 
+def test_graded_tanh_qv2_cls3_is_graded_tanh_qv2_with_a_heavier_classifier_at_48_bits():
+  config = config_lib.base_config("benchmark")
+  qv2 = plan.run_config(config, "graded_tanh_qv2_48b_s1")
+  assert sorted(config_lib.config_differences(
+      json.loads(qv2.to_json_best_effort()),
+      plan.run_config(config, "graded_tanh_qv2_cls3_48b_s1"))) == [
+          f"loss.classification_weight: {qv2.loss.classification_weight!r} -> 3.0",
+          "loss.graded.ap_weight: 5.0 -> 4.0",
+          "loss.graded.pair_weight: 2.0 -> 1.5"]
+  runs = plan.planned_runs(config.benchmark)
+  assert [(r.bits, r.seed) for r in runs if r.method == "graded_tanh_qv2_cls3"] == [
+      (48, 0), (48, 1), (48, 2)]
+
+
 def test_workers_split_the_plan():
   runs = plan.planned_runs(config_lib.base_config("benchmark_quick").benchmark)
   assert [r.name for r in runs] == [f"{m}_48b_s0" for m in (
