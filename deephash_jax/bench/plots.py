@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 
 import matplotlib
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from deephash_jax import config_lib
@@ -104,12 +105,92 @@ def protocol_points(results: dict) -> list[tuple[str, dict, dict]]:
   return points
 
 
+Box = tuple[float, float, float, float]   # x0, y0, x1, y1 in display pixels
+
+
+def _overlap(a: Box, b: Box) -> float:
+  """Area two boxes share (0 where they only touch)."""
+  return (max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+          * max(0.0, min(a[3], b[3]) - max(a[1], b[1])))
+
+
+def place_labels(anchors: list[tuple[float, float]], sizes: list[tuple[float, float]],
+                 bounds: Box, *, gap: float = 6.0, marker: float = 5.0,
+                 max_steps: int = 12) -> list[tuple[float, float]]:
+  """Offsets (dx, dy) in pixels of the lower-left corner of each label from its anchor, so that no
+  label covers another label or another point's marker where a free place exists.
+
+  Greedy, the most crowded points first (most other anchors within three label heights): each
+  label takes the first free candidate of right-above, right-below, left-above, left-below, above
+  and below its point, then the same sides moved away one label height at a time (up to
+  `max_steps`), inside `bounds` where possible; where nothing is free, the candidate that
+  overlaps least. `marker` is half the side of the box kept
+  clear around every anchor; `gap` is the distance between a point and its label."""
+  if len(anchors) != len(sizes):
+    raise ValueError(f"{len(anchors)} anchors but {len(sizes)} label sizes")
+  markers = [(x - marker, y - marker, x + marker, y + marker) for x, y in anchors]
+  placed: list[Box] = []
+  offsets: list[tuple[float, float]] = [(0.0, 0.0)] * len(anchors)
+  reach = 3 * max((h for _, h in sizes), default=0.0)
+  crowd = [sum(abs(x - u) < reach and abs(y - v) < reach for u, v in anchors)
+           for x, y in anchors]
+  for i in sorted(range(len(anchors)), key=lambda i: -crowd[i]):
+    (x, y), (w, h) = anchors[i], sizes[i]
+    sides = ((gap, gap / 2), (gap, -h - gap / 2), (-w - gap, gap / 2), (-w - gap, -h - gap / 2),
+             (-w / 2, marker + gap / 2), (-w / 2, -h - marker - gap / 2))
+    candidates = [(dx, dy + sign * step * (h + 1))
+                  for step in range(max_steps + 1) for dx, dy in sides
+                  for sign in ((1,) if dy > 0 else (-1,))]
+
+    def cost(offset, x=x, y=y, w=w, h=h):
+      box = (x + offset[0], y + offset[1], x + offset[0] + w, y + offset[1] + h)
+      outside = (max(0.0, bounds[0] - box[0]) + max(0.0, box[2] - bounds[2])
+                 + max(0.0, bounds[1] - box[1]) + max(0.0, box[3] - bounds[3]))
+      covered = sum(_overlap(box, other) for other in placed + markers)
+      return covered + outside * h, box
+
+    best = None
+    for offset in candidates:
+      penalty, box = cost(offset)
+      if best is None or penalty < best[0]:
+        best = (penalty, offset, box)
+      if penalty == 0:
+        break
+    placed.append(best[2])
+    offsets[i] = best[1]
+  return offsets
+
+
+def _annotate_apart(ax, points: list[tuple[str, float, float, tuple]]) -> None:
+  """Labels every (text, x, y, colour) of `points` beside its marker with place_labels, in the
+  marker's colour; a label moved away from its point gets a thin line back to it."""
+  fig = ax.figure
+  renderer = FigureCanvasAgg(fig).get_renderer()
+  sizes = []
+  for text, x, y, _ in points:   # measured at the size drawn, then replaced by the placed label
+    probe = ax.text(x, y, text, fontsize="small")
+    extent = probe.get_window_extent(renderer)
+    sizes.append((extent.width, extent.height))
+    probe.remove()
+  anchors = [tuple(ax.transData.transform((x, y))) for _, x, y, _ in points]
+  frame = ax.get_window_extent(renderer)
+  offsets = place_labels(anchors, sizes, (frame.x0, frame.y0, frame.x1, frame.y1))
+  to_points = 72.0 / fig.dpi
+  for (text, x, y, color), (dx, dy), (w, h) in zip(points, offsets, sizes):
+    far = max(-dy - h, dy, dx, -dx - w) > 2 * h   # the label's gap to its point, in pixels
+    ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx * to_points, dy * to_points),
+                ha="left", va="bottom", fontsize="small", color=color,
+                arrowprops=dict(arrowstyle="-", color=color, linewidth=0.6, shrinkA=0, shrinkB=4,
+                                relpos=(0.0 if dx >= 0 else 1.0, 0.5)) if far else None)
+
+
 def plot_protocols(results: dict, path: str) -> None:
   """Closest-match R@1 (log scale) against category mAP@all, one point per method (± std over
   seeds), pixel SAD's R@1 as a line: the type search and the garment search in one picture."""
   ref = results["benchmark"]["reference_bits"]
   fig = Figure(figsize=(7.5, 5))
   ax = fig.subplots()
+  labels = []
   for i, (label, cat, cm) in enumerate(protocol_points(results)):
     if label == "pixel SAD":     # far left on mAP@all: a line at its R@1 keeps the methods apart
       ax.axhline(max(cm["mean"], 1e-4), color="grey", linestyle=":")
@@ -122,11 +203,13 @@ def plot_protocols(results: dict, path: str) -> None:
     style["markersize"] = 7
     ax.errorbar([cat["mean"]], [max(cm["mean"], 1e-4)], xerr=[cat["std"] or 0.0],
                 yerr=[cm["std"] or 0.0], capsize=3, label=label, linestyle="none", **style)
-    ax.annotate(label, (cat["mean"], max(cm["mean"], 1e-4)), textcoords="offset points",
-                xytext=(5, 4), fontsize="small")
+    labels.append((label, cat["mean"], max(cm["mean"], 1e-4), style["color"]))
   ax.set_yscale("log")
   ax.set_xlabel("category mAP@all (same clothing type)")
   ax.set_ylabel("closest-match R@1 (the garment itself first)")
   ax.set_title(f"{results['dataset']}: both protocols at {ref} bits (mean over seeds, ± std)")
   ax.grid(alpha=0.3, which="both")
+  left, right = ax.get_xlim()
+  ax.set_xlim(left, right + 0.08 * (right - left))   # room for the labels of the rightmost points
+  _annotate_apart(ax, labels)   # after the scale and limits are set: it places in pixels
   _save_figure(fig, path)

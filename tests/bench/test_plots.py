@@ -1,4 +1,8 @@
-"""bench/plots.py: every method gets a line of its own."""
+"""bench/plots.py: every method gets a line of its own; no label covers another."""
+import itertools
+
+import pytest
+
 from deephash_jax.bench import plots
 
 
@@ -32,3 +36,42 @@ def test_the_protocols_plot_has_every_method_with_both_figures_and_pixel_sad(tmp
   path = tmp_path / "protocols.png"
   plots.plot_protocols(results, str(path))
   assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _boxes(anchors, sizes, offsets):
+  return [(x + dx, y + dy, x + dx + w, y + dy + h)
+          for (x, y), (w, h), (dx, dy) in zip(anchors, sizes, offsets)]
+
+
+def test_a_lone_label_sits_right_above_its_point_and_one_at_the_edge_turns_left():
+  bounds = (0.0, 0.0, 400.0, 300.0)
+  assert plots.place_labels([(100.0, 100.0)], [(60.0, 10.0)], bounds, gap=6.0) == [(6.0, 3.0)]
+  (dx, dy), = plots.place_labels([(380.0, 100.0)], [(60.0, 10.0)], bounds, gap=6.0)
+  assert (dx, dy) == (-66.0, 3.0)   # right-above would cross the frame's right edge
+
+
+def test_crowded_labels_cover_neither_each_other_nor_any_marker():
+  # Eight points within a few pixels (the crowd of peers at one operating point), two apart.
+  anchors = [(200.0 + 3 * i, 150.0 + 2 * (i % 3)) for i in range(8)] + [(50, 50), (300, 250)]
+  sizes = [(40.0 + 7 * i, 10.0) for i in range(8)] + [(40.0, 10.0)] * 2
+  bounds = (0.0, 0.0, 400.0, 300.0)
+  offsets = plots.place_labels(anchors, sizes, bounds, marker=5.0)
+  boxes = _boxes(anchors, sizes, offsets)
+  for a, b in itertools.combinations(boxes, 2):
+    assert plots._overlap(a, b) == 0, (a, b)   # pylint: disable=protected-access
+  for box in boxes:
+    assert bounds[0] <= box[0] and box[2] <= bounds[2] and bounds[1] <= box[1]
+    assert box[3] <= bounds[3]
+    for x, y in anchors:
+      assert plots._overlap(box, (x - 5, y - 5, x + 5, y + 5)) == 0   # pylint: disable=protected-access
+  # The isolated points keep the first choice.
+  assert offsets[8] == offsets[9] == (6.0, 3.0)
+
+
+def test_where_nothing_is_free_the_least_overlap_is_taken_and_sizes_must_match():
+  # A frame just big enough for one label: the second cannot avoid overlap but stays placed.
+  offsets = plots.place_labels([(10.0, 10.0), (10.0, 10.0)], [(20.0, 8.0)] * 2,
+                               (0.0, 0.0, 40.0, 30.0), max_steps=1)
+  assert len(offsets) == 2 and offsets[0] != offsets[1]
+  with pytest.raises(ValueError, match="2 anchors but 1 label sizes"):
+    plots.place_labels([(0.0, 0.0), (1.0, 1.0)], [(5.0, 5.0)], (0.0, 0.0, 9.0, 9.0))
