@@ -115,8 +115,8 @@ def _overlap(a: Box, b: Box) -> float:
 
 
 def place_labels(anchors: list[tuple[float, float]], sizes: list[tuple[float, float]],
-                 bounds: Box, *, gap: float = 6.0, marker: float = 5.0,
-                 max_steps: int = 12) -> list[tuple[float, float]]:
+                 bounds: Box, *, obstacles: tuple[Box, ...] = (), gap: float = 6.0,
+                 marker: float = 5.0, max_steps: int = 12) -> list[tuple[float, float]]:
   """Offsets (dx, dy) in pixels of the lower-left corner of each label from its anchor, so that no
   label covers another label or another point's marker where a free place exists.
 
@@ -124,11 +124,12 @@ def place_labels(anchors: list[tuple[float, float]], sizes: list[tuple[float, fl
   label takes the first free candidate of right-above, right-below, left-above, left-below, above
   and below its point, then the same sides moved away one label height at a time (up to
   `max_steps`), inside `bounds` where possible; where nothing is free, the candidate that
-  overlaps least. `marker` is half the side of the box kept
-  clear around every anchor; `gap` is the distance between a point and its label."""
+  overlaps least. `obstacles`: other boxes to keep clear (a reference line); `marker`: half the
+  side of the box kept clear around every anchor; `gap`: between a point and its label."""
   if len(anchors) != len(sizes):
     raise ValueError(f"{len(anchors)} anchors but {len(sizes)} label sizes")
   markers = [(x - marker, y - marker, x + marker, y + marker) for x, y in anchors]
+  markers += list(obstacles)
   placed: list[Box] = []
   offsets: list[tuple[float, float]] = [(0.0, 0.0)] * len(anchors)
   reach = 3 * max((h for _, h in sizes), default=0.0)
@@ -161,9 +162,11 @@ def place_labels(anchors: list[tuple[float, float]], sizes: list[tuple[float, fl
   return offsets
 
 
-def _annotate_apart(ax, points: list[tuple[str, float, float, tuple]]) -> None:
+def _annotate_apart(ax, points: list[tuple[str, float, float, tuple]],
+                    lines_at: tuple[float, ...] = ()) -> None:
   """Labels every (text, x, y, colour) of `points` beside its marker with place_labels, in the
-  marker's colour; a label moved away from its point gets a thin line back to it."""
+  marker's colour, clear of the horizontal lines at the data heights `lines_at`; a label moved
+  away from its point gets a thin line back to it."""
   fig = ax.figure
   renderer = FigureCanvasAgg(fig).get_renderer()
   sizes = []
@@ -174,7 +177,10 @@ def _annotate_apart(ax, points: list[tuple[str, float, float, tuple]]) -> None:
     probe.remove()
   anchors = [tuple(ax.transData.transform((x, y))) for _, x, y, _ in points]
   frame = ax.get_window_extent(renderer)
-  offsets = place_labels(anchors, sizes, (frame.x0, frame.y0, frame.x1, frame.y1))
+  lines = tuple((frame.x0, y - 1, frame.x1, y + 1)
+                for y in (ax.transData.transform((0, height))[1] for height in lines_at))
+  offsets = place_labels(anchors, sizes, (frame.x0, frame.y0, frame.x1, frame.y1),
+                         obstacles=lines)
   to_points = 72.0 / fig.dpi
   for (text, x, y, color), (dx, dy), (w, h) in zip(points, offsets, sizes):
     far = max(-dy - h, dy, dx, -dx - w) > 2 * h   # the label's gap to its point, in pixels
@@ -190,9 +196,10 @@ def plot_protocols(results: dict, path: str) -> None:
   ref = results["benchmark"]["reference_bits"]
   fig = Figure(figsize=(7.5, 5))
   ax = fig.subplots()
-  labels = []
+  labels, lines = [], []
   for i, (label, cat, cm) in enumerate(protocol_points(results)):
     if label == "pixel SAD":     # far left on mAP@all: a line at its R@1 keeps the methods apart
+      lines.append(max(cm["mean"], 1e-4))
       ax.axhline(max(cm["mean"], 1e-4), color="grey", linestyle=":")
       ax.annotate(f"pixel SAD (mAP@all {cat['mean']:.3f})", (0.01, max(cm["mean"], 1e-4)),
                   xycoords=("axes fraction", "data"), xytext=(0, 4),
@@ -211,5 +218,5 @@ def plot_protocols(results: dict, path: str) -> None:
   ax.grid(alpha=0.3, which="both")
   left, right = ax.get_xlim()
   ax.set_xlim(left, right + 0.08 * (right - left))   # room for the labels of the rightmost points
-  _annotate_apart(ax, labels)   # after the scale and limits are set: it places in pixels
+  _annotate_apart(ax, labels, tuple(lines))   # after the scale and limits: it works in pixels
   _save_figure(fig, path)

@@ -48,6 +48,9 @@ def test_a_lone_label_sits_right_above_its_point_and_one_at_the_edge_turns_left(
   assert plots.place_labels([(100.0, 100.0)], [(60.0, 10.0)], bounds, gap=6.0) == [(6.0, 3.0)]
   (dx, dy), = plots.place_labels([(380.0, 100.0)], [(60.0, 10.0)], bounds, gap=6.0)
   assert (dx, dy) == (-66.0, 3.0)   # right-above would cross the frame's right edge
+  line = (0.0, 108.0, 400.0, 110.0)  # a reference line through the places above the point
+  (dx, dy), = plots.place_labels([(100.0, 100.0)], [(60.0, 10.0)], bounds, obstacles=(line,))
+  assert (dx, dy) == (6.0, -13.0)   # right-below
 
 
 def test_crowded_labels_cover_neither_each_other_nor_any_marker():
