@@ -4,6 +4,7 @@ protocols against each other at the reference length."""
 from __future__ import annotations
 
 import io
+import math
 
 import matplotlib
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -139,9 +140,8 @@ def place_labels(anchors: list[tuple[float, float]], sizes: list[tuple[float, fl
     (x, y), (w, h) = anchors[i], sizes[i]
     sides = ((gap, gap / 2), (gap, -h - gap / 2), (-w - gap, gap / 2), (-w - gap, -h - gap / 2),
              (-w / 2, marker + gap / 2), (-w / 2, -h - marker - gap / 2))
-    candidates = [(dx, dy + sign * step * (h + 1))
-                  for step in range(max_steps + 1) for dx, dy in sides
-                  for sign in ((1,) if dy > 0 else (-1,))]
+    candidates = [(dx, dy + math.copysign(step * (h + 1), dy))   # away from the point
+                  for step in range(max_steps + 1) for dx, dy in sides]
 
     def cost(offset, x=x, y=y, w=w, h=h):
       box = (x + offset[0], y + offset[1], x + offset[0] + w, y + offset[1] + h)
