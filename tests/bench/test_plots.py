@@ -71,10 +71,26 @@ def test_crowded_labels_cover_neither_each_other_nor_any_marker():
   assert offsets[8] == offsets[9] == (6.0, 3.0)
 
 
-def test_where_nothing_is_free_the_least_overlap_is_taken_and_sizes_must_match():
-  # A frame just big enough for one label: the second cannot avoid overlap but stays placed.
-  offsets = plots.place_labels([(10.0, 10.0), (10.0, 10.0)], [(20.0, 8.0)] * 2,
-                               (0.0, 0.0, 40.0, 30.0), max_steps=1)
-  assert len(offsets) == 2 and offsets[0] != offsets[1]
+def test_where_nothing_is_free_the_least_covered_place_is_taken_and_sizes_must_match():
+  # A frame smaller than two labels: no place of the six sides (max_steps=0) is free for either.
+  anchor, (w, h), bounds, gap, marker = (5.0, 4.0), (20.0, 8.0), (0.0, 0.0, 30.0, 12.0), 6.0, 5.0
+  offsets = plots.place_labels([anchor] * 2, [(w, h)] * 2, bounds, gap=gap, marker=marker,
+                               max_steps=0)
+  sides = [(gap, gap / 2), (gap, -h - gap / 2), (-w - gap, gap / 2), (-w - gap, -h - gap / 2),
+           (-w / 2, marker + gap / 2), (-w / 2, -h - marker - gap / 2)]
+  x, y = anchor
+  dots = [(x - marker, y - marker, x + marker, y + marker)] * 2   # one marker per point
+
+  def penalty(offset, others):   # the documented cost: area covered + height x length outside
+    box = _boxes([anchor], [(w, h)], [offset])[0]
+    outside = (max(0, bounds[0] - box[0]) + max(0, box[2] - bounds[2])
+               + max(0, bounds[1] - box[1]) + max(0, box[3] - bounds[3]))
+    return sum(plots._overlap(box, o) for o in others) + outside * h   # pylint: disable=protected-access
+
+  first = _boxes([anchor], [(w, h)], [offsets[0]])[0]
+  assert min(penalty(o, dots) for o in sides) > 0
+  assert penalty(offsets[0], dots) == min(penalty(o, dots) for o in sides)
+  assert penalty(offsets[1], dots + [first]) == min(penalty(o, dots + [first]) for o in sides)
+  assert offsets[1] != offsets[0]
   with pytest.raises(ValueError, match="2 anchors but 1 label sizes"):
     plots.place_labels([(0.0, 0.0), (1.0, 1.0)], [(5.0, 5.0)], (0.0, 0.0, 9.0, 9.0))
