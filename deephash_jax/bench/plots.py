@@ -129,9 +129,8 @@ def place_labels(anchors: list[tuple[float, float]], sizes: list[tuple[float, fl
   side of the box kept clear around every anchor; `gap`: between a point and its label."""
   if len(anchors) != len(sizes):
     raise ValueError(f"{len(anchors)} anchors but {len(sizes)} label sizes")
-  markers = [(x - marker, y - marker, x + marker, y + marker) for x, y in anchors]
-  markers += list(obstacles)
-  placed: list[Box] = []
+  kept_clear = [(x - marker, y - marker, x + marker, y + marker) for x, y in anchors]
+  kept_clear += list(obstacles)
   offsets: list[tuple[float, float]] = [(0.0, 0.0)] * len(anchors)
   reach = 3 * max((h for _, h in sizes), default=0.0)
   crowd = [sum(abs(x - u) < reach and abs(y - v) < reach for u, v in anchors)
@@ -142,23 +141,14 @@ def place_labels(anchors: list[tuple[float, float]], sizes: list[tuple[float, fl
              (-w / 2, marker + gap / 2), (-w / 2, -h - marker - gap / 2))
     candidates = [(dx, dy + math.copysign(step * (h + 1), dy))   # away from the point
                   for step in range(max_steps + 1) for dx, dy in sides]
-
-    def cost(offset, x=x, y=y, w=w, h=h):
-      box = (x + offset[0], y + offset[1], x + offset[0] + w, y + offset[1] + h)
-      outside = (max(0.0, bounds[0] - box[0]) + max(0.0, box[2] - bounds[2])
-                 + max(0.0, bounds[1] - box[1]) + max(0.0, box[3] - bounds[3]))
-      covered = sum(_overlap(box, other) for other in placed + markers)
-      return covered + outside * h, box
-
-    best = None
-    for offset in candidates:
-      penalty, box = cost(offset)
-      if best is None or penalty < best[0]:
-        best = (penalty, offset, box)
-      if penalty == 0:
-        break
-    placed.append(best[2])
-    offsets[i] = best[1]
+    boxes = [(x + dx, y + dy, x + dx + w, y + dy + h) for dx, dy in candidates]
+    penalties = [sum(_overlap(box, other) for other in kept_clear)
+                 + h * (max(0.0, bounds[0] - box[0]) + max(0.0, box[2] - bounds[2])
+                        + max(0.0, bounds[1] - box[1]) + max(0.0, box[3] - bounds[3]))
+                 for box in boxes]
+    best = penalties.index(min(penalties))   # the first of the least covered: a free one if any
+    kept_clear.append(boxes[best])
+    offsets[i] = candidates[best]
   return offsets
 
 
@@ -198,19 +188,20 @@ def plot_protocols(results: dict, path: str) -> None:
   ax = fig.subplots()
   labels, lines = [], []
   for i, (label, cat, cm) in enumerate(protocol_points(results)):
+    r1 = max(cm["mean"], 1e-4)   # log scale: 0 drawn at 1e-4
     if label == "pixel SAD":     # far left on mAP@all: a line at its R@1 keeps the methods apart
-      lines.append(max(cm["mean"], 1e-4))
-      ax.axhline(max(cm["mean"], 1e-4), color="grey", linestyle=":")
-      ax.annotate(f"pixel SAD (mAP@all {cat['mean']:.3f})", (0.01, max(cm["mean"], 1e-4)),
+      lines.append(r1)
+      ax.axhline(r1, color="grey", linestyle=":")
+      ax.annotate(f"pixel SAD (mAP@all {cat['mean']:.3f})", (0.01, r1),
                   xycoords=("axes fraction", "data"), xytext=(0, 4),
                   textcoords="offset points", fontsize="small", color="grey")
       continue
     style = _style(label, i)
     style.pop("linestyle", None), style.pop("linewidth", None)
     style["markersize"] = 7
-    ax.errorbar([cat["mean"]], [max(cm["mean"], 1e-4)], xerr=[cat["std"] or 0.0],
+    ax.errorbar([cat["mean"]], [r1], xerr=[cat["std"] or 0.0],
                 yerr=[cm["std"] or 0.0], capsize=3, label=label, linestyle="none", **style)
-    labels.append((label, cat["mean"], max(cm["mean"], 1e-4), style["color"]))
+    labels.append((label, cat["mean"], r1, style["color"]))
   ax.set_yscale("log")
   ax.set_xlabel("category mAP@all (same clothing type)")
   ax.set_ylabel("closest-match R@1 (the garment itself first)")
