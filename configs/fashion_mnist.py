@@ -58,7 +58,10 @@ def get_config():
   # where XLA:CPU's convolutions are slow; nn.Conv on accelerators), "xla" or "sliced".
   # The CNN's convolutions are models.ConvEncoder's `layers` ((width, stride) each; an
   # `encoder_kwargs.layers` set here would replace "cnn_tiny"'s too, configs/graded.py sets one).
-  config.model.encoder_kwargs = ml_collections.ConfigDict(dict(pool="flatten", conv="auto"))
+  # feature_dim: the width of the dense feature layer after the last feature map (None: the
+  # encoder's own, 256 for "cnn"), e.g. `--config.model.encoder_kwargs.feature_dim=1024`.
+  config.model.encoder_kwargs = ml_collections.ConfigDict(dict(
+      pool="flatten", conv="auto", feature_dim=ml_collections.config_dict.placeholder(int)))
   config.model.num_bits = 48
   config.model.classifier_input = "code"      # or "features"
   # "image": every image standardized (minus its mean, over its standard deviation) before the

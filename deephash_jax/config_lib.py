@@ -77,6 +77,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _require(encoder_kwargs["conv"] in models.CONV_IMPLS, "model.encoder_kwargs.conv",
              encoder_kwargs["conv"],
              f"one of {models.CONV_IMPLS} ('auto': 'sliced' on CPU, 'xla' on accelerators)")
+  feature_dim = encoder_kwargs.get("feature_dim")
+  _require(feature_dim is None or (isinstance(feature_dim, int) and not isinstance(
+      feature_dim, bool) and feature_dim > 0), "model.encoder_kwargs.feature_dim", feature_dim,
+           "None (the encoder's own width) or a positive int")
   methods = ("singh2019", "graded", *sorted(baselines.BASELINES))
   method = config.get("method", "singh2019")
   _require(method in methods, "method", method, f"one of {methods}")
@@ -306,6 +310,7 @@ ADDED_FIELDS = {
     "loss.graded.type_level_views": "all",
     "loss.graded.classifier_views": "all",
     "model.encoder_kwargs.conv": "auto",
+    "model.encoder_kwargs.feature_dim": None,
     "train.types_per_batch": 0,
     "input.augment.query_views": 1,
 }

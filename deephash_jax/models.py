@@ -266,7 +266,8 @@ def create_models(model_config, num_classes: int, axis_name: str | None = None, 
   if compute_dtype not in COMPUTE_DTYPES:
     raise ValueError(f"config.train.compute_dtype={compute_dtype!r}: expected one of "
                      f"{tuple(COMPUTE_DTYPES)}")
-  encoder_kwargs = dict(model_config.get("encoder_kwargs", {}) or {})
+  encoder_kwargs = {k: v for k, v in dict(model_config.get("encoder_kwargs", {}) or {}).items()
+                    if v is not None}   # None: the encoder's own value (e.g. feature_dim)
   if "layers" in encoder_kwargs:   # a config.json holds lists; a module's fields stay hashable
     encoder_kwargs["layers"] = tuple(tuple(layer) for layer in encoder_kwargs["layers"])
   net = HashNetwork(num_bits=model_config.num_bits, num_classes=num_classes,

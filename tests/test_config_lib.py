@@ -25,6 +25,8 @@ def test_the_product_configs_are_valid():
     ("model.shift_average", -1, "config.model.shift_average=-1: a non-negative integer"),
     ("model.encoder_kwargs.pool", "max", "config.model.encoder_kwargs.pool='max': 'mean' or"),
     ("model.encoder_kwargs.conv", "cudnn", "config.model.encoder_kwargs.conv='cudnn': one of"),
+    ("model.encoder_kwargs.feature_dim", 0,
+     "config.model.encoder_kwargs.feature_dim=0: None (the encoder's own width) or a positive"),
     ("loss.graded.item_temperature", 0.0, "config.loss.graded.item_temperature=0.0: positive"),
     ("loss.graded.class_bits", 12, "config.loss.graded.class_bits=12: 0 (no split) or a power"),
     ("loss.graded.centre_scale", 0.0, "config.loss.graded.centre_scale=0.0: positive"),

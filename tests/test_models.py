@@ -75,6 +75,23 @@ def test_create_models_from_config():
   assert net.num_bits == 12 and disc.hidden_dims == (4,)
 
 
+@pytest.mark.parametrize("feature_dim,width", [(None, 32), (48, 48)])
+def test_feature_dim_sets_the_feature_layer_none_keeps_the_encoders_own(feature_dim, width):
+  # configs/fashion_mnist.py holds `encoder_kwargs.feature_dim` as None: "cnn_tiny" keeps its 32.
+  cfg = ml_collections.ConfigDict(dict(
+      num_bits=12, encoder="cnn_tiny", classifier_input="features", discriminator_hidden=(4,),
+      encoder_kwargs=dict(pool="flatten", feature_dim=feature_dim)))
+  net, _ = models.create_models(cfg, num_classes=3)
+  images = jnp.zeros((2, 28, 28, 1), jnp.float32)
+  variables = net.init(jax.random.key(0), images, train=False)
+  _, inter = net.apply(variables, images, train=False)
+  assert inter["features"].shape == (2, width)
+  kernels = [leaf.shape for path, leaf in jax.tree_util.tree_leaves_with_path(variables["params"])
+             if "Dense_0" in jax.tree_util.keystr(path) and "encoder" in
+             jax.tree_util.keystr(path).lower()]
+  assert kernels == [(7 * 7 * 16, width)]
+
+
 def test_sign_straight_through_forward_is_exact_sign():
   x = jnp.array([-1e8, -2.5, -1e-30, 0.0, 1e-30, 0.3, 7.0, 1e8], jnp.float32)
   np.testing.assert_array_equal(models.sign_straight_through(x), jnp.sign(x))
