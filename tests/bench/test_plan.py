@@ -125,6 +125,21 @@ def test_graded_tanh_qv2_cls3_is_graded_tanh_qv2_with_a_heavier_classifier_at_48
       (48, 0), (48, 1), (48, 2)]
 
 
+def test_the_w1024_variants_are_their_bases_with_a_wider_feature_layer_at_48_bits():
+  config = config_lib.base_config("benchmark")
+  for base in ("graded_tanh_qv2_cls3", "hashnet"):
+    before = plan.run_config(config, f"{base}_48b_s2")
+    assert before.model.encoder_kwargs.feature_dim is None     # the encoder's own, 256
+    assert config_lib.config_differences(
+        json.loads(before.to_json_best_effort()),
+        plan.run_config(config, f"{base}_w1024_48b_s2")) == [
+            "model.encoder_kwargs.feature_dim: None -> 1024"]
+    assert [(r.bits, r.seed) for r in plan.planned_runs(config.benchmark)
+            if r.method == f"{base}_w1024"] == [(48, 0), (48, 1), (48, 2)]
+  assert "hashnet_w1024" not in config.benchmark.lead_methods
+  assert "graded_tanh_qv2_cls3_w1024" in config.benchmark.lead_methods
+
+
 def test_workers_split_the_plan():
   runs = plan.planned_runs(config_lib.base_config("benchmark_quick").benchmark)
   assert [r.name for r in runs] == [f"{m}_48b_s0" for m in (
