@@ -135,7 +135,7 @@ def benchmark_section():
       greedyhash=peer("greedyhash", classification_weight=1.0, code_activation="sign_ste"),
       orthohash=peer("orthohash"),
   )
-  # The shared CNN with its dense feature layer 1024 wide in place of 256 (+8 % of the step's
+  # The shared CNN with its dense feature layer 1024 wide in place of 256 (+23 % of the CNN's
   # multiply-adds), for `graded_tanh_qv2_cls3` and for the best peer at 48 bits on mAP@all
   # (experiments/graded_codes/README.md, "A wider feature layer").
   variants.update(
