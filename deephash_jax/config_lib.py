@@ -26,6 +26,27 @@ def _require(condition: bool, field: str, value, expectation: str):
     raise ConfigError(f"config.{field}={value!r}: {expectation}")
 
 
+def _validate_encoder_kwargs(m) -> None:
+  """config.model.encoder_kwargs: the CNN's options, named where they are wrong."""
+  encoder_kwargs = dict(m.get("encoder_kwargs") or {})
+  if "pool" in encoder_kwargs:
+    _require(m.encoder.startswith("cnn"), "model.encoder_kwargs.pool", encoder_kwargs["pool"],
+             f"absent with model.encoder={m.encoder!r} (the option of the 'cnn' encoders)")
+    _require(encoder_kwargs["pool"] in ("mean", "flatten"), "model.encoder_kwargs.pool",
+             encoder_kwargs["pool"],
+             "'mean' or 'flatten' (the CNN's last feature map averaged or kept whole)")
+  if "conv" in encoder_kwargs:
+    _require(m.encoder.startswith("cnn"), "model.encoder_kwargs.conv", encoder_kwargs["conv"],
+             f"absent with model.encoder={m.encoder!r} (the option of the 'cnn' encoders)")
+    _require(encoder_kwargs["conv"] in models.CONV_IMPLS, "model.encoder_kwargs.conv",
+             encoder_kwargs["conv"],
+             f"one of {models.CONV_IMPLS} ('auto': 'sliced' on CPU, 'xla' on accelerators)")
+  feature_dim = encoder_kwargs.get("feature_dim")
+  _require(feature_dim is None or (isinstance(feature_dim, int) and not isinstance(
+      feature_dim, bool) and feature_dim > 0), "model.encoder_kwargs.feature_dim", feature_dim,
+           "None (the encoder's own width) or a positive int")
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Fails early, naming the field, on values that would fail late or train silently wrong."""
   m, t, l = config.model, config.train, config.loss
@@ -64,23 +85,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _require(isinstance(shift, int) and not isinstance(shift, bool) and shift >= 0,
            "model.shift_average", shift,
            "a non-negative integer (pixels; 0: codes from the image as it is)")
-  encoder_kwargs = dict(m.get("encoder_kwargs") or {})
-  if "pool" in encoder_kwargs:
-    _require(m.encoder.startswith("cnn"), "model.encoder_kwargs.pool", encoder_kwargs["pool"],
-             f"absent with model.encoder={m.encoder!r} (the option of the 'cnn' encoders)")
-    _require(encoder_kwargs["pool"] in ("mean", "flatten"), "model.encoder_kwargs.pool",
-             encoder_kwargs["pool"],
-             "'mean' or 'flatten' (the CNN's last feature map averaged or kept whole)")
-  if "conv" in encoder_kwargs:
-    _require(m.encoder.startswith("cnn"), "model.encoder_kwargs.conv", encoder_kwargs["conv"],
-             f"absent with model.encoder={m.encoder!r} (the option of the 'cnn' encoders)")
-    _require(encoder_kwargs["conv"] in models.CONV_IMPLS, "model.encoder_kwargs.conv",
-             encoder_kwargs["conv"],
-             f"one of {models.CONV_IMPLS} ('auto': 'sliced' on CPU, 'xla' on accelerators)")
-  feature_dim = encoder_kwargs.get("feature_dim")
-  _require(feature_dim is None or (isinstance(feature_dim, int) and not isinstance(
-      feature_dim, bool) and feature_dim > 0), "model.encoder_kwargs.feature_dim", feature_dim,
-           "None (the encoder's own width) or a positive int")
+  _validate_encoder_kwargs(m)
   methods = ("singh2019", "graded", *sorted(baselines.BASELINES))
   method = config.get("method", "singh2019")
   _require(method in methods, "method", method, f"one of {methods}")
